@@ -7,6 +7,8 @@ from __future__ import annotations
 
 
 class UserError(Exception):
+    key_in_message = True  # subclasses whose message already names keys turn this off
+
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
                  fix: str | None = None):
         super().__init__(message)
@@ -19,7 +21,7 @@ class UserError(Exception):
         where = []
         if self.file:
             where.append(str(self.file))
-        if self.key:
+        if self.key and self.key_in_message:
             where.append(f"key '{self.key}'")
         head = f"{': '.join(where)}: " if where else ""
         text = head + self.message

@@ -1,0 +1,41 @@
+"""`petrun config show|validate`: resolve a YAML file and print or check it (no MindSpore)."""
+from __future__ import annotations
+
+import typer
+
+from petrun.cli.common import OVERRIDE_CONTEXT, console, err_console
+from petrun.config import load_config
+from petrun.config.overrides import parse_args
+
+app = typer.Typer(help="Resolve, print and check configs (base_config chains, overrides).",
+                  no_args_is_help=True)
+
+
+@app.command("show", context_settings=OVERRIDE_CONTEXT)
+def show(ctx: typer.Context,
+         config: str = typer.Option(..., "--config", "-c", help="YAML file (MindFormers schema)."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML.")):
+    """Print the fully resolved config: base_config merged, overrides applied, validated.
+
+    Extra words are overrides: a.b.c=value, ~a.b to delete, or MindFormers flags (--seed 1).
+    """
+    cfg = load_config(config, parse_args(ctx.args))
+    if as_json:
+        print(cfg.to_json())
+        if cfg.ignored:
+            err_console.print(f"[dim]ignored by petrun: {', '.join(cfg.ignored)}[/dim]")
+        return
+    if cfg.ignored:
+        print("# Accepted for MindFormers compatibility but ignored by petrun:")
+        for key in cfg.ignored:
+            print(f"#   {key}")
+    print(cfg.to_yaml(), end="")
+
+
+@app.command("validate", context_settings=OVERRIDE_CONTEXT)
+def validate(ctx: typer.Context,
+             config: str = typer.Option(..., "--config", "-c", help="YAML file to check.")):
+    """Check a config strictly (unknown keys, types, impossible values); exit 2 on problems."""
+    cfg = load_config(config, parse_args(ctx.args))
+    console.print(f"[green]ok[/green] {config}: valid"
+                  + (f" ({len(cfg.ignored)} MindFormers keys ignored)" if cfg.ignored else ""))

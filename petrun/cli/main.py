@@ -1,0 +1,68 @@
+"""petrun's command line. Each verb group lives in its own small module; no logic here."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from petrun import __version__
+from petrun.cli import config_cmd, run
+
+app = typer.Typer(
+    name="petrun", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Parameter-efficient finetuning of LLMs on MindSpore, driven by MindFormers-style YAML.\n\n"
+         "Add --debug anywhere to see full tracebacks.",
+)
+
+
+def _version(value: bool):
+    if value:
+        print(f"petrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+app.add_typer(config_cmd.app, name="config")
+run.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    from petrun.errors import UserError
+    try:
+        app(args=argv, prog_name="petrun", standalone_mode=False)
+    except UserError as e:
+        _report(e, debug)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        # Usage errors from typer's (possibly vendored) click know how to print themselves and
+        # carry exit code 2; anything else is a petrun bug and keeps its traceback.
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+def _report(e, debug: bool) -> None:
+    from rich.markup import escape
+
+    from petrun.cli.common import err_console
+    if debug:
+        import traceback
+        traceback.print_exception(e)
+    err_console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
+    if not debug:
+        err_console.print("[dim](run with --debug for the traceback)[/dim]", highlight=False)

@@ -1,0 +1,282 @@
+"""Transformer building blocks shared by petrun's model families.
+
+Written against what MindSpore 2.10 can run on CPU in both GRAPH and PyNative mode
+(reference/feasibility.md §1): plain `ops.*` primitives, no `mint.*` Ext ops, RMSNorm and RoPE by
+hand, every `construct` with `self` as its first argument. Parameter attribute names match
+MindFormers (`weight`, `bias`, `embedding_weight`) so checkpoints load without renaming.
+
+Tensor layout inside attention is BNSD: (batch, heads, seq, head_dim).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import initializer
+
+from petrun.errors import UserError
+
+EXTEND_METHODS = ("None", "PI", "NTK")
+
+
+class Linear(nn.Cell):
+    """y = x @ weight^T (+ bias), computed in `compute_dtype`; weight is [out, in] like torch.
+
+    No activation lives here: PET wrappers replace a Linear by a cell that reuses `weight`/`bias`
+    and must reproduce this exact computation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, has_bias: bool = False,
+                 compute_dtype=ms.float32, param_init_type=ms.float32, weight_init="normal",
+                 bias_init="zeros"):
+        super().__init__()
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.has_bias = bool(has_bias)
+        self.compute_dtype = compute_dtype
+        self.weight = Parameter(
+            initializer(weight_init, [self.out_channels, self.in_channels], param_init_type),
+            name="weight")
+        self.bias = (Parameter(initializer(bias_init, [self.out_channels], param_init_type),
+                               name="bias") if self.has_bias else None)
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        out_shape = x.shape[:-1] + (self.out_channels,)
+        # MatMul is 2-D only; flattening the leading axes keeps one kernel for any rank.
+        x = ops.reshape(ops.cast(x, self.compute_dtype), (-1, self.in_channels))
+        y = self.matmul(x, ops.cast(self.weight, self.compute_dtype))
+        if self.has_bias:
+            y = y + ops.cast(self.bias, self.compute_dtype)
+        return ops.reshape(y, out_shape)
+
+    def extend_repr(self):
+        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+                f"has_bias={self.has_bias}, compute_dtype={self.compute_dtype}")
+
+
+class Embedding(nn.Cell):
+    """Token lookup table; `ops.Gather` because the `mint` embedding has no PyNative CPU kernel."""
+
+    def __init__(self, vocab_size: int, embedding_size: int, param_init_type=ms.float32,
+                 embedding_init="normal"):
+        super().__init__()
+        self.vocab_size = int(vocab_size)
+        self.embedding_size = int(embedding_size)
+        self.embedding_weight = Parameter(
+            initializer(embedding_init, [self.vocab_size, self.embedding_size], param_init_type),
+            name="embedding_weight")
+        self.gather = ops.Gather()
+
+    def construct(self, input_ids):
+        return self.gather(self.embedding_weight, input_ids, 0)
+
+
+class RMSNorm(nn.Cell):
+    """x * rsqrt(mean(x²) + eps) * weight, with the statistics in `compute_type`.
+
+    Hand-written because the fused RmsNorm primitive has no CPU kernel. The weight is stored in
+    `compute_type` (fp32), as MindFormers does, and the result returns in the input's dtype.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, compute_type=ms.float32):
+        super().__init__()
+        self.eps = float(eps)
+        self.compute_type = compute_type
+        self.weight = Parameter(initializer("ones", [int(dim)], compute_type), name="weight")
+        self.mean = ops.ReduceMean(keep_dims=True)
+
+    def construct(self, x):
+        original_dtype = x.dtype
+        xf = ops.cast(x, self.compute_type)
+        normed = xf * ops.rsqrt(self.mean(ops.square(xf), -1) + self.eps)
+        return ops.cast(normed, original_dtype) * ops.cast(self.weight, original_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding (HF "rotate half" layout: the two halves of head_dim form the pairs)
+
+
+def rope_tables(head_dim: int, max_positions: int, theta: float = 10000.0,
+                extend_method: str = "None", scaling_factor: float = 1.0):
+    """cos and sin tables, float32 numpy arrays of shape [max_positions, head_dim].
+
+    extend_method: "None"; "PI" (position interpolation: positions / scaling_factor);
+    "NTK" (base theta * scaling_factor ** (d / (d - 2))).
+    """
+    if extend_method not in EXTEND_METHODS:
+        raise UserError(f"unknown extend_method {extend_method!r}; expected one of "
+                        f"{', '.join(EXTEND_METHODS)}", key="model.model_config.extend_method")
+    if head_dim % 2:
+        raise UserError(f"rotary embedding needs an even head_dim, got {head_dim}",
+                        key="model.model_config.hidden_size")
+    base = float(theta)
+    positions = np.arange(max_positions, dtype=np.float64)
+    if extend_method == "NTK":
+        base = base * float(scaling_factor) ** (head_dim / (head_dim - 2))
+    elif extend_method == "PI":
+        positions = positions / float(scaling_factor)
+    inv_freq = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    freqs = np.outer(positions, inv_freq)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+def rotate_half(x):
+    """(x1, x2) → (-x2, x1) over the last axis."""
+    x1, x2 = ops.split(x, x.shape[-1] // 2, -1)
+    return ops.cat((-x2, x1), -1)
+
+
+def apply_rotary_emb(x, cos, sin):
+    """Rotate x (..., seq, head_dim) in the tables' dtype; the result keeps x's dtype."""
+    original_dtype = x.dtype
+    xr = ops.cast(x, cos.dtype)
+    return ops.cast(xr * cos + rotate_half(xr) * sin, original_dtype)
+
+
+class RotaryEmbedding(nn.Cell):
+    """Holds the cos/sin tables (constants, not Parameters) and slices them per sequence."""
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0,
+                 extend_method: str = "None", scaling_factor: float = 1.0,
+                 rotary_dtype=ms.float32):
+        super().__init__()
+        cos, sin = rope_tables(head_dim, max_positions, theta, extend_method, scaling_factor)
+        self.max_positions = int(max_positions)
+        self.cos = Tensor(cos, rotary_dtype)
+        self.sin = Tensor(sin, rotary_dtype)
+
+    def construct(self, seq_len):
+        # Leading (1, 1) so the tables broadcast over batch and heads of BNSD tensors.
+        cos = ops.reshape(self.cos[:seq_len], (1, 1, seq_len, -1))
+        sin = ops.reshape(self.sin[:seq_len], (1, 1, seq_len, -1))
+        return cos, sin
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+def causal_mask(tokens, pad_token_id=None, dtype=ms.float32):
+    """(batch, 1, seq, seq) mask, 1 = may attend: lower triangle, and pad keys hidden.
+
+    Hiding pad keys follows MindFormers' Llama mask; with right padding it changes only the
+    outputs at pad positions, which the loss mask drops anyway.
+    """
+    batch, seq = tokens.shape
+    mask = ops.reshape(ops.tril(ops.ones((seq, seq), dtype)), (1, 1, seq, seq))
+    if pad_token_id is not None:
+        keep = ops.cast(ops.not_equal(tokens, pad_token_id), dtype)
+        mask = mask * ops.reshape(keep, (batch, 1, 1, seq))
+    return mask
+
+
+class DotProductAttention(nn.Cell):
+    """softmax(q k^T / sqrt(d) + mask) v with grouped-query attention and an optional prefix.
+
+    construct(query, key, value, attention_mask, prefix_key_value=None):
+      query (B, N, S, D); key, value (B, Nkv, S, D), RoPE already applied;
+      attention_mask (B or 1, 1, S, S), 1 = may attend, 0 = masked;
+      prefix_key_value: None, or (2, B, Nkv, P, D) — or any pair indexable by 0 (keys) and
+      1 (values) — put in front of key/value along the sequence. Every query sees every prefix
+      slot. This is the hook P-Tuning v2 and prefix tuning use; prefix keys carry no RoPE.
+    Returns (B, N, S, D) in compute_dtype.
+    """
+
+    def __init__(self, head_dim: int, num_heads: int, n_kv_heads: int | None = None,
+                 compute_dtype=ms.float32, softmax_compute_type=ms.float32):
+        super().__init__()
+        n_kv_heads = n_kv_heads or num_heads
+        if num_heads % n_kv_heads:
+            raise UserError(f"num_heads ({num_heads}) must be a multiple of n_kv_heads "
+                            f"({n_kv_heads})", key="model.model_config.n_kv_heads")
+        self.head_dim = int(head_dim)
+        self.num_heads = int(num_heads)
+        self.n_kv_heads = int(n_kv_heads)
+        self.n_rep = self.num_heads // self.n_kv_heads
+        self.scale = 1.0 / float(np.sqrt(head_dim))
+        self.compute_dtype = compute_dtype
+        self.softmax_compute_type = softmax_compute_type
+        # Masked scores are *replaced* by the dtype's lowest finite value (not added to), so a row
+        # with every key masked yields a uniform distribution instead of NaN.
+        self.mask_fill = float(np.finfo(ms.dtype_to_nptype(softmax_compute_type)).min)
+        self.qk = ops.BatchMatMul(transpose_b=True)
+        self.pv = ops.BatchMatMul()
+        self.softmax = ops.Softmax(-1)
+
+    def repeat_kv(self, x):
+        """(B, Nkv, S, D) → (B, N, S, D); query head h reads kv head h // n_rep (as HF/MindFormers)."""
+        if self.n_rep == 1:
+            return x
+        batch, n_kv, seq, dim = x.shape
+        x = ops.broadcast_to(ops.expand_dims(x, 2), (batch, n_kv, self.n_rep, seq, dim))
+        return ops.reshape(x, (batch, n_kv * self.n_rep, seq, dim))
+
+    def construct(self, query, key, value, attention_mask, prefix_key_value=None):
+        if prefix_key_value is not None:
+            prefix_k = ops.cast(prefix_key_value[0], key.dtype)
+            prefix_v = ops.cast(prefix_key_value[1], value.dtype)
+            key = ops.cat((prefix_k, key), 2)
+            value = ops.cat((prefix_v, value), 2)
+            mask_batch, _, seq, _ = attention_mask.shape
+            visible = ops.ones((mask_batch, 1, seq, prefix_k.shape[2]), attention_mask.dtype)
+            attention_mask = ops.cat((visible, attention_mask), -1)
+        query = ops.cast(query, self.compute_dtype)
+        key = ops.cast(self.repeat_kv(key), self.compute_dtype)
+        value = ops.cast(self.repeat_kv(value), self.compute_dtype)
+
+        scores = ops.cast(self.qk(query, key) * self.scale, self.softmax_compute_type)
+        allowed = ops.broadcast_to(attention_mask > 0.5, scores.shape)
+        scores = ops.select(allowed, scores, ops.full_like(scores, self.mask_fill))
+        probs = ops.cast(self.softmax(scores), self.compute_dtype)
+        return self.pv(probs, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feed-forward and loss
+
+
+class SwiGLU(nn.Cell):
+    """w2(silu(w1 x) * w3 x): w1 gate, w3 up, w2 down (MindFormers' Llama FeedForward names)."""
+
+    def __init__(self, hidden_size: int, ffn_hidden_size: int, compute_dtype=ms.float32,
+                 param_init_type=ms.float32, weight_init="normal", has_bias: bool = False):
+        super().__init__()
+        kw = dict(has_bias=has_bias, compute_dtype=compute_dtype, param_init_type=param_init_type,
+                  weight_init=weight_init)
+        self.w1 = Linear(hidden_size, ffn_hidden_size, **kw)
+        self.w3 = Linear(hidden_size, ffn_hidden_size, **kw)
+        self.w2 = Linear(ffn_hidden_size, hidden_size, **kw)
+
+    def construct(self, x):
+        return self.w2(ops.silu(self.w1(x)) * self.w3(x))
+
+
+class MaskedCrossEntropy(nn.Cell):
+    """Mean token cross-entropy in fp32 over positions with target != ignore_index and mask != 0.
+
+    Written with log_softmax + gather_elements because it is the one CE formulation that runs in
+    every CPU mode/dtype combination (feasibility.md §1a). An all-masked batch gives 0, not NaN.
+    """
+
+    def __init__(self, ignore_index: int = -100):
+        super().__init__()
+        self.ignore_index = int(ignore_index)
+
+    def construct(self, logits, targets, mask=None):
+        vocab = logits.shape[-1]
+        logits = ops.reshape(ops.cast(logits, ms.float32), (-1, vocab))
+        targets = ops.reshape(targets, (-1,))
+        valid = ops.not_equal(targets, self.ignore_index)
+        # ignore_index is not a valid gather index; any real class works since it is masked out.
+        safe_targets = ops.select(valid, targets, ops.zeros_like(targets))
+        log_probs = ops.log_softmax(logits, -1)
+        picked = ops.gather_elements(log_probs, 1, ops.reshape(safe_targets, (-1, 1)))
+        nll = -ops.reshape(picked, (-1,))
+        weight = ops.cast(valid, ms.float32)
+        if mask is not None:
+            weight = weight * ops.cast(ops.reshape(mask, (-1,)), ms.float32)
+        return ops.reduce_sum(nll * weight) / ops.maximum(ops.reduce_sum(weight),
+                                                          ops.ones((), ms.float32))

@@ -1,0 +1,207 @@
+"""Llama / Llama 2 decoder in MindSpore, with MindFormers' parameter names.
+
+The attribute tree *is* the checkpoint layout (reference/mindformers.md §6.1):
+
+    model.tok_embeddings.embedding_weight                  [vocab, hidden]
+    model.layers.{i}.attention_norm.weight                 [hidden]
+    model.layers.{i}.attention.wq|wk|wv|wo.weight          [out, in]  (wk/wv out = n_kv_heads*head_dim)
+    model.layers.{i}.ffn_norm.weight                       [hidden]
+    model.layers.{i}.feed_forward.w1|w3.weight             [ffn, hidden]; w2.weight [hidden, ffn]
+    model.norm_out.weight                                  [hidden]
+    lm_head.weight                                         [vocab, hidden]  (absent when tied)
+
+Block (pre-norm): h = x + attention(attention_norm(x)); out = h + feed_forward(ffn_norm(h)).
+RoPE uses the HF rotate-half layout, so HF weights load without permutation.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.common.initializer import Normal
+
+from petrun.errors import UserError
+from petrun.models.configs import LlamaConfig
+from petrun.models.dtypes import resolve_dtypes
+from petrun.models.layers import (DotProductAttention, Embedding, Linear, MaskedCrossEntropy,
+                                  RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary_emb,
+                                  causal_mask)
+
+_KEY = "model.model_config"
+
+
+def llama_dtypes(config: LlamaConfig, device_target: str | None = None) -> dict:
+    """The config's dtype fields as MindSpore dtypes for `device_target` (bf16 → fp32 on CPU).
+
+    embedding_init_type defaults to param_init_type and residual_dtype to compute_dtype, as in
+    MindFormers; the defaults are filled after resolving so the CPU warning names only the
+    fields the user actually set.
+    """
+    names = {"compute_dtype": config.compute_dtype, "param_init_type": config.param_init_type,
+             "softmax_compute_type": config.softmax_compute_type,
+             "layernorm_compute_type": config.layernorm_compute_type,
+             "rotary_dtype": config.rotary_dtype or config.compute_dtype}
+    if config.embedding_init_type:
+        names["embedding_init_type"] = config.embedding_init_type
+    if config.residual_dtype:
+        names["residual_dtype"] = config.residual_dtype
+    dtypes = resolve_dtypes(names, device_target, key_prefix=_KEY)
+    dtypes.setdefault("embedding_init_type", dtypes["param_init_type"])
+    dtypes.setdefault("residual_dtype", dtypes["compute_dtype"])
+    return dtypes
+
+
+def _check(config: LlamaConfig) -> None:
+    if config.hidden_size % config.num_heads:
+        raise UserError(f"hidden_size ({config.hidden_size}) must be divisible by num_heads "
+                        f"({config.num_heads})", key=f"{_KEY}.num_heads")
+    if config.num_heads % config.kv_heads:
+        raise UserError(f"num_heads ({config.num_heads}) must be a multiple of n_kv_heads "
+                        f"({config.kv_heads})", key=f"{_KEY}.n_kv_heads")
+    if config.qkv_concat:
+        raise UserError("qkv_concat (fused w_qkv weights) is not supported by petrun's Llama; "
+                        "set it to False (checkpoints with separate wq/wk/wv load as they are)",
+                        key=f"{_KEY}.qkv_concat")
+
+
+class LlamaAttention(nn.Cell):
+    """Projections + RoPE around the shared DotProductAttention core.
+
+    Calls `self.wq(x)` etc. and never touches their weights, so PET can swap the projections.
+    """
+
+    def __init__(self, config: LlamaConfig, dtypes: dict):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.n_kv_heads = config.kv_heads
+        self.head_dim = config.head_dim
+        hidden = config.hidden_size
+        kw = dict(compute_dtype=dtypes["compute_dtype"], param_init_type=dtypes["param_init_type"],
+                  weight_init=Normal(sigma=config.init_method_std, mean=0.0))
+        self.wq = Linear(hidden, self.num_heads * self.head_dim, has_bias=config.qkv_has_bias, **kw)
+        self.wk = Linear(hidden, self.n_kv_heads * self.head_dim, has_bias=config.qkv_has_bias, **kw)
+        self.wv = Linear(hidden, self.n_kv_heads * self.head_dim, has_bias=config.qkv_has_bias, **kw)
+        self.wo = Linear(self.num_heads * self.head_dim, hidden, has_bias=config.attn_proj_has_bias,
+                         **kw)
+        self.core = DotProductAttention(self.head_dim, self.num_heads, self.n_kv_heads,
+                                        compute_dtype=dtypes["compute_dtype"],
+                                        softmax_compute_type=dtypes["softmax_compute_type"])
+
+    def to_heads(self, x, n_heads):
+        """(B, S, n*D) → (B, n, S, D)."""
+        batch, seq, _ = x.shape
+        return ops.transpose(ops.reshape(x, (batch, seq, n_heads, self.head_dim)), (0, 2, 1, 3))
+
+    def construct(self, x, cos, sin, attention_mask, prefix_key_value=None):
+        batch, seq, _ = x.shape
+        query = apply_rotary_emb(self.to_heads(self.wq(x), self.num_heads), cos, sin)
+        key = apply_rotary_emb(self.to_heads(self.wk(x), self.n_kv_heads), cos, sin)
+        value = self.to_heads(self.wv(x), self.n_kv_heads)
+        out = self.core(query, key, value, attention_mask, prefix_key_value)
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, -1))
+        return self.wo(out)
+
+
+class LlamaDecodeLayer(nn.Cell):
+    def __init__(self, config: LlamaConfig, dtypes: dict):
+        super().__init__()
+        self.residual_dtype = dtypes["residual_dtype"]
+        norm_type = dtypes["layernorm_compute_type"]
+        self.attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_type)
+        self.attention = LlamaAttention(config, dtypes)
+        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_type)
+        self.feed_forward = SwiGLU(config.hidden_size, config.ffn_hidden_size,
+                                   compute_dtype=dtypes["compute_dtype"],
+                                   param_init_type=dtypes["param_init_type"],
+                                   weight_init=Normal(sigma=config.init_method_std, mean=0.0))
+
+    def construct(self, x, cos, sin, attention_mask, prefix_key_value=None):
+        attn = self.attention(self.attention_norm(x), cos, sin, attention_mask, prefix_key_value)
+        h = x + ops.cast(attn, self.residual_dtype)
+        return h + ops.cast(self.feed_forward(self.ffn_norm(h)), self.residual_dtype)
+
+
+class LlamaModel(nn.Cell):
+    """Embedding → decoder layers → final norm; returns hidden states (B, S, hidden)."""
+
+    def __init__(self, config: LlamaConfig, dtypes: dict):
+        super().__init__()
+        self.num_layers = config.num_layers
+        self.pad_token_id = config.pad_token_id
+        self.residual_dtype = dtypes["residual_dtype"]
+        self.tok_embeddings = Embedding(config.vocab_size, config.hidden_size,
+                                        param_init_type=dtypes["embedding_init_type"],
+                                        embedding_init=Normal(sigma=config.init_method_std,
+                                                              mean=0.0))
+        self.layers = nn.CellList([LlamaDecodeLayer(config, dtypes)
+                                   for _ in range(config.num_layers)])
+        self.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps,
+                                dtypes["layernorm_compute_type"])
+        self.rotary = RotaryEmbedding(config.head_dim, config.max_positions, config.theta,
+                                      config.extend_method, config.scaling_factor,
+                                      dtypes["rotary_dtype"])
+
+    def construct(self, tokens, prefix_key_values=None):
+        seq = tokens.shape[1]
+        cos, sin = self.rotary(seq)
+        mask = causal_mask(tokens, self.pad_token_id)
+        x = ops.cast(self.tok_embeddings(tokens), self.residual_dtype)
+        for i in range(self.num_layers):
+            if prefix_key_values is None:
+                x = self.layers[i](x, cos, sin, mask)
+            else:
+                x = self.layers[i](x, cos, sin, mask, prefix_key_values[i])
+        return self.norm_out(x)
+
+
+class LlamaForCausalLM(nn.Cell):
+    """Llama 2 with an LM head.
+
+    construct(input_ids, labels=None, prefix_key_values=None):
+      labels None  → fp32 logits (batch, seq, vocab) for every position of input_ids.
+      labels given → scalar fp32 mean cross-entropy, MindFormers style: rows are seq_length + 1
+                     long; tokens = input_ids[:, :-1], targets = labels[:, 1:], positions whose
+                     token is pad or whose target is ignore_token_id do not count.
+      prefix_key_values: None or one (2, B, n_kv_heads, P, head_dim) entry per layer.
+    """
+
+    def __init__(self, config: LlamaConfig, device_target: str | None = None):
+        super().__init__()
+        if device_target is None:
+            device_target = ms.get_context("device_target")
+        _check(config)
+        self.config = config
+        self.dtypes = llama_dtypes(config, device_target)
+        self.compute_dtype = self.dtypes["compute_dtype"]
+        self.pad_token_id = config.pad_token_id
+        self.ignore_token_id = config.ignore_token_id
+        self.tie_word_embeddings = bool(config.tie_word_embeddings)
+        self.max_positions = config.max_positions
+        self.model = LlamaModel(config, self.dtypes)
+        if not self.tie_word_embeddings:
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, has_bias=False,
+                                  compute_dtype=self.compute_dtype,
+                                  param_init_type=self.dtypes["param_init_type"],
+                                  weight_init=Normal(sigma=config.init_method_std, mean=0.0))
+        self.tied_head = ops.MatMul(transpose_b=True)
+        self.loss = MaskedCrossEntropy(config.ignore_token_id)
+
+    def logits(self, hidden):
+        if self.tie_word_embeddings:
+            # Tied: the embedding table is the output projection; no separate lm_head parameter.
+            batch, seq, width = hidden.shape
+            table = ops.cast(self.model.tok_embeddings.embedding_weight, self.compute_dtype)
+            flat = ops.reshape(ops.cast(hidden, self.compute_dtype), (-1, width))
+            out = ops.reshape(self.tied_head(flat, table), (batch, seq, -1))
+        else:
+            out = self.lm_head(hidden)
+        return ops.cast(out, ms.float32)
+
+    def construct(self, input_ids, labels=None, prefix_key_values=None):
+        if labels is None:
+            return self.logits(self.model(input_ids, prefix_key_values))
+        tokens = input_ids[:, :-1]
+        targets = labels[:, 1:]
+        logits = self.logits(self.model(tokens, prefix_key_values))
+        loss_mask = ops.logical_and(ops.not_equal(tokens, self.pad_token_id),
+                                    ops.not_equal(targets, self.ignore_token_id))
+        return self.loss(logits, targets, loss_mask)

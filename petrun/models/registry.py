@@ -1,0 +1,84 @@
+"""Model registry: MindFormers `model.arch.type` → (config class name, builder path).
+
+Builders are "module:attr" strings imported on use, so reading this module (config validation,
+`petrun config show`) never imports MindSpore. A new family is one more `register_arch` call.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from petrun.errors import UserError
+from petrun.models.configs import MODEL_CONFIGS, ModelConfigBase
+
+
+@dataclass(frozen=True)
+class ArchEntry:
+    arch: str          # model.arch.type, e.g. "LlamaForCausalLM"
+    config_type: str   # model.model_config.type it pairs with, e.g. "LlamaConfig"
+    builder: str       # "package.module:Callable" taking (config, device_target=...)
+
+
+_ARCHS: dict[str, ArchEntry] = {}
+
+
+def register_arch(arch: str, config_type: str, builder: str) -> None:
+    _ARCHS[arch] = ArchEntry(arch, config_type, builder)
+
+
+register_arch("LlamaForCausalLM", "LlamaConfig", "petrun.models.llama:LlamaForCausalLM")
+
+
+def known_archs() -> list[str]:
+    return sorted(_ARCHS)
+
+
+def arch_entry(arch: str) -> ArchEntry:
+    """The registry entry for `arch`; a UserError naming model.arch.type if unknown."""
+    entry = _ARCHS.get(arch)
+    if entry is None:
+        raise UserError(
+            f"unknown model architecture {arch!r}; known: {_describe()}", key="model.arch.type",
+            fix="set model.arch.type to one of the known names")
+    return entry
+
+
+def build_config(model_section: Mapping[str, Any]) -> ModelConfigBase:
+    """The typed model config for a `model:` section ({"arch": {"type"}, "model_config": {...}})."""
+    arch = _get(_get(model_section, "arch", {}) or {}, "type", None)
+    entry = arch_entry(arch)
+    raw = _get(model_section, "model_config", {}) or {}
+    if isinstance(raw, ModelConfigBase):
+        config_type = raw.type
+    else:
+        config_type = _get(raw, "type", None) or entry.config_type
+    if config_type != entry.config_type:
+        raise UserError(
+            f"model.model_config.type {config_type!r} does not match arch {arch!r}, which needs "
+            f"{entry.config_type!r}; known pairs: {_describe()}", key="model.arch.type",
+            fix="make model.arch.type and model.model_config.type a known pair")
+    if isinstance(raw, ModelConfigBase):
+        return raw
+    return MODEL_CONFIGS[entry.config_type].from_dict(dict(raw))
+
+
+def build_base_model(model_section: Mapping[str, Any], device_target: str | None = None):
+    """Instantiate the MindSpore Cell for a `model:` section; imports the family lazily."""
+    entry = arch_entry(_get(_get(model_section, "arch", {}) or {}, "type", None))
+    config = build_config(model_section)
+    module_name, attr = entry.builder.split(":")
+    builder = getattr(importlib.import_module(module_name), attr)
+    return builder(config, device_target=device_target)
+
+
+def _get(section: Any, key: str, default: Any) -> Any:
+    # Sections may be plain dicts, OmegaConf DictConfigs or attribute objects.
+    if isinstance(section, Mapping):
+        return section.get(key, default)
+    return getattr(section, key, default)
+
+
+def _describe() -> str:
+    return ", ".join(f"{e.arch} (model_config.type {e.config_type})"
+                     for e in sorted(_ARCHS.values(), key=lambda e: e.arch))

@@ -1,0 +1,366 @@
+"""What every PET method shares: finding target layers, renaming, freezing, the parameter report.
+
+Targeting follows MindFormers exactly (reference/mindformers.md §5.3) so its YAMLs keep their
+meaning: the walk starts at the model's base submodule, and `target_modules` is `re.match`-ed
+against each child's LOCAL attribute name (`wq`), never its dotted path. petrun is stricter in one
+way: a pattern, or any one of its top-level `|` alternatives, that adapts no layer is an error
+instead of a silent no-op.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from petrun.errors import UserError
+
+KEY_PREFIX = "model.model_config.pet_config"
+TARGET_KEY = f"{KEY_PREFIX}.target_modules"
+EXCLUDE_KEY = f"{KEY_PREFIX}.exclude_layers"
+
+# MindFormers' LoraModel adapts the first of these attributes it finds (Llama: `model`, so the
+# untied lm_head is never a target).
+BASE_ATTRS = ("network", "backbone", "model", "transformer", "llm_model", "language_model")
+
+_GLOBAL_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
+
+
+def linear_types() -> tuple[type, ...]:
+    """The layer classes a pattern may target."""
+    from mindspore import nn
+
+    from petrun.models.layers import Linear
+
+    return (Linear, nn.Dense)
+
+
+def base_submodule(net) -> tuple[str, object]:
+    """(attribute name, cell) the adapters go into; ("", net) when the net has none of BASE_ATTRS."""
+    from mindspore import nn
+
+    for name in BASE_ATTRS:
+        cell = getattr(net, name, None)
+        if isinstance(cell, nn.Cell):
+            return name, cell
+    return "", net
+
+
+# ---------------------------------------------------------------------------------------------
+# Target matching
+
+
+@dataclass
+class Target:
+    path: str      # full dotted path from the top-level net, e.g. "model.layers.0.attention.wq"
+    parent: object
+    name: str      # local attribute name in `parent`, e.g. "wq"
+    cell: object
+
+
+@dataclass
+class MatchResult:
+    pattern: str
+    alternatives: list[str]
+    targets: list[Target]
+    hits: dict[str, int]                       # alternative -> layers it adapts
+    # Matching children that are not linear: MindFormers skips them AND their subtree.
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, class name)
+    linear_names: dict[str, int] = field(default_factory=dict)     # local name -> count
+    base: str = ""
+
+    @property
+    def dead(self) -> list[str]:
+        return [alt for alt, n in self.hits.items() if n == 0]
+
+
+def split_alternatives(pattern: str) -> list[str]:
+    """Top-level `|` alternatives of a regex; `|` inside (...), [...] or escaped does not split.
+
+    For `re.match`, matching `A|B` is exactly "A matches or B matches", so each alternative can be
+    checked on its own. A leading global flag group such as `(?i)` applies to every alternative.
+    """
+    parts, buf, depth, i, n = [], [], 0, 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            buf.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if c == "[":
+            # Copy the whole class; a `]` right after `[` or `[^` is a literal, not the end.
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            buf.append(pattern[i:j + 1])
+            i = j + 1
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth = max(depth - 1, 0)
+        elif c == "|" and depth == 0:
+            parts.append("".join(buf))
+            buf = []
+            i += 1
+            continue
+        buf.append(c)
+        i += 1
+    parts.append("".join(buf))
+    flags = _GLOBAL_FLAGS.match(parts[0])
+    if flags and len(parts) > 1:
+        parts = [parts[0]] + [flags.group(0) + p for p in parts[1:]]
+    return parts
+
+
+def _compile(pattern: str, key: str):
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise UserError(f"{pattern!r} is not a valid regular expression ({e})", key=key,
+                        fix="write a Python regex such as '.*wq|.*wv'") from None
+
+
+def _exclude_list(exclude_layers) -> list[str]:
+    if exclude_layers is None or exclude_layers == "None":
+        return []
+    if isinstance(exclude_layers, str):
+        return [exclude_layers]
+    if not isinstance(exclude_layers, (list, tuple)) or not all(
+            isinstance(x, str) for x in exclude_layers):
+        raise UserError(f"must be a list of regex strings, got {exclude_layers!r}", key=EXCLUDE_KEY,
+                        fix="e.g. exclude_layers: ['.*wo']")
+    return list(exclude_layers)
+
+
+def match_targets(net, pattern: str, exclude_layers=None, *, types=None) -> MatchResult:
+    """Walk the base submodule the MindFormers way and attribute every target to the
+    alternatives that match it. Never raises for a pattern that matches nothing (see find_targets).
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise UserError(f"must be a regex string, got {pattern!r}", key=TARGET_KEY,
+                        fix="e.g. target_modules: '.*wq|.*wv'")
+    whole = _compile(pattern, TARGET_KEY)
+    excludes = [_compile(p, EXCLUDE_KEY) for p in _exclude_list(exclude_layers)]
+    alternatives = split_alternatives(pattern)
+    try:
+        alt_res = [re.compile(a) for a in alternatives]
+    except re.error:  # e.g. a back-reference into another alternative: check the whole only
+        alternatives, alt_res = [pattern], [whole]
+    types = types or linear_types()
+    base_name, base = base_submodule(net)
+    result = MatchResult(pattern, alternatives, [], {a: 0 for a in alternatives}, base=base_name)
+
+    def walk(cell, prefix):
+        for name, child in cell._cells.items():  # pylint: disable=protected-access
+            if child is None or any(ex.match(name) for ex in excludes):
+                continue
+            path = f"{prefix}.{name}" if prefix else name
+            if whole.match(name):
+                if isinstance(child, types):
+                    result.targets.append(Target(path, cell, name, child))
+                    for alt, rx in zip(alternatives, alt_res):
+                        if rx.match(name):
+                            result.hits[alt] += 1
+                else:
+                    result.skipped.append((path, type(child).__name__))
+                continue
+            walk(child, path)
+
+    walk(base, base_name)
+    for path, cell in _linear_layers(net, types):
+        local = path.rsplit(".", 1)[-1]
+        result.linear_names[local] = result.linear_names.get(local, 0) + 1
+    return result
+
+
+def alternative_hits(net, pattern: str, exclude_layers=None) -> dict[str, int]:
+    """{alternative: number of layers it adapts} — for the pre-flight check."""
+    return match_targets(net, pattern, exclude_layers).hits
+
+
+def find_targets(net, pattern: str, exclude_layers=None, *, types=None) -> list[Target]:
+    """The layers `pattern` adapts; a UserError if the pattern or any alternative adapts none."""
+    result = match_targets(net, pattern, exclude_layers, types=types)
+    if result.targets and not result.dead:
+        return result.targets
+    raise UserError(_dead_message(net, result, exclude_layers), key=TARGET_KEY,
+                    fix=_dead_fix(result, [p for p, _ in _linear_layers(net, types)]))
+
+
+def _linear_layers(net, types=None) -> list[tuple[str, object]]:
+    """(dotted path, cell) of every linear layer under the base submodule, pattern or not."""
+    types = types or linear_types()
+    base_name, base = base_submodule(net)
+    return [(".".join(x for x in (base_name, p) if x), c)
+            for p, c in base.cells_and_names() if isinstance(c, types)]
+
+
+def _core(alt: str) -> str:
+    """The literal text in an alternative ('.*query_key_value*' → 'query_key_value')."""
+    return re.sub(r"\\.|[.*+?^$()\[\]{}|]", "", alt)
+
+
+def _dead_message(net, result: MatchResult, exclude_layers) -> str:
+    where = f"{type(net).__name__}.{result.base}" if result.base else type(net).__name__
+    names = ", ".join(f"{n} (x{c})" if c > 1 else n for n, c in list(result.linear_names.items())[:12])
+    if not result.targets:
+        head = f"target_modules '{result.pattern}' matches no linear layer in {where}."
+    else:
+        alive = ", ".join(f"'{a}' ({n} layers)" for a, n in result.hits.items() if n)
+        dead = ", ".join(f"'{a}'" for a in result.dead)
+        head = (f"target_modules '{result.pattern}': alternative(s) {dead} "
+                f"match no linear layer in {where} "
+                f"(matched: {alive}). A misspelt alternative is never ignored silently.")
+    lines = [head, "Patterns are re.match-ed against each layer's own attribute name "
+                   "(e.g. 'wq'), not its dotted path (MindFormers semantics)."]
+    lines.append(f"Linear layers that exist: {names or 'none'}.")
+    for alt in result.dead:
+        rx = re.compile(alt)
+        blocked = [(p, t) for p, t in result.skipped if rx.match(p.rsplit(".", 1)[-1])]
+        if blocked:
+            path, typ = blocked[0]
+            lines.append(f"'{alt}' matches '{path}' ({typ}), which is not a linear layer; "
+                         "matching stops there and the layers inside it are not searched.")
+        elif r"\." in alt or any(rx.match(p) for p, _ in _linear_layers(net)):
+            lines.append(f"'{alt}' looks like a dotted path; only the last name is tested.")
+        elif any(rx.search(n) for n in result.linear_names):
+            lines.append(f"'{alt}' occurs inside a name but re.match anchors at its start; "
+                         f"write '.*{alt}'.")
+        elif exclude_layers:
+            lines.append(f"Check also exclude_layers {exclude_layers!r}: excluded layers are "
+                         "never targets.")
+    return "\n".join(lines)
+
+
+def _dead_fix(result: MatchResult, linear_paths: list[str]) -> str:
+    names = list(result.linear_names)
+    alive = [a for a, n in result.hits.items() if n]
+    fixes = []
+    for alt in result.dead:
+        rx = re.compile(alt)
+        by_path = sorted({p.rsplit(".", 1)[-1] for p in linear_paths if rx.match(p)})
+        close = by_path or difflib.get_close_matches(_core(alt), names, n=1, cutoff=0.5)
+        if close:
+            fixes.append(f"replace '{alt}' with '{'|'.join('.*' + c for c in close)}'")
+    suggestion = "|".join(alive) if alive else "|".join(f".*{n}" for n in names[:4])
+    if fixes:
+        return "; ".join(fixes)
+    if alive:
+        return f"drop the dead alternative(s): target_modules: '{suggestion}'"
+    return f"use local layer names, e.g. target_modules: '{suggestion}'" if names else \
+        "this model has no linear layers that PET can target"
+
+
+# ---------------------------------------------------------------------------------------------
+# Injection and naming
+
+
+def replace_child(parent, name: str, new) -> None:
+    """Put `new` where `parent.<name>` was. Sequential containers keep a list beside `_cells`
+    that a plain setattr would leave stale, so they are indexed instead."""
+    from mindspore import nn
+
+    if isinstance(parent, (nn.SequentialCell, nn.CellList)) and name.isdigit():
+        parent[int(name)] = new
+    else:
+        setattr(parent, name, new)
+
+
+def refresh_parameter_names(net) -> None:
+    """Set every Parameter's name to its full dotted path in `net`.
+
+    MindSpore prefixes names when a child is assigned, but only with the LOCAL attribute name
+    once the parents exist (`wq.weight`), so after injection the checkpoint names are wrong
+    until this runs. A Parameter reachable by two paths gets the first one, where the cell's own
+    parameters come before its children's (LoRA relies on this to keep `wq.weight`).
+    """
+    for path, param in net.parameters_and_names():
+        if param.name != path:
+            param.name = path
+
+
+# ---------------------------------------------------------------------------------------------
+# Freezing and the report
+
+
+def _glob_list(value, key: str) -> list[str]:
+    if value is None or value == "None":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+        raise UserError(f"must be a list of glob strings, got {value!r}", key=key,
+                        fix="e.g. ['*lm_head*']")
+    return list(value)
+
+
+def freeze(net, pet_type: str, freeze_include=None, freeze_exclude=None) -> None:
+    """MindFormers' freeze_delta (§5.2): only `*mindpet_delta_<pet_type>*` stays trainable; then
+    freeze_include globs freeze and freeze_exclude globs unfreeze, over full parameter names.
+    A name matched by both lists keeps its state. A glob that matches no parameter is an error.
+    """
+    include = _glob_list(freeze_include, f"{KEY_PREFIX}.freeze_include")
+    exclude = _glob_list(freeze_exclude, f"{KEY_PREFIX}.freeze_exclude")
+    params = list(net.get_parameters())
+    names = [p.name for p in params]
+    for key, globs in (("freeze_include", include), ("freeze_exclude", exclude)):
+        for g in globs:
+            if not any(fnmatch.fnmatchcase(n, g) for n in names):
+                raise UserError(f"glob {g!r} matches no parameter", key=f"{KEY_PREFIX}.{key}",
+                                fix=f"globs match full names such as {names[0]!r}; "
+                                    "use '*' on both sides, e.g. '*norm*'")
+    delta = f"*mindpet_delta_{pet_type}*"
+    for p in params:
+        p.requires_grad = fnmatch.fnmatchcase(p.name, delta)
+        inc = any(fnmatch.fnmatchcase(p.name, g) for g in include)
+        exc = any(fnmatch.fnmatchcase(p.name, g) for g in exclude)
+        if inc and not exc:
+            p.requires_grad = False
+        elif exc and not inc:
+            p.requires_grad = True
+    if not any(p.requires_grad for p in params):
+        raise UserError("no trainable parameter is left after freezing",
+                        key=f"{KEY_PREFIX}.freeze_include",
+                        fix=f"do not freeze the {pet_type} parameters ('{delta}')")
+
+
+def count_parameters(net) -> tuple[int, int]:
+    """(trainable, all) element counts; a shared Parameter is counted once."""
+    trainable = total = 0
+    for p in net.get_parameters():
+        n = int(p.size)
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def trainable_line(trainable: int, total: int) -> str:
+    """HF PEFT's print_trainable_parameters line, so users can compare numbers directly."""
+    pct = 100 * trainable / total if total else 0.0
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {pct:.4f}"
+
+
+@dataclass
+class PetReport:
+    pet_type: str
+    trainable: int
+    total: int
+    targets: list[str] = field(default_factory=list)   # dotted paths of adapted layers
+
+    @property
+    def line(self) -> str:
+        return trainable_line(self.trainable, self.total)
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def make_report(net, pet_type: str, targets: Iterable[str] = ()) -> PetReport:
+    trainable, total = count_parameters(net)
+    return PetReport(pet_type, trainable, total, list(targets))

@@ -1,0 +1,161 @@
+"""LoRA (reference/mindformers.md §5.3): y = base(x) + (alpha / r) · (dropout(x) · Aᵀ) · Bᵀ.
+
+Parameter names and shapes are MindFormers' so adapters interoperate:
+`<layer>.mindpet_delta_lora_a` [r, in] and `<layer>.mindpet_delta_lora_b` [out, r]; the wrapped
+layer keeps `<layer>.weight` / `<layer>.bias` because the wrapper reuses the same Parameter objects.
+"""
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import HeUniform, initializer
+
+from petrun.errors import UserError
+from petrun.pet import base as pet_base
+from petrun.pet.config import LoraConfig
+
+PET_TYPE = "lora"
+
+
+class LoRALinear(nn.Cell):
+    """Wraps a petrun `Linear` or an `nn.Dense`; the base weight is shared, never copied.
+
+    merge() folds scaling·B·A into the base weight; unmerge() takes it out again. While merged
+    the forward adds no delta, and B is held aside (lora_b reads as zeros) so that a graph
+    compiled before the merge, which still computes the delta, adds exactly zero.
+    """
+
+    def __init__(self, base, lora_rank: int, lora_alpha: float, lora_dropout: float = 0.0,
+                 param_init_type=None, compute_dtype=None):
+        super().__init__()
+        self.in_channels = int(base.in_channels)
+        self.out_channels = int(base.out_channels)
+        self.has_bias = bool(base.has_bias)
+        self.lora_rank = int(lora_rank)
+        self.scaling = float(lora_alpha) / float(lora_rank)
+        # nn.Dense has no compute dtype: it computes in its weight's dtype.
+        if compute_dtype is None:
+            compute_dtype = getattr(base, "compute_dtype", None) or base.weight.dtype
+        self.compute_dtype = compute_dtype
+        param_dtype = base.weight.dtype if param_init_type is None else param_init_type
+
+        # Own attributes first: parameters_and_names() lists a cell's own parameters before its
+        # children's, so the shared weight is named `<layer>.weight`, not `<layer>.base.weight`.
+        self.weight = base.weight
+        self.bias = base.bias if self.has_bias else None
+        self.mindpet_delta_lora_a = Parameter(
+            initializer(HeUniform(negative_slope=math.sqrt(5)), [self.lora_rank, self.in_channels],
+                        param_dtype), name="mindpet_delta_lora_a")
+        self.mindpet_delta_lora_b = Parameter(
+            initializer("zeros", [self.out_channels, self.lora_rank], param_dtype),
+            name="mindpet_delta_lora_b")
+
+        # An nn.Dense may fuse an activation; MindFormers applies it after the LoRA sum, so the
+        # base matmul is then done here instead of by calling the base cell.
+        self.activation_flag = bool(getattr(base, "activation_flag", False))
+        if self.activation_flag:
+            self.activation = base.activation
+        self.base = base
+        self.lora_dropout = nn.Dropout(p=float(lora_dropout))
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.merged = False
+        self._held = {}   # B while merged (a plain dict: not a parameter, not in checkpoints)
+
+    def _pre_activation(self, x):
+        out_shape = x.shape[:-1] + (self.out_channels,)
+        y = self.matmul(ops.reshape(x, (-1, self.in_channels)), self.weight)
+        if self.has_bias:
+            y = y + self.bias
+        return ops.reshape(y, out_shape)
+
+    def construct(self, x):
+        out = self._pre_activation(x) if self.activation_flag else self.base(x)
+        if not self.merged:
+            out_shape = x.shape[:-1] + (self.out_channels,)
+            h = ops.reshape(self.lora_dropout(ops.cast(x, self.compute_dtype)), (-1, self.in_channels))
+            h = self.matmul(h, ops.cast(self.mindpet_delta_lora_a, self.compute_dtype))
+            h = self.matmul(h, ops.cast(self.mindpet_delta_lora_b, self.compute_dtype)) * self.scaling
+            out = out + ops.cast(ops.reshape(h, out_shape), out.dtype)
+        if self.activation_flag:
+            out = self.activation(out)
+        return out
+
+    def delta_weight(self) -> Tensor:
+        """scaling · B · A in float32, [out, in] — what merge() adds to the weight."""
+        b = self._held.get("b")
+        if b is None:
+            b = ops.cast(self.mindpet_delta_lora_b, ms.float32)
+        return ops.matmul(b, ops.cast(self.mindpet_delta_lora_a, ms.float32)) * self.scaling
+
+    def merge(self) -> None:
+        """weight += scaling·B·A (fp32 math, stored in the weight's dtype). Idempotent."""
+        if self.merged:
+            return
+        w = self.weight
+        w.set_data(ops.cast(ops.cast(w, ms.float32) + self.delta_weight(), w.dtype))
+        b = self.mindpet_delta_lora_b
+        # A real copy: a same-dtype cast may alias the parameter's buffer, which set_data overwrites.
+        self._held["b"] = Tensor(ops.cast(b, ms.float32).asnumpy().copy())
+        b.set_data(ops.zeros(b.shape, b.dtype))
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Undo merge(): restore B and subtract its delta from the weight. Idempotent."""
+        if not self.merged:
+            return
+        w = self.weight
+        w.set_data(ops.cast(ops.cast(w, ms.float32) - self.delta_weight(), w.dtype))
+        b = self.mindpet_delta_lora_b
+        b.set_data(ops.cast(self._held.pop("b"), b.dtype))
+        self.merged = False
+
+    def extend_repr(self):
+        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+                f"rank={self.lora_rank}, scaling={self.scaling}, merged={self.merged}")
+
+
+def lora_layers(net) -> list[tuple[str, LoRALinear]]:
+    return [(path, cell) for path, cell in net.cells_and_names() if isinstance(cell, LoRALinear)]
+
+
+def merge(net) -> int:
+    """Merge every LoRA layer of `net`; returns how many were merged now."""
+    todo = [cell for _, cell in lora_layers(net) if not cell.merged]
+    for cell in todo:
+        cell.merge()
+    return len(todo)
+
+
+def unmerge(net) -> int:
+    todo = [cell for _, cell in lora_layers(net) if cell.merged]
+    for cell in todo:
+        cell.unmerge()
+    return len(todo)
+
+
+def _config_dtypes(cfg: LoraConfig) -> dict:
+    names = {k: getattr(cfg, k) for k in ("param_init_type", "compute_dtype")
+             if getattr(cfg, k) not in (None, "None", "")}
+    if not names:
+        return {}
+    from petrun.models.dtypes import resolve_dtypes
+
+    return resolve_dtypes(names, key_prefix=pet_base.KEY_PREFIX)
+
+
+def apply(net, lora_config: LoraConfig) -> pet_base.PetReport:
+    """Wrap every target layer in LoRALinear, fix names, freeze all but LoRA; return the report."""
+    if lora_layers(net):
+        raise UserError("LoRA is already applied to this model", key="model.model_config.pet_config",
+                        fix="build the base model afresh before applying a pet_config")
+    targets = pet_base.find_targets(net, lora_config.target_modules, lora_config.exclude_layers)
+    dtypes = _config_dtypes(lora_config)
+    for t in targets:
+        pet_base.replace_child(t.parent, t.name, LoRALinear(
+            t.cell, lora_config.lora_rank, lora_config.lora_alpha, lora_config.lora_dropout,
+            param_init_type=dtypes.get("param_init_type"), compute_dtype=dtypes.get("compute_dtype")))
+    pet_base.refresh_parameter_names(net)
+    pet_base.freeze(net, PET_TYPE, lora_config.freeze_include, lora_config.freeze_exclude)
+    return pet_base.make_report(net, PET_TYPE, [t.path for t in targets])
