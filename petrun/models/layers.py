@@ -173,6 +173,14 @@ def causal_mask(tokens, pad_token_id=None, dtype=ms.float32):
     return mask
 
 
+def _lowest_finite(dtype) -> float:
+    if dtype == ms.float16:
+        return float(np.finfo(np.float16).min)
+    if dtype == ms.bfloat16:
+        return -3.3895313892515355e38  # bf16's own minimum; fp32's would round to -inf
+    return float(np.finfo(np.float32).min)
+
+
 class DotProductAttention(nn.Cell):
     """softmax(q k^T / sqrt(d) + mask) v with grouped-query attention and an optional prefix.
 
@@ -201,13 +209,13 @@ class DotProductAttention(nn.Cell):
         self.softmax_compute_type = softmax_compute_type
         # Masked scores are *replaced* by the dtype's lowest finite value (not added to), so a row
         # with every key masked yields a uniform distribution instead of NaN.
-        self.mask_fill = float(np.finfo(ms.dtype_to_nptype(softmax_compute_type)).min)
+        self.mask_fill = _lowest_finite(softmax_compute_type)
         self.qk = ops.BatchMatMul(transpose_b=True)
         self.pv = ops.BatchMatMul()
         self.softmax = ops.Softmax(-1)
 
     def repeat_kv(self, x):
-        """(B, Nkv, S, D) → (B, N, S, D); query head h reads kv head h // n_rep (as HF/MindFormers)."""
+        """(B, Nkv, S, D) → (B, N, S, D); query head h reads kv head h // n_rep, as in HF."""
         if self.n_rep == 1:
             return x
         batch, n_kv, seq, dim = x.shape

@@ -4,7 +4,7 @@ The attribute tree *is* the checkpoint layout (reference/mindformers.md §6.1):
 
     model.tok_embeddings.embedding_weight                  [vocab, hidden]
     model.layers.{i}.attention_norm.weight                 [hidden]
-    model.layers.{i}.attention.wq|wk|wv|wo.weight          [out, in]  (wk/wv out = n_kv_heads*head_dim)
+    model.layers.{i}.attention.wq|wk|wv|wo.weight          [out, in]; wk/wv out = n_kv_heads*head_dim
     model.layers.{i}.ffn_norm.weight                       [hidden]
     model.layers.{i}.feed_forward.w1|w3.weight             [ffn, hidden]; w2.weight [hidden, ffn]
     model.norm_out.weight                                  [hidden]
@@ -77,11 +77,11 @@ class LlamaAttention(nn.Cell):
         hidden = config.hidden_size
         kw = dict(compute_dtype=dtypes["compute_dtype"], param_init_type=dtypes["param_init_type"],
                   weight_init=Normal(sigma=config.init_method_std, mean=0.0))
-        self.wq = Linear(hidden, self.num_heads * self.head_dim, has_bias=config.qkv_has_bias, **kw)
-        self.wk = Linear(hidden, self.n_kv_heads * self.head_dim, has_bias=config.qkv_has_bias, **kw)
-        self.wv = Linear(hidden, self.n_kv_heads * self.head_dim, has_bias=config.qkv_has_bias, **kw)
-        self.wo = Linear(self.num_heads * self.head_dim, hidden, has_bias=config.attn_proj_has_bias,
-                         **kw)
+        q_out, kv_out = self.num_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.wq = Linear(hidden, q_out, has_bias=config.qkv_has_bias, **kw)
+        self.wk = Linear(hidden, kv_out, has_bias=config.qkv_has_bias, **kw)
+        self.wv = Linear(hidden, kv_out, has_bias=config.qkv_has_bias, **kw)
+        self.wo = Linear(q_out, hidden, has_bias=config.attn_proj_has_bias, **kw)
         self.core = DotProductAttention(self.head_dim, self.num_heads, self.n_kv_heads,
                                         compute_dtype=dtypes["compute_dtype"],
                                         softmax_compute_type=dtypes["softmax_compute_type"])

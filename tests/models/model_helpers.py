@@ -21,7 +21,7 @@ def randomize(net, seed=0, scale=0.2):
         value = rng.normal(0.0, scale, p.shape)
         if "norm" in p.name:
             value = 1.0 + value
-        p.set_data(ms.Tensor(value.astype(ms.dtype_to_nptype(p.dtype))))
+        p.set_data(ms.Tensor(value.astype(p.asnumpy().dtype)))
 
 
 def params_np(net) -> dict:
