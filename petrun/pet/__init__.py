@@ -49,7 +49,8 @@ def parse_pet_config(pet_config: Mapping[str, Any] | PetConfigBase) -> PetConfig
         cfg = cfg_cls.from_dict(pet_config)
     else:
         raise UserError(f"must be a mapping with a pet_type, got {type(pet_config).__name__}",
-                        key=KEY, fix="e.g. pet_config: {pet_type: lora, target_modules: '.*wq|.*wv'}")
+                        key=KEY,
+                        fix="e.g. pet_config: {pet_type: lora, target_modules: '.*wq|.*wv'}")
     if cfg.pet_type not in PET_CONFIGS or not isinstance(cfg, PET_CONFIGS[cfg.pet_type]):
         raise UserError(f"unknown pet_type {cfg.pet_type!r}; known types: "
                         f"{', '.join(sorted(PET_CONFIGS))}", key=f"{KEY}.pet_type")

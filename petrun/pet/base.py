@@ -37,7 +37,7 @@ def linear_types() -> tuple[type, ...]:
 
 
 def base_submodule(net) -> tuple[str, object]:
-    """(attribute name, cell) the adapters go into; ("", net) when the net has none of BASE_ATTRS."""
+    """(attribute name, cell) the adapters go into; ("", net) if it has none of BASE_ATTRS."""
     from mindspore import nn
 
     for name in BASE_ATTRS:
@@ -173,7 +173,7 @@ def match_targets(net, pattern: str, exclude_layers=None, *, types=None) -> Matc
             walk(child, path)
 
     walk(base, base_name)
-    for path, cell in _linear_layers(net, types):
+    for path, _ in _linear_layers(net, types):
         local = path.rsplit(".", 1)[-1]
         result.linear_names[local] = result.linear_names.get(local, 0) + 1
     return result
@@ -189,8 +189,9 @@ def find_targets(net, pattern: str, exclude_layers=None, *, types=None) -> list[
     result = match_targets(net, pattern, exclude_layers, types=types)
     if result.targets and not result.dead:
         return result.targets
-    raise UserError(_dead_message(net, result, exclude_layers), key=TARGET_KEY,
-                    fix=_dead_fix(result, [p for p, _ in _linear_layers(net, types)]))
+    linear_paths = [p for p, _ in _linear_layers(net, types)]
+    message, fix = _explain(result, exclude_layers, type(net).__name__, linear_paths)
+    raise UserError(message, key=TARGET_KEY, fix=fix)
 
 
 def _linear_layers(net, types=None) -> list[tuple[str, object]]:
@@ -206,55 +207,68 @@ def _core(alt: str) -> str:
     return re.sub(r"\\.|[.*+?^$()\[\]{}|]", "", alt)
 
 
-def _dead_message(net, result: MatchResult, exclude_layers) -> str:
-    where = f"{type(net).__name__}.{result.base}" if result.base else type(net).__name__
-    names = ", ".join(f"{n} (x{c})" if c > 1 else n for n, c in list(result.linear_names.items())[:12])
+def _explain(result: MatchResult, exclude_layers, net_name: str,
+             linear_paths: list[str]) -> tuple[str, str]:
+    """(message, fix) for a pattern with dead alternatives: why each one adapts nothing."""
+    where = f"{net_name}.{result.base}" if result.base else net_name
+    names = list(result.linear_names)
+    listing = ", ".join(f"{n} (x{c})" if c > 1 else n
+                        for n, c in list(result.linear_names.items())[:12])
+    alive = [a for a, n in result.hits.items() if n]
     if not result.targets:
         head = f"target_modules '{result.pattern}' matches no linear layer in {where}."
     else:
-        alive = ", ".join(f"'{a}' ({n} layers)" for a, n in result.hits.items() if n)
+        hits = ", ".join(f"'{a}' ({result.hits[a]} layers)" for a in alive)
         dead = ", ".join(f"'{a}'" for a in result.dead)
-        head = (f"target_modules '{result.pattern}': alternative(s) {dead} "
-                f"match no linear layer in {where} "
-                f"(matched: {alive}). A misspelt alternative is never ignored silently.")
+        head = (f"target_modules '{result.pattern}': alternative(s) {dead} match no linear layer "
+                f"in {where} (matched: {hits}). A misspelt alternative is never ignored silently.")
     lines = [head, "Patterns are re.match-ed against each layer's own attribute name "
-                   "(e.g. 'wq'), not its dotted path (MindFormers semantics)."]
-    lines.append(f"Linear layers that exist: {names or 'none'}.")
+                   "(e.g. 'wq'), not its dotted path (MindFormers semantics).",
+             f"Linear layers that exist: {listing or 'none'}."]
+    fixes = []
+    local = lambda path: path.rsplit(".", 1)[-1]  # noqa: E731
     for alt in result.dead:
         rx = re.compile(alt)
-        blocked = [(p, t) for p, t in result.skipped if rx.match(p.rsplit(".", 1)[-1])]
-        if blocked:
-            path, typ = blocked[0]
+        reachable = [p for p in linear_paths if rx.match(local(p))]
+        blocking = [(p, t) for p, t in result.skipped if rx.match(local(p))]
+        if reachable:  # it names real layers, but the walk never gets to them
+            p0 = reachable[0]
+            blocker = next((f"'{sp}' ({st})" for sp, st in result.skipped
+                            if p0.startswith(sp + ".")), None)
+            if blocker:
+                lines.append(f"'{alt}' names '{p0}', but the walk never reaches it: {blocker} "
+                             "matches the pattern and is not a linear layer, so nothing inside "
+                             "it is searched.")
+                fixes.append(f"make no alternative match {blocker.split()[0]} "
+                             "(e.g. end names with '$')")
+            else:
+                lines.append(f"'{alt}' names only layers that exclude_layers {exclude_layers!r} "
+                             "removes.")
+                fixes.append("drop it or narrow exclude_layers")
+            continue
+        if blocking:
+            path, typ = blocking[0]
             lines.append(f"'{alt}' matches '{path}' ({typ}), which is not a linear layer; "
                          "matching stops there and the layers inside it are not searched.")
-        elif r"\." in alt or any(rx.match(p) for p, _ in _linear_layers(net)):
+        elif r"\." in alt or any(rx.match(p) for p in linear_paths):
             lines.append(f"'{alt}' looks like a dotted path; only the last name is tested.")
-        elif any(rx.search(n) for n in result.linear_names):
-            lines.append(f"'{alt}' occurs inside a name but re.match anchors at its start; "
-                         f"write '.*{alt}'.")
-        elif exclude_layers:
-            lines.append(f"Check also exclude_layers {exclude_layers!r}: excluded layers are "
-                         "never targets.")
-    return "\n".join(lines)
-
-
-def _dead_fix(result: MatchResult, linear_paths: list[str]) -> str:
-    names = list(result.linear_names)
-    alive = [a for a, n in result.hits.items() if n]
-    fixes = []
-    for alt in result.dead:
-        rx = re.compile(alt)
-        by_path = sorted({p.rsplit(".", 1)[-1] for p in linear_paths if rx.match(p)})
-        close = by_path or difflib.get_close_matches(_core(alt), names, n=1, cutoff=0.5)
-        if close:
-            fixes.append(f"replace '{alt}' with '{'|'.join('.*' + c for c in close)}'")
-    suggestion = "|".join(alive) if alive else "|".join(f".*{n}" for n in names[:4])
+        elif any(rx.search(n) for n in names):
+            lines.append(f"'{alt}' occurs inside a name but re.match anchors at its start.")
+        # Suggest the layers a dotted/container pattern meant, else the closest local name.
+        meant = sorted({local(p) for p in linear_paths if rx.match(p) or rx.search(local(p))})
+        meant = meant or difflib.get_close_matches(_core(alt), names, n=1, cutoff=0.5)
+        if meant:
+            fixes.append(f"replace '{alt}' with '{'|'.join('.*' + m for m in meant)}'")
     if fixes:
-        return "; ".join(fixes)
-    if alive:
-        return f"drop the dead alternative(s): target_modules: '{suggestion}'"
-    return f"use local layer names, e.g. target_modules: '{suggestion}'" if names else \
-        "this model has no linear layers that PET can target"
+        fix = "; ".join(fixes)
+    elif alive:
+        fix = f"drop the dead alternative(s): target_modules: '{'|'.join(alive)}'"
+    elif names:
+        example = "|".join(".*" + n for n in names[:4])
+        fix = f"use local layer names, e.g. target_modules: '{example}'"
+    else:
+        fix = "this model has no linear layers that PET can target"
+    return "\n".join(lines), fix
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,24 +303,28 @@ def refresh_parameter_names(net) -> None:
 # Freezing and the report
 
 
-def _glob_list(value, key: str) -> list[str]:
-    if value is None or value == "None":
-        return []
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
-        raise UserError(f"must be a list of glob strings, got {value!r}", key=key,
-                        fix="e.g. ['*lm_head*']")
-    return list(value)
+def freeze_globs(pet_config) -> tuple[list[str], list[str]]:
+    """(freeze_include, freeze_exclude) as lists of globs; call before touching the net."""
+    out = []
+    for key in ("freeze_include", "freeze_exclude"):
+        value = getattr(pet_config, key, None)
+        if value is None or value == "None":
+            value = []
+        elif isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+            raise UserError(f"must be a list of glob strings, got {value!r}",
+                            key=f"{KEY_PREFIX}.{key}", fix="e.g. ['*lm_head*']")
+        out.append(list(value))
+    return out[0], out[1]
 
 
-def freeze(net, pet_type: str, freeze_include=None, freeze_exclude=None) -> None:
+def freeze(net, pet_type: str, freeze_include=(), freeze_exclude=()) -> None:
     """MindFormers' freeze_delta (§5.2): only `*mindpet_delta_<pet_type>*` stays trainable; then
     freeze_include globs freeze and freeze_exclude globs unfreeze, over full parameter names.
     A name matched by both lists keeps its state. A glob that matches no parameter is an error.
     """
-    include = _glob_list(freeze_include, f"{KEY_PREFIX}.freeze_include")
-    exclude = _glob_list(freeze_exclude, f"{KEY_PREFIX}.freeze_exclude")
+    include, exclude = list(freeze_include or ()), list(freeze_exclude or ())
     params = list(net.get_parameters())
     names = [p.name for p in params]
     for key, globs in (("freeze_include", include), ("freeze_exclude", exclude)):

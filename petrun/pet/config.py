@@ -10,13 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 
-_DTYPE_NAMES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
-
-
-def _str_list(v) -> bool:
-    return isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v))
-
-
 @dataclass
 class PetConfigBase:
     pet_type: str = ""
@@ -34,12 +27,7 @@ class PetConfigBase:
 
     def check(self) -> list[tuple[str, str]]:
         """Impossible values as (key, message) pairs; the schema turns them into errors."""
-        errs = []
-        for key in ("freeze_include", "freeze_exclude"):
-            v = getattr(self, key)
-            if v not in (None, "None") and not _str_list(v):
-                errs.append((key, f"must be a list of glob strings, got {v!r}"))
-        return errs
+        return []
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,7 +52,7 @@ class LoraConfig(PetConfigBase):
         return float(self.lora_alpha) / float(self.lora_rank)
 
     def check(self):
-        errs = super().check()
+        errs = []
         if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank <= 0:
             errs.append(("lora_rank", f"must be a positive integer, got {self.lora_rank!r}"))
         if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
@@ -73,13 +61,6 @@ class LoraConfig(PetConfigBase):
             errs.append(("lora_dropout", f"must be in [0, 1), got {self.lora_dropout!r}"))
         if not self.target_modules or not isinstance(self.target_modules, str):
             errs.append(("target_modules", "must be a regex string such as '.*wq|.*wv'"))
-        if self.exclude_layers not in (None, "None") and not _str_list(self.exclude_layers):
-            errs.append(("exclude_layers", f"must be a list of regex strings, got {self.exclude_layers!r}"))
-        for key in ("param_init_type", "compute_dtype"):
-            v = getattr(self, key)
-            if v not in (None, "None") and str(v).lower() not in _DTYPE_NAMES:
-                errs.append((key, f"must be float32, float16 or bfloat16 (or unset to inherit from "
-                                  f"the adapted layer), got {v!r}"))
         return errs
 
 
@@ -92,7 +73,7 @@ class Ptuning2Config(PetConfigBase):
     dropout_prob: float = 0.01
 
     def check(self):
-        errs = super().check()
+        errs = []
         if not isinstance(self.pre_seq_len, int) or self.pre_seq_len <= 0:
             errs.append(("pre_seq_len", f"must be a positive integer, got {self.pre_seq_len!r}"))
         if not isinstance(self.projection_dim, int) or self.projection_dim <= 0:
@@ -110,7 +91,7 @@ class PrefixTuningConfig(PetConfigBase):
     dropout_rate: float = 0.1
 
     def check(self):
-        errs = super().check()
+        errs = []
         for k in ("prefix_token_num", "mid_dim"):
             v = getattr(self, k)
             if not isinstance(v, int) or v <= 0:

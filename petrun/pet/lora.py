@@ -24,7 +24,8 @@ class LoRALinear(nn.Cell):
 
     merge() folds scaling·B·A into the base weight; unmerge() takes it out again. While merged
     the forward adds no delta, and B is held aside (lora_b reads as zeros) so that a graph
-    compiled before the merge, which still computes the delta, adds exactly zero.
+    compiled before the merge, which still computes the delta, adds exactly zero. Train only
+    while unmerged (a merged B is zero and its real value is restored by unmerge()).
     """
 
     def __init__(self, base, lora_rank: int, lora_alpha: float, lora_dropout: float = 0.0,
@@ -74,9 +75,11 @@ class LoRALinear(nn.Cell):
         out = self._pre_activation(x) if self.activation_flag else self.base(x)
         if not self.merged:
             out_shape = x.shape[:-1] + (self.out_channels,)
-            h = ops.reshape(self.lora_dropout(ops.cast(x, self.compute_dtype)), (-1, self.in_channels))
+            h = self.lora_dropout(ops.cast(x, self.compute_dtype))
+            h = ops.reshape(h, (-1, self.in_channels))
             h = self.matmul(h, ops.cast(self.mindpet_delta_lora_a, self.compute_dtype))
-            h = self.matmul(h, ops.cast(self.mindpet_delta_lora_b, self.compute_dtype)) * self.scaling
+            h = self.matmul(h, ops.cast(self.mindpet_delta_lora_b, self.compute_dtype))
+            h = h * self.scaling
             out = out + ops.cast(ops.reshape(h, out_shape), out.dtype)
         if self.activation_flag:
             out = self.activation(out)
@@ -96,7 +99,7 @@ class LoRALinear(nn.Cell):
         w = self.weight
         w.set_data(ops.cast(ops.cast(w, ms.float32) + self.delta_weight(), w.dtype))
         b = self.mindpet_delta_lora_b
-        # A real copy: a same-dtype cast may alias the parameter's buffer, which set_data overwrites.
+        # A real copy: a same-dtype cast may alias the buffer that set_data overwrites.
         self._held["b"] = Tensor(ops.cast(b, ms.float32).asnumpy().copy())
         b.set_data(ops.zeros(b.shape, b.dtype))
         self.merged = True
@@ -148,14 +151,17 @@ def _config_dtypes(cfg: LoraConfig) -> dict:
 def apply(net, lora_config: LoraConfig) -> pet_base.PetReport:
     """Wrap every target layer in LoRALinear, fix names, freeze all but LoRA; return the report."""
     if lora_layers(net):
-        raise UserError("LoRA is already applied to this model", key="model.model_config.pet_config",
+        raise UserError("LoRA is already applied to this model", key=pet_base.KEY_PREFIX,
                         fix="build the base model afresh before applying a pet_config")
-    targets = pet_base.find_targets(net, lora_config.target_modules, lora_config.exclude_layers)
+    # Everything a user can get wrong is checked before the net is touched.
+    include, exclude = pet_base.freeze_globs(lora_config)
     dtypes = _config_dtypes(lora_config)
+    targets = pet_base.find_targets(net, lora_config.target_modules, lora_config.exclude_layers)
     for t in targets:
         pet_base.replace_child(t.parent, t.name, LoRALinear(
             t.cell, lora_config.lora_rank, lora_config.lora_alpha, lora_config.lora_dropout,
-            param_init_type=dtypes.get("param_init_type"), compute_dtype=dtypes.get("compute_dtype")))
+            param_init_type=dtypes.get("param_init_type"),
+            compute_dtype=dtypes.get("compute_dtype")))
     pet_base.refresh_parameter_names(net)
-    pet_base.freeze(net, PET_TYPE, lora_config.freeze_include, lora_config.freeze_exclude)
+    pet_base.freeze(net, PET_TYPE, include, exclude)
     return pet_base.make_report(net, PET_TYPE, [t.path for t in targets])
