@@ -41,6 +41,18 @@ def find_mindrecord_files(directory: str | os.PathLike) -> list[str]:
     return sorted(found)
 
 
+def shard_set(path: str) -> list[str]:
+    """The files MindSpore reads for one MindRecord path: its numbered siblings, if any."""
+    m = re.search(r"mindrecord(\d+)$", path)
+    if not m:
+        return [path]
+    stem = path[:m.start(1)]
+    folder = os.path.dirname(stem) or "."
+    siblings = [os.path.join(os.path.dirname(stem), f) for f in os.listdir(folder)
+                if re.fullmatch(re.escape(os.path.basename(stem)) + r"\d+", f)]
+    return sorted(siblings, key=lambda f: int(f[len(stem):]))
+
+
 def _as_int32(values: Any, column: str, index: int) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
@@ -179,5 +191,6 @@ def read_mindrecord(files: str | Sequence[str],
     """All samples in file order (for tests and inspection; training uses loader.build_dataset)."""
     import mindspore.dataset as ds
 
-    data = ds.MindDataset(_files_arg(files), columns_list=list(columns) if columns else None, shuffle=False)
+    data = ds.MindDataset(_files_arg(files), columns_list=list(columns) if columns else None,
+                          shuffle=False)
     return list(data.create_dict_iterator(num_epochs=1, output_numpy=True))

@@ -1,7 +1,8 @@
 """Tokenizers: a small interface and the SentencePiece (Llama) implementation.
 
-Only local files are read; nothing is ever downloaded. The Llama convention (reference/mindformers.md
-§1.9, §7.1): unk 0 '<unk>', bos 1 '<s>', eos 2 '</s>', and pad is the unk token, so pad id 0.
+Only local files are read; nothing is ever downloaded. The Llama convention
+(reference/mindformers.md §1.9, §7.1): unk 0 '<unk>', bos 1 '<s>', eos 2 '</s>', and pad is the
+unk token, so pad id 0.
 """
 from __future__ import annotations
 

@@ -1,0 +1,322 @@
+"""Tokenized datasets → a mindspore.dataset pipeline of int32 batches [batch, seq_length + 1].
+
+`dataset_dir` follows MindFormers' MindDataset loader (reference/mindformers.md §1.4): a MindRecord
+file (a single path also brings in the other shards of its set, e.g. `x.mindrecord0..3`), or a
+directory walked recursively for files named `*mindrecord` / `*mindrecordN` (`.db` index files
+skipped). petrun also reads tokenized JSON / JSON lines whose records carry integer lists
+`input_ids` and `labels` (the demo data is shipped that way).
+
+Every problem a user can cause is raised as a UserError naming the file, the config key and a fix,
+before MindSpore gets the chance to fail with a shape error deep inside the first step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from petrun.data import mindrecord as mr
+from petrun.errors import UserError
+
+DATASET_DIR_KEY = "train_dataset.data_loader.dataset_dir"
+JSON_SUFFIXES = (".json", ".jsonl")
+_INT_TYPES = {"int32", "int64"}
+_FORMATS_FIX = ("dataset_dir may be a .mindrecord file, a directory containing MindRecord files, "
+                "or a tokenized .json/.jsonl file with input_ids/labels")
+
+
+@dataclass
+class _Source:
+    fmt: str                 # "mindrecord" or "json"
+    path: str                # what the user gave (for messages)
+    files: list[str]         # the data files that will be read
+    reader_arg: Any = None   # MindDataset's dataset_files (str loads a whole shard set)
+
+
+def _resolve(dataset_dir: str | os.PathLike, key: str) -> _Source:
+    path = os.path.expanduser(os.fspath(dataset_dir))
+    if not os.path.exists(path):
+        raise UserError("dataset path does not exist", file=path, key=key,
+                        fix=f"check the path. {_FORMATS_FIX}")
+    if os.path.isdir(path):
+        files = mr.find_mindrecord_files(path)
+        if not files:
+            jsons = sorted(f for f in os.listdir(path) if f.endswith(JSON_SUFFIXES))
+            hint = (f" It holds {', '.join(jsons[:3])}: point dataset_dir at that file itself."
+                    if jsons else "")
+            raise UserError("no MindRecord files (named *mindrecord or *mindrecordN) in this "
+                            "directory", file=path, key=key, fix=f"{_FORMATS_FIX}.{hint}")
+        return _Source("mindrecord", path, files, files)
+    if path.endswith(".db") and mr.is_mindrecord_name(path[:-3]):
+        raise UserError("this is a MindRecord index file", file=path, key=key,
+                        fix=f"point dataset_dir at the data file {os.path.basename(path[:-3])} "
+                            f"or at its directory")
+    if mr.is_mindrecord_name(path):
+        # A single path stands for its whole shard set (x.mindrecord0 brings in x.mindrecord1...).
+        return _Source("mindrecord", path, mr.shard_set(path), path)
+    if path.endswith(JSON_SUFFIXES):
+        return _Source("json", path, [path])
+    raise UserError("unrecognised dataset file type", file=path, key=key,
+                    fix=f"{_FORMATS_FIX}. Raw alpaca data must be tokenized first.")
+
+
+# --------------------------------------------------------------------------- JSON
+
+def _json_records(path: str, key: str, first_only: bool = False) -> tuple[list[Any], int]:
+    """(records, count). JSON: a list of records or one record; otherwise JSON lines."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if first_only and path.endswith(".jsonl"):
+                # Cheap pre-flight: parse one line, count the others without parsing them.
+                first, count = None, 0
+                for lineno, line in enumerate(f, 1):
+                    if line.strip():
+                        count += 1
+                        if first is None:
+                            first = _parse_line(line, lineno, path, key)
+                return ([first] if first is not None else []), count
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read the dataset: {exc}", file=path, key=key,
+                        fix="save it as UTF-8 JSON") from None
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None   # maybe JSON lines under a .json name (MindFormers' AdvertiseGen style)
+        if isinstance(data, dict):
+            return [data], 1
+        if isinstance(data, list):
+            return data, len(data)
+    records = [_parse_line(line, n, path, key)
+               for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return records, len(records)
+
+
+def _parse_line(line: str, lineno: int, path: str, key: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"line {lineno} is not valid JSON ({exc.msg})", file=path, key=key,
+                        fix="write one JSON object per line, or one JSON list of objects") from None
+
+
+def _is_int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                           for v in value)
+
+
+def _json_columns(record: Any) -> list[str]:
+    if not isinstance(record, dict):
+        return []
+    return [k for k, v in record.items() if _is_int_list(v)]
+
+
+def _json_arrays(records: list[Any], columns: Sequence[str], length: int, path: str,
+                 key: str) -> dict[str, np.ndarray]:
+    """Validate every record and stack the requested columns as int32 [n, length]."""
+    out = {c: np.empty((len(records), length), dtype=np.int32) for c in columns}
+    for i, rec in enumerate(records):
+        where = f"record {i}"
+        if not isinstance(rec, dict):
+            raise UserError(f"{where} is not a JSON object", file=path, key=key,
+                            fix="every record must look like {\"input_ids\": [...], "
+                                "\"labels\": [...]}")
+        for c in columns:
+            src = c if c in rec or c != "labels" else "input_ids"   # labels default: input_ids
+            value = rec.get(src)
+            if not _is_int_list(value):
+                raise UserError(f"{where}: '{src}' is missing or not a list of integers",
+                                file=path, key=key,
+                                fix="every record must carry the same integer-list columns")
+            if len(value) != length:
+                raise UserError(f"{where}: '{src}' has {len(value)} tokens, the first record "
+                                f"has {length}", file=path, key=key,
+                                fix="all samples must be padded to the same length "
+                                    "(seq_length + 1); re-create the file")
+            arr = np.asarray(value, dtype=np.int64)
+            if arr.size and (arr.min() < -(2 ** 31) or arr.max() >= 2 ** 31):
+                raise UserError(f"{where}: '{src}' has values outside int32", file=path, key=key,
+                                fix="token ids must fit in int32")
+            out[c][i] = arr
+    return out
+
+
+# --------------------------------------------------------------------------- inspection
+
+def _mindrecord_info(src: _Source, key: str) -> dict[str, Any]:
+    try:
+        schema = mr.read_schema(src.reader_arg)
+        num = mr.count_samples(src.reader_arg)
+        first = mr.read_first(src.reader_arg) if num else None
+    except RuntimeError as exc:
+        msg = str(exc).split("Dataset Pipeline Error Message:")[-1].strip(" -\n")
+        raise UserError(f"cannot read the MindRecord data: {msg.splitlines()[0] if msg else exc}",
+                        file=src.path, key=key,
+                        fix="re-create the MindRecord file(s); the data file and its .db index "
+                            "must sit side by side under the names they were written with") \
+            from None
+    length = None
+    if first is not None and "input_ids" in first:
+        length = int(np.asarray(first["input_ids"]).size)
+    return {"format": "mindrecord", "columns": list(schema), "sample_length": length,
+            "num_samples": num, "files": list(src.files),
+            "types": {c: str(s.get("type")) for c, s in schema.items()}}
+
+
+def _json_info(src: _Source, key: str, first_only: bool) -> tuple[dict[str, Any], list[Any]]:
+    records, num = _json_records(src.path, key, first_only=first_only)
+    first = records[0] if records else None
+    columns = _json_columns(first)
+    length = len(first["input_ids"]) if "input_ids" in columns else None
+    info = {"format": "json", "columns": columns, "sample_length": length,
+            "num_samples": num, "files": list(src.files),
+            "types": {c: "int64" for c in columns}}
+    if isinstance(first, dict) and not columns and ({"instruction", "output"} <= set(first)
+                                                    or "conversations" in first):
+        info["raw_text"] = True
+    return info, records
+
+
+def inspect_dataset(dataset_dir: str | os.PathLike, *, key: str = DATASET_DIR_KEY) -> dict:
+    """Columns, first-sample length, sample count and files, reading only headers/first record.
+
+    Returns dict(format, columns, sample_length, num_samples, files, types). Raises UserError if
+    the path is missing or unreadable; it does not judge the content (see check_dataset).
+    """
+    src = _resolve(dataset_dir, key)
+    if src.fmt == "mindrecord":
+        return _mindrecord_info(src, key)
+    return _json_info(src, key, first_only=True)[0]
+
+
+def dataset_size(dataset_dir: str | os.PathLike, *, batch_size: int | None = None,
+                 num_shards: int = 1, drop_remainder: bool = True,
+                 key: str = DATASET_DIR_KEY) -> int:
+    """Samples in the dataset; with batch_size, the batches one shard yields per epoch.
+
+    MindSpore gives every shard ceil(n / num_shards) samples (short shards wrap around).
+    """
+    n = inspect_dataset(dataset_dir, key=key)["num_samples"]
+    if batch_size is None:
+        return n
+    per_shard = math.ceil(n / num_shards)
+    return per_shard // batch_size if drop_remainder else math.ceil(per_shard / batch_size)
+
+
+def check_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int = 1,
+                  columns: Sequence[str] = mr.DEFAULT_COLUMNS, num_shards: int = 1,
+                  drop_remainder: bool = True, key: str = DATASET_DIR_KEY) -> dict:
+    """inspect_dataset plus every check build_dataset makes; raises UserError, returns the info."""
+    return _check(_resolve(dataset_dir, key), seq_length=seq_length, batch_size=batch_size,
+                  columns=columns, num_shards=num_shards, drop_remainder=drop_remainder,
+                  key=key, first_only=True)[0]
+
+
+def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[str],
+           num_shards: int, drop_remainder: bool, key: str,
+           first_only: bool) -> tuple[dict, list[Any]]:
+    if src.fmt == "mindrecord":
+        info, records = _mindrecord_info(src, key), []
+    else:
+        info, records = _json_info(src, key, first_only=first_only)
+    where = src.path
+    if info["num_samples"] == 0:
+        raise UserError("the dataset has no samples", file=where, key=key,
+                        fix="re-create it from non-empty data")
+    if info.get("raw_text"):
+        raise UserError("the records are raw text (instruction/output), not tokenized",
+                        file=where, key=key,
+                        fix=f"tokenize them first with seq_length {seq_length} "
+                            f"(petrun.data.alpaca.prepare_alpaca, or MindFormers' "
+                            f"llama_preprocess.py --dataset_type qa --seq_length {seq_length})")
+    found = info["columns"]
+    # A dataset without labels (e.g. wikitext chunks) trains on input_ids shifted by the model.
+    missing = [c for c in columns
+               if c not in found and not (c == "labels" and "input_ids" in found)]
+    if missing:
+        raise UserError(f"column(s) {missing} not in the dataset, which has {found}",
+                        file=where, key=key,
+                        fix="set train_dataset.input_columns to columns the data has (llama: "
+                            "['input_ids', 'labels']), or re-create the data with them")
+    bad_types = {c: info["types"][c] for c in columns if c in info["types"]
+                 and info["types"][c] not in _INT_TYPES}
+    if bad_types:
+        raise UserError(f"column types {bad_types} are not integer token ids", file=where,
+                        key=key, fix="re-create the data with int32 input_ids/labels")
+    expected = seq_length + 1
+    if info["sample_length"] != expected:
+        raise UserError(
+            f"samples have {info['sample_length']} tokens but the model's seq_length "
+            f"{seq_length} needs {expected} (seq_length + 1)", file=where, key=key,
+            fix=f"prepare the data with the model's seq_length ({seq_length}; the preprocessing "
+                f"adds the +1 itself), or set model.model_config.seq_length to "
+                f"{(info['sample_length'] or 1) - 1} to match the data")
+    per_shard = math.ceil(info["num_samples"] / num_shards)
+    if drop_remainder and per_shard < batch_size:
+        shards = f" per shard ({num_shards} shards)" if num_shards > 1 else ""
+        raise UserError(f"only {per_shard} sample(s){shards}, fewer than one batch of "
+                        f"{batch_size}; with drop_remainder nothing would be trained",
+                        file=where, key=key,
+                        fix=f"lower batch_size to at most {per_shard}, or use more data")
+    return info, records
+
+
+# --------------------------------------------------------------------------- pipeline
+
+def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int,
+                  columns: Sequence[str] = mr.DEFAULT_COLUMNS, shuffle: bool = False,
+                  seed: int = 0, num_shards: int = 1, shard_id: int = 0,
+                  drop_remainder: bool = True, num_parallel_workers: int | None = None,
+                  key: str = DATASET_DIR_KEY):
+    """A mindspore.dataset pipeline of int32 batches [batch_size, seq_length + 1], one per column.
+
+    Sharding is MindSpore's (sample i goes to shard i % num_shards); shuffling is seeded by `seed`
+    alone, so every rank draws the same permutation and a run repeats exactly. Each epoch is
+    reshuffled (MindSpore advances the seed per epoch).
+    """
+    import mindspore as ms
+    import mindspore.dataset as ds
+    from mindspore.dataset.transforms import Duplicate, TypeCast
+
+    columns = list(columns)
+    if batch_size < 1 or seq_length < 1:
+        raise ValueError(f"batch_size and seq_length must be positive ({batch_size}, {seq_length})")
+    if not (num_shards >= 1 and 0 <= shard_id < num_shards):
+        raise ValueError(f"shard_id {shard_id} is not in [0, num_shards={num_shards})")
+    if not columns or len(set(columns)) != len(columns):
+        raise ValueError(f"columns must be distinct and non-empty, got {columns}")
+
+    src = _resolve(dataset_dir, key)
+    info, records = _check(src, seq_length=seq_length, batch_size=batch_size, columns=columns,
+                           num_shards=num_shards, drop_remainder=drop_remainder, key=key,
+                           first_only=False)
+
+    sampler = ds.DistributedSampler(num_shards, shard_id, shuffle=shuffle)
+    # The sampler copies MindSpore's global dataset seed when built; pin it to ours instead of
+    # calling ds.config.set_seed, which would also reseed `random` and `numpy` process-wide.
+    sampler.seed = int(seed)
+
+    if src.fmt == "json":
+        arrays = _json_arrays(records, columns, seq_length + 1, src.path, key)
+        data = ds.NumpySlicesDataset(arrays, column_names=columns, sampler=sampler)
+    else:
+        read = [c for c in columns if c in info["columns"]]
+        copy_labels = "labels" in columns and "labels" not in read
+        if copy_labels and "input_ids" not in read:
+            read.append("input_ids")
+        data = ds.MindDataset(src.reader_arg, columns_list=read, sampler=sampler,
+                              num_parallel_workers=num_parallel_workers)
+        if copy_labels:
+            data = data.map(operations=Duplicate(), input_columns=["input_ids"],
+                            output_columns=["input_ids", "labels"])
+        for c in columns:
+            stored = info["types"].get(c, info["types"].get("input_ids"))
+            if stored != "int32":   # MindFormers casts every column to int32 as well
+                data = data.map(operations=TypeCast(ms.int32), input_columns=[c])
+        data = data.project(columns)
+    return data.batch(batch_size, drop_remainder=drop_remainder)
