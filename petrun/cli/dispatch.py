@@ -4,6 +4,9 @@ from __future__ import annotations
 from petrun.errors import UserError
 
 
-def run_job(cfg, verb: str, console) -> None:
+def run_job(cfg, verb: str, console) -> dict:
+    if verb in ("finetune", "train"):
+        from petrun.train.recipe import FinetuneRecipe
+        return FinetuneRecipe(cfg, console=console).run()
     raise UserError(f"`petrun {verb}` is not built yet in this version",
-                    fix="use `petrun config show` / `petrun config validate` for now")
+                    fix="finetune/train work now; eval and predict come with the inference release")

@@ -130,30 +130,48 @@ def parse_args(args: Iterable[str]) -> list[Override]:
     return out
 
 
+def _child(node: Any, part: str) -> Any:
+    """node[part] for a mapping, or node[int(part)] for a list (`callbacks.1.prefix=x`)."""
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        return node[int(part)]
+    return None
+
+
 def apply_overrides(data: dict, origins: dict[str, str], overrides: Iterable[Override]) -> None:
-    """Apply overrides in order, in place."""
+    """Apply overrides in order, in place. List items are addressed by index."""
     for ov in overrides:
         parts = ov.key.split(".")
         node: Any = data
         for depth, part in enumerate(parts[:-1]):
-            nxt = node.get(part) if isinstance(node, dict) else None
-            if nxt is None and not ov.delete:
+            nxt = _child(node, part)
+            if nxt is None and not ov.delete and isinstance(node, dict):
                 nxt = node[part] = {}
-            if not isinstance(nxt, dict):
+            if not isinstance(nxt, (dict, list)):
                 where = ".".join(parts[: depth + 1])
-                raise UserError(f"override '{ov.text}' goes inside '{where}', which is not a mapping",
+                what = "does not exist" if nxt is None else "is not a mapping or list"
+                raise UserError(f"override '{ov.text}' goes inside '{where}', which {what}",
                                 key=ov.key, fix=f"override '{where}' itself, or check the key path")
             node = nxt
         last = parts[-1]
+        if isinstance(node, list):
+            if not (last.isdigit() and int(last) < len(node)):
+                raise UserError(f"override '{ov.text}': '{last}' is not an index of the "
+                                f"{len(node)}-item list", key=ov.key,
+                                fix=f"use an index from 0 to {len(node) - 1}")
+            index: Any = int(last)
+        else:
+            index = last
         if ov.delete:
-            if not isinstance(node, dict) or last not in node:
+            if isinstance(node, dict) and last not in node:
                 raise UserError(f"cannot delete '{ov.key}': it is not set", key=ov.key,
                                 fix="run `petrun config show --config ...` to see the resolved keys")
-            del node[last]
+            del node[index]
             for k in [k for k in origins if k == ov.key or k.startswith(ov.key + ".")]:
                 del origins[k]
         else:
-            node[last] = ov.value
+            node[index] = ov.value
             for k in [k for k in origins if k.startswith(ov.key + ".")]:
                 del origins[k]
             origins[ov.key] = ORIGIN

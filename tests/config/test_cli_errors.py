@@ -92,7 +92,7 @@ def _case_unknown_arch(tmp):
 
 
 def _case_override_into_scalar(tmp):
-    return [MF, "seed.value=3"], ["'seed'", "not a mapping"]
+    return [MF, "seed.value=3"], ["'seed'", "not a mapping or list"]
 
 
 def _case_top_level_list(tmp):

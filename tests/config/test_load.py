@@ -119,3 +119,11 @@ def test_all_problems_reported_together_with_file_and_line(tmp_path):
 def test_python_api_view_gives_attribute_access():
     view = load_config(MF).view()
     assert view.model.model_config.hidden_size == 4096
+
+
+def test_list_items_are_addressed_by_index():
+    cfg = load_config(MF, ["callbacks.1.prefix=mine", "callbacks.0.per_print_times=5"])
+    assert cfg.get("callbacks.1.prefix") == "mine"
+    assert cfg.get("callbacks.0.per_print_times") == 5
+    with pytest.raises(UserError, match="not an index of the 3-item list"):
+        load_config(MF, ["callbacks.7.prefix=mine"])

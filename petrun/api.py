@@ -1,0 +1,117 @@
+"""The Python API the CLI itself uses (and that mirrors MindFormers' seed usage).
+
+    cfg = petrun.load_config("configs/llama2/lora_llama2_tiny.yaml", ["runner_config.epochs=1"])
+    model = petrun.build_model(cfg)                 # base model + PET transform
+    petrun.load_checkpoint(model, "output/checkpoint/rank_0/adapter.ckpt")
+    petrun.logits(model, [[1, 2, 3]])               # np.ndarray [batch, seq, vocab], fp32
+    petrun.Trainer(config=cfg, pet_method="lora", train_dataset="data.jsonl").finetune()
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from petrun.config import Config, load_config
+from petrun.errors import UserError
+
+PET_PATTERN = "*mindpet_delta_*"  # every PET method's parameters carry this infix (MindFormers)
+
+# Default LoRA targets per family, for Trainer(pet_method="lora") on a config without pet_config.
+DEFAULT_LORA_TARGETS = {"LlamaForCausalLM": ".*wq|.*wk|.*wv|.*wo"}
+
+
+def _as_config(config: Config | str | Path, overrides: Iterable[str] = ()) -> Config:
+    if isinstance(config, Config):
+        return load_config_from(config, overrides) if overrides else config
+    return load_config(config, list(overrides))
+
+
+def load_config_from(cfg: Config, overrides: Iterable[str]) -> Config:
+    from petrun.config.overrides import apply_overrides, parse_args
+    from petrun.config.schema import ConfigError, validate
+    data, origins = copy.deepcopy(cfg.data), dict(cfg.origins)
+    apply_overrides(data, origins, parse_args(list(overrides)))
+    result = validate(data, origins)
+    if result.problems:
+        raise ConfigError(result.problems, file=cfg.source)
+    return Config(data=data, source=cfg.source, origins=origins, ignored=result.ignored)
+
+
+def build_model(cfg: Config | str | Path, *, device_target: str | None = None, report=None):
+    """Base model from model.arch/model.model_config, then the PET transform if pet_config is set.
+
+    `report`, if given, is called with the PetReport (trainable-parameter line).
+    """
+    from petrun.models.registry import build_base_model
+    cfg = _as_config(cfg)
+    net = build_base_model(cfg.get("model"), device_target=device_target)
+    pet_config = cfg.get("model.model_config.pet_config")
+    if pet_config:
+        from petrun.pet import apply_pet
+        result = apply_pet(net, pet_config)
+        if report is not None:
+            report(result)
+    return net
+
+
+def load_checkpoint(model, path: str | Path, strict: bool = True, *, allow_missing=(PET_PATTERN,),
+                    key: str = "load_checkpoint") -> dict:
+    """Load a .ckpt file (or every .ckpt in a folder, e.g. base + adapter) into `model`.
+
+    strict: unknown checkpoint entries or missing model weights are errors. Adapter parameters
+    may be missing (a fresh PET run starts from the base weights alone).
+    """
+    from petrun.ckpt.io import load_into
+    return load_into(model, path, strict=strict, allow_missing=allow_missing, key=key)
+
+
+def logits(model, input_ids) -> np.ndarray:
+    """fp32 logits [batch, seq, vocab] for integer token ids [batch, seq]."""
+    import mindspore as ms
+    ids = np.asarray(input_ids, dtype=np.int32)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    model.set_train(False)
+    out = model(ms.Tensor(ids))
+    return out.asnumpy().astype(np.float32)
+
+
+class Trainer:
+    """MindFormers-style entry point: Trainer(config=..., pet_method="lora", train_dataset=...)."""
+
+    def __init__(self, config: Config | str | Path, pet_method: str | None = None,
+                 train_dataset: str | Path | None = None, overrides: Iterable[str] = (), console=None):
+        extra = list(overrides)
+        if train_dataset is not None:
+            extra.append(f"train_dataset.data_loader.dataset_dir={train_dataset}")
+        cfg = _as_config(config, extra)
+        if pet_method is not None:
+            current = cfg.get("model.model_config.pet_config.pet_type")
+            if current is None:
+                arch = cfg.get("model.arch.type")
+                if pet_method != "lora" or arch not in DEFAULT_LORA_TARGETS:
+                    raise UserError(f"pet_method={pet_method!r} but the config has no pet_config",
+                                    key="model.model_config.pet_config",
+                                    fix="add a pet_config section to the YAML")
+                cfg = load_config_from(cfg, [
+                    "model.model_config.pet_config.pet_type=lora",
+                    f"model.model_config.pet_config.target_modules={DEFAULT_LORA_TARGETS[arch]}"])
+            elif current != pet_method:
+                raise UserError(f"pet_method={pet_method!r} but the config's pet_type is {current!r}",
+                                key="model.model_config.pet_config.pet_type",
+                                fix="make them agree (or leave pet_method out)")
+        self.config = cfg
+        self.console = console
+
+    def finetune(self, finetune_checkpoint: str | Path | None = None) -> dict:
+        """Run the finetune recipe; returns its summary (losses, checkpoint paths, timing)."""
+        cfg = self.config
+        if finetune_checkpoint is not None:
+            cfg = load_config_from(cfg, [f"load_checkpoint={finetune_checkpoint}"])
+        from petrun.train.recipe import FinetuneRecipe
+        return FinetuneRecipe(cfg, console=self.console).run()
+
+    train = finetune

@@ -1,0 +1,73 @@
+"""What a run reports while it trains: a progress bar (or log lines), and a metrics JSONL file."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class MetricsLog:
+    """One JSON object per optimizer step (field names close to LLaMA-Factory's trainer_log)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.f.write(json.dumps(record) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class Progress:
+    """A rich progress bar on a terminal; plain lines every `every` steps otherwise (logs, CI)."""
+
+    def __init__(self, console, total: int, every: int = 1, enabled: bool = True):
+        self.console = console
+        self.total = total
+        self.every = max(1, every)
+        self.enabled = enabled
+        self.bar = None
+        self.start = time.perf_counter()
+        if enabled and console is not None and console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+            self.bar = RichProgress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                                    TextColumn("eta"), TimeRemainingColumn(), console=console,
+                                    transient=False)
+            self.task = self.bar.add_task("train", total=total, stats="compiling…")
+            self.bar.start()
+
+    def update(self, step: int, epoch: int, loss: float, lr: float, tok_s: float, norm: float,
+               overflow: bool) -> None:
+        if not self.enabled:
+            return
+        stats = f"loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s" + (" overflow" if overflow else "")
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, stats=stats)
+        elif step % self.every == 0 or step == self.total:
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / step * (self.total - step) if step else 0.0
+            self.console.print(f"epoch {epoch} step {step}/{self.total} | loss {loss:.4f} | "
+                               f"lr {lr:.3e} | grad_norm {norm:.3f} | {tok_s:,.0f} tok/s | "
+                               f"elapsed {_fmt_time(elapsed)} | eta {_fmt_time(eta)}"
+                               + (" | overflow: step skipped" if overflow else ""), highlight=False, soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        if self.enabled and self.console is not None:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,161 @@
+"""One optimizer step as graph-compiled cells: loss scaling, overflow skip, global-norm clipping,
+gradient accumulation. Mirrors MindFormers' MFTrainOneStepCell (reference/mindformers.md §8.2).
+
+Without accumulation one cell does forward, backward and update. With accumulation k > 1 an
+`accumulate` cell adds unscaled gradients into fp32 buffers k times and an `update` cell applies
+their mean once, so memory stays at one micro-batch (what accumulation is for).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from petrun.errors import UserError
+
+
+def build_loss_scale(scale_sense: Any):
+    """runner_wrapper.scale_sense → (initial scale, update cell or None)."""
+    if scale_sense is None:
+        return 1.0, None
+    if isinstance(scale_sense, (int, float)) and not isinstance(scale_sense, bool):
+        return float(scale_sense), None
+    if isinstance(scale_sense, Mapping):
+        kind = scale_sense.get("type")
+        value = float(scale_sense.get("loss_scale_value", 2 ** 16))
+        if kind == "DynamicLossScaleUpdateCell":
+            return value, nn.DynamicLossScaleUpdateCell(
+                loss_scale_value=value, scale_factor=int(scale_sense.get("scale_factor", 2)),
+                scale_window=int(scale_sense.get("scale_window", 1000)))
+        if kind == "FixedLossScaleUpdateCell":
+            return value, None
+    raise UserError(f"unsupported scale_sense {scale_sense!r}", key="runner_wrapper.scale_sense",
+                    fix="use a number (1.0 = no loss scale) or {type: DynamicLossScaleUpdateCell, "
+                        "loss_scale_value: 65536, scale_factor: 2, scale_window: 1000}")
+
+
+def clip_by_norm(grads, norm, max_norm):
+    """Scale all gradients by min(1, max_norm / global_norm)."""
+    factor = ops.minimum(Tensor(1.0, ms.float32), max_norm / (norm + 1e-6))
+    return tuple(g * factor for g in grads)
+
+
+class _GradCore(nn.Cell):
+    """Shared pieces: scaled backward pass, overflow check, global norm."""
+
+    def __init__(self, network, weights, scale_value, scale_update, clip_norm, use_clip):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.weights = weights
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.loss_scale = Parameter(Tensor(scale_value, ms.float32), name="loss_scale",
+                                    requires_grad=False)
+        self.scale_update = scale_update
+        self.use_dynamic = scale_update is not None
+        self.clip_norm = float(clip_norm)
+        self.use_clip = bool(use_clip)
+
+    def scaled_grads(self, input_ids, labels):
+        loss = self.network(input_ids, labels)
+        sens = ops.cast(self.loss_scale, loss.dtype)
+        grads = self.grad(self.network, self.weights)(input_ids, labels, sens)
+        inv = ops.cast(1.0 / self.loss_scale, ms.float32)
+        grads = tuple(ops.cast(g, ms.float32) * inv for g in grads)
+        return loss, grads
+
+    def global_norm(self, grads):
+        return ops.sqrt(ops.stack([ops.reduce_sum(ops.square(g)) for g in grads]).sum())
+
+    def overflow(self, norm):
+        # Any inf/nan gradient makes the global norm non-finite: one check instead of one per tensor.
+        return ops.logical_not(ops.isfinite(norm))
+
+    def next_scale(self, overflow):
+        if self.use_dynamic:
+            overflow = self.scale_update(self.loss_scale, overflow)
+        return overflow
+
+
+class TrainStep(_GradCore):
+    """forward + backward + clipped optimizer update. Returns (loss, overflow, loss_scale, norm).
+
+    With a loss scale (fp16) an overflowing step is skipped and the scale adapts, as MindFormers
+    does. Without one (scale 1.0, the fp32 case) the update is unconditional: a graph branch costs
+    about 2x step time on CPU, and the recipe stops on the first non-finite step anyway.
+    """
+
+    def __init__(self, network, optimizer, scale_value=1.0, scale_update=None, clip_norm=1.0,
+                 use_clip=True):
+        super().__init__(network, optimizer.parameters, scale_value, scale_update, clip_norm, use_clip)
+        self.optimizer = optimizer
+        self.skip_on_overflow = scale_update is not None or float(scale_value) != 1.0
+
+    def construct(self, input_ids, labels):
+        loss, grads = self.scaled_grads(input_ids, labels)
+        norm = self.global_norm(grads)
+        overflow = self.next_scale(self.overflow(norm))
+        if self.use_clip:
+            grads = clip_by_norm(grads, norm, self.clip_norm)
+        if self.skip_on_overflow:
+            if not overflow:
+                self.optimizer(grads)
+        else:
+            loss = ops.depend(loss, self.optimizer(grads))
+        return loss, overflow, self.loss_scale.value(), norm
+
+
+class AccumulateStep(_GradCore):
+    """Adds one micro-batch's unscaled gradients into `buffers`; returns (loss, overflow)."""
+
+    def __init__(self, network, weights, buffers, scale_value=1.0, scale_update=None):
+        super().__init__(network, weights, scale_value, scale_update, 1.0, False)
+        self.buffers = buffers
+        self.seen_overflow = Parameter(Tensor(False, ms.bool_), name="seen_overflow", requires_grad=False)
+
+    def construct(self, input_ids, labels):
+        loss, grads = self.scaled_grads(input_ids, labels)
+        overflow = self.overflow(self.global_norm(grads))
+        for buf, g in zip(self.buffers, grads):
+            ops.assign_add(buf, g)
+        ops.assign(self.seen_overflow, ops.logical_or(self.seen_overflow, overflow))
+        return loss, overflow
+
+
+class ApplyAccumulated(nn.Cell):
+    """Clips and applies the mean of the accumulated gradients, then zeroes the buffers.
+
+    Returns (overflow, loss_scale, global_norm); the update is skipped when any micro-batch
+    overflowed, and the loss scale is updated once per optimizer step.
+    """
+
+    def __init__(self, accumulate: AccumulateStep, optimizer, steps: int, clip_norm=1.0, use_clip=True):
+        super().__init__(auto_prefix=False)
+        self.acc = accumulate
+        self.optimizer = optimizer
+        self.inv_steps = 1.0 / float(steps)
+        self.clip_norm = float(clip_norm)
+        self.use_clip = bool(use_clip)
+        self.skip_on_overflow = accumulate.scale_update is not None or float(accumulate.loss_scale.asnumpy()) != 1.0
+
+    def construct(self):
+        grads = tuple(b * self.inv_steps for b in self.acc.buffers)
+        norm = self.acc.global_norm(grads)
+        overflow = self.acc.next_scale(self.acc.seen_overflow.value())
+        if self.use_clip:
+            grads = clip_by_norm(grads, norm, self.clip_norm)
+        if self.skip_on_overflow:
+            if not overflow:
+                self.optimizer(grads)
+        else:
+            norm = ops.depend(norm, self.optimizer(grads))
+        for b in self.acc.buffers:
+            ops.assign(b, ops.zeros_like(b))
+        ops.assign(self.acc.seen_overflow, Tensor(False, ms.bool_))
+        return overflow, self.acc.loss_scale.value(), norm
+
+
+def make_buffers(params) -> ms.ParameterTuple:
+    import numpy as np
+    return ms.ParameterTuple([Parameter(Tensor(np.zeros(p.shape, np.float32)), name=f"accu_grads.{p.name}",
+                                        requires_grad=False) for p in params])
