@@ -209,15 +209,18 @@ def dataset_size(dataset_dir: str | os.PathLike, *, batch_size: int | None = Non
 
 
 def check_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int = 1,
+                  extra_tokens: int = 1,
                   columns: Sequence[str] = mr.DEFAULT_COLUMNS, num_shards: int = 1,
                   drop_remainder: bool = True, key: str = DATASET_DIR_KEY) -> dict:
     """inspect_dataset plus every check build_dataset makes; raises UserError, returns the info."""
     return _check(_resolve(dataset_dir, key), seq_length=seq_length, batch_size=batch_size,
+                  extra_tokens=extra_tokens,
                   columns=columns, num_shards=num_shards, drop_remainder=drop_remainder,
                   key=key, first_only=True)[0]
 
 
 def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[str],
+           extra_tokens: int,
            num_shards: int, drop_remainder: bool, key: str,
            first_only: bool) -> tuple[dict, list[Any]]:
     if src.fmt == "mindrecord":
@@ -248,14 +251,16 @@ def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[
     if bad_types:
         raise UserError(f"column types {bad_types} are not integer token ids", file=where,
                         key=key, fix="re-create the data with int32 input_ids/labels")
-    expected = seq_length + 1
+    expected = seq_length + extra_tokens
     if info["sample_length"] != expected:
+        plus = f" (seq_length + {extra_tokens})" if extra_tokens else ""
         raise UserError(
             f"samples have {info['sample_length']} tokens but the model's seq_length "
-            f"{seq_length} needs {expected} (seq_length + 1)", file=where, key=key,
-            fix=f"prepare the data with the model's seq_length ({seq_length}; the preprocessing "
-                f"adds the +1 itself), or set model.model_config.seq_length to "
-                f"{(info['sample_length'] or 1) - 1} to match the data")
+            f"{seq_length} needs {expected}{plus}", file=where, key=key,
+            fix=f"prepare the data with the model's seq_length ({seq_length}"
+                + ("; the preprocessing adds the +1 itself" if extra_tokens else "")
+                + f"), or set model.model_config.seq_length to "
+                f"{(info['sample_length'] or 1) - extra_tokens} to match the data")
     per_shard = math.ceil(info["num_samples"] / num_shards)
     if drop_remainder and per_shard < batch_size:
         shards = f" per shard ({num_shards} shards)" if num_shards > 1 else ""
@@ -269,11 +274,15 @@ def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[
 # --------------------------------------------------------------------------- pipeline
 
 def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int,
+                  extra_tokens: int = 1,
                   columns: Sequence[str] = mr.DEFAULT_COLUMNS, shuffle: bool = False,
                   seed: int = 0, num_shards: int = 1, shard_id: int = 0,
                   drop_remainder: bool = True, num_parallel_workers: int | None = None,
                   key: str = DATASET_DIR_KEY):
-    """A mindspore.dataset pipeline of int32 batches [batch_size, seq_length + 1], one per column.
+    """A mindspore.dataset pipeline of int32 batches [batch_size, seq_length + extra_tokens].
+
+    extra_tokens is 1 for families that shift labels inside the model (Llama2, GPT2: samples are
+    seq_length + 1 long) and 0 for GLM2, whose data carries labels already shifted.
 
     Sharding is MindSpore's (sample i goes to shard i % num_shards); shuffling is seeded by `seed`
     alone, so every rank draws the same permutation and a run repeats exactly. Each epoch is
@@ -293,6 +302,7 @@ def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size
 
     src = _resolve(dataset_dir, key)
     info, records = _check(src, seq_length=seq_length, batch_size=batch_size, columns=columns,
+                           extra_tokens=extra_tokens,
                            num_shards=num_shards, drop_remainder=drop_remainder, key=key,
                            first_only=False)
 
@@ -302,7 +312,7 @@ def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size
     sampler.seed = int(seed)
 
     if src.fmt == "json":
-        arrays = _json_arrays(records, columns, seq_length + 1, src.path, key)
+        arrays = _json_arrays(records, columns, seq_length + extra_tokens, src.path, key)
         data = ds.NumpySlicesDataset(arrays, column_names=columns, sampler=sampler)
     else:
         read = [c for c in columns if c in info["columns"]]

@@ -18,13 +18,16 @@ class ArchEntry:
     arch: str          # model.arch.type, e.g. "LlamaForCausalLM"
     config_type: str   # model.model_config.type it pairs with, e.g. "LlamaConfig"
     builder: str       # "package.module:Callable" taking (config, device_target=...)
+    # Tokens per training sample beyond seq_length: 1 when the model shifts labels itself
+    # (Llama2, GPT2 data are seq_length + 1 long), 0 when the data arrives shifted (GLM2).
+    extra_tokens: int = 1
 
 
 _ARCHS: dict[str, ArchEntry] = {}
 
 
-def register_arch(arch: str, config_type: str, builder: str) -> None:
-    _ARCHS[arch] = ArchEntry(arch, config_type, builder)
+def register_arch(arch: str, config_type: str, builder: str, extra_tokens: int = 1) -> None:
+    _ARCHS[arch] = ArchEntry(arch, config_type, builder, extra_tokens)
 
 
 register_arch("LlamaForCausalLM", "LlamaConfig", "petrun.models.llama:LlamaForCausalLM")

@@ -77,6 +77,7 @@ class FinetuneRecipe:
 
     def setup_data(self) -> None:
         from petrun.data.loader import build_dataset
+        from petrun.models.registry import arch_entry
         cfg = self.cfg
         key = "train_dataset.data_loader.dataset_dir"
         dataset_dir = cfg.get(key)
@@ -89,11 +90,11 @@ class FinetuneRecipe:
         self.batch_size = int(cfg.get("runner_config.batch_size")
                               or cfg.get("train_dataset.batch_size") or 1)
         self.accum = int(cfg.get("runner_config.gradient_accumulation_steps") or 1)
-        columns = cfg.get("train_dataset.input_columns") or ["input_ids", "labels"]
-        if "labels" not in columns:
-            columns = [*columns, "labels"]  # the loss needs targets; absent labels mean input_ids
+        self.extra_tokens = arch_entry(cfg.get("model.arch.type")).extra_tokens
         self.dataset = build_dataset(
             dataset_dir, seq_length=self.seq_length, batch_size=self.batch_size,
+            extra_tokens=self.extra_tokens,
+            # The loss always needs targets; data without a labels column trains on input_ids.
             columns=["input_ids", "labels"], shuffle=bool(cfg.get("train_dataset.data_loader.shuffle")),
             seed=int(cfg.get("train_dataset.seed", self.seed) or 0),
             drop_remainder=bool(cfg.get("train_dataset.drop_remainder", True)))
@@ -109,7 +110,7 @@ class FinetuneRecipe:
         if stop:
             self.total_steps = min(self.total_steps, stop)
         self.say(f"data: {dataset_dir} — {self.batches_per_epoch} batches of {self.batch_size} × "
-                 f"{self.seq_length + 1} tokens per epoch; {self.total_steps} optimizer steps"
+                 f"{self.seq_length + self.extra_tokens} tokens per epoch; {self.total_steps} optimizer steps"
                  + (f" (gradient accumulation {self.accum})" if self.accum > 1 else ""))
 
     def setup_model(self) -> None:
