@@ -9,7 +9,11 @@ Writes, each file atomically:
   tokenizer.model              a SentencePiece BPE model trained on that corpus with Llama's
                                conventions (unk 0, bos 1, eos 2, byte fallback, split digits);
   alpaca_demo_seq256.jsonl     the records tokenized by petrun.data.alpaca for seq_length 256
-                               (257 tokens per sample: input_ids and labels).
+                               (257 tokens per sample: input_ids and labels);
+  alpaca_demo_glm2_seq256.jsonl
+                               the same samples pre-shifted the way MindFormers' GLM2 data come
+                               (256 tokens: input_ids = ids[:-1], labels = labels[1:]), for
+                               ChatGLM2, whose loss does not shift.
 Re-running reproduces the same bytes.
 """
 from __future__ import annotations
@@ -218,6 +222,10 @@ def main() -> int:
     assert not prepared.bad, prepared.bad
     data_path = os.path.join(OUT_DIR, f"alpaca_demo_seq{SEQ_LENGTH}.jsonl")
     write_jsonl(data_path, (s.as_dict() for s in prepared.samples), overwrite=True)
+    # GLM2 (MindFormers' ADGen convention): labels already shifted, seq_length tokens per sample.
+    write_jsonl(os.path.join(OUT_DIR, f"alpaca_demo_glm2_seq{SEQ_LENGTH}.jsonl"),
+                ({"input_ids": s.input_ids[:-1], "labels": s.labels[1:]} for s in prepared.samples),
+                overwrite=True)
 
     # Pretraining corpus for the tiny base model (scripts/make_demo_base.sh): other records of the
     # same tasks, every real token supervised (plain language modelling), padding ignored.

@@ -187,6 +187,55 @@ _MODEL_SPECIFIC = {
                      "scaling_factor": NUM},
                     [_llama_checks]),
 }
+
+
+def _glm2_checks(m: Mapping) -> list[tuple[str, str]]:
+    errs = []
+    n, g = m.get("num_attention_heads"), m.get("multi_query_group_num")
+    if isinstance(n, int) and isinstance(g, int) and g > 0 and n % g:
+        errs.append(("multi_query_group_num",
+                     f"num_attention_heads {n} is not divisible by multi_query_group_num {g}"))
+    kv = m.get("kv_channels")
+    if isinstance(kv, int) and kv % 4:
+        errs.append(("kv_channels", f"must be a multiple of 4 (rotary pairs on half of each "
+                                    f"head), got {kv}"))
+    return errs
+
+
+def _gpt2_checks(m: Mapping) -> list[tuple[str, str]]:
+    h, n = m.get("hidden_size"), m.get("num_heads")
+    if isinstance(h, int) and isinstance(n, int) and n > 0 and h % n:
+        return [("num_heads", f"hidden_size {h} is not divisible by num_heads {n}")]
+    return []
+
+
+_DROPOUT = T((int, float), check=lambda v: None if 0 <= v < 1 else f"must be in [0, 1), got {v}")
+_MODEL_SPECIFIC.update({
+    "ChatGLM2Config": ({"seq_length": POS_INT, "hidden_size": POS_INT, "num_layers": POS_INT,
+                        "num_attention_heads": POS_INT, "padded_vocab_size": POS_INT,
+                        "vocab_size": T((int,), none=True, check=_positive),
+                        "ffn_hidden_size": POS_INT, "kv_channels": POS_INT,
+                        "multi_query_group_num": POS_INT, "layernorm_epsilon": T((int, float, str)),
+                        "rope_ratio": T((int, float, str)), "hidden_dropout": _DROPOUT,
+                        "attention_dropout": _DROPOUT, "quantization_bit": NONNEG_INT,
+                        "pre_seq_len": T((int, str), none=True),
+                        "softmax_compute_type": DTYPE_OR_NONE, "rotary_dtype": DTYPE_OR_NONE,
+                        "residual_dtype": DTYPE_OR_NONE,
+                        "eos_token_id": INT, "pad_token_id": INT,
+                        "gmask_token_id": T((int,), none=True),
+                        "bos_token_id": T((int,), none=True)},
+                       [_glm2_checks]),
+    "GPT2Config": ({"seq_length": POS_INT, "hidden_size": POS_INT, "num_layers": POS_INT,
+                    "num_heads": POS_INT, "vocab_size": POS_INT, "expand_ratio": POS_INT,
+                    "max_position_embeddings": T((int,), none=True, check=_positive),
+                    "embedding_dropout_prob": _DROPOUT, "hidden_dropout_rate": _DROPOUT,
+                    "attention_dropout_rate": _DROPOUT,
+                    "hidden_act": T((str,), check=_one_of("gelu", "fast_gelu")),
+                    "eos_token_id": INT, "pad_token_id": INT, "bos_token_id": INT,
+                    "unk_token_id": INT, "num_labels": POS_INT},
+                   [_gpt2_checks]),
+})
+
 # Keys seen in shipped MindFormers model_configs that only drive Ascend kernels or features petrun
 # does not implement; accepted so real configs load.
 _MODEL_IGNORED = frozenset({

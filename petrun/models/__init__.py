@@ -1,4 +1,4 @@
-"""Model families (Llama2 now; ChatGLM2, GPT2 later) behind a name → builder registry.
+"""Model families (Llama2, ChatGLM2, GPT2) behind a name → builder registry.
 
 Kept free of MindSpore imports: the families are imported only when a model is built.
 """

@@ -142,4 +142,130 @@ class LlamaConfig(ModelConfigBase):
         return int(max(self.max_position_embedding or 0, self.seq_length))
 
 
-MODEL_CONFIGS: dict[str, type[ModelConfigBase]] = {"LlamaConfig": LlamaConfig}
+@dataclass
+class ChatGLM2Config(ModelConfigBase):
+    """MindFormers' ChatGLM2Config: field names and defaults are glm2-6b's (§1.11).
+
+    The vocabulary size is `padded_vocab_size` (MindFormers copies it to vocab_size and ignores a
+    vocab_size key); heads are `num_attention_heads`, each `kv_channels` wide; with
+    multi_query_attention the keys/values have `multi_query_group_num` heads.
+    """
+    type: str = "ChatGLM2Config"
+    num_layers: int = 28
+    padded_vocab_size: int = 65024
+    vocab_size: Any = None
+    hidden_size: int = 4096
+    ffn_hidden_size: int = 13696
+    kv_channels: int = 128
+    num_attention_heads: int = 32
+    seq_length: int = 2048
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    layernorm_epsilon: float = 1e-5
+    rope_ratio: float = 1
+    rmsnorm: bool = True
+    apply_residual_connection_post_layernorm: bool = False
+    post_layer_norm: bool = True
+    add_bias_linear: bool = False
+    add_qkv_bias: bool = True
+    bias_dropout_fusion: bool = True
+    multi_query_attention: bool = True
+    multi_query_group_num: int = 2
+    apply_query_key_layer_scaling: bool = True
+    attention_softmax_in_fp32: bool = True
+    fp32_residual_connection: bool = False
+    quantization_bit: int = 0
+    pre_seq_len: Any = None
+    prefix_projection: bool = False
+    param_init_type: str = "float16"
+    compute_dtype: str = "float16"
+    layernorm_compute_type: str = "float32"
+    softmax_compute_type: Any = None     # None: float32 when attention_softmax_in_fp32
+    residual_dtype: Any = "float32"
+    rotary_dtype: Any = None             # None: compute_dtype
+    eos_token_id: int = 2
+    pad_token_id: int = 0
+    gmask_token_id: Any = None
+    bos_token_id: Any = None
+    checkpoint_name_or_path: Any = None
+    num_blocks: int = 128
+    enable_high_performance: bool = False
+    pp_interleave_num: int = 1
+    mlp_concat: bool = True
+    qkv_concat: bool = True
+    use_rearrange_rope: bool = False
+    mask_generate: Any = None
+    use_ring_attention: bool = False
+
+    def float_fields(self):
+        return ("layernorm_epsilon", "rope_ratio", "hidden_dropout", "attention_dropout")
+
+    @property
+    def vocab(self) -> int:
+        return int(self.padded_vocab_size)
+
+    @property
+    def kv_heads(self) -> int:
+        return int(self.multi_query_group_num) if self.multi_query_attention \
+            else int(self.num_attention_heads)
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.kv_channels)
+
+
+# GPT2 sizes: (hidden_size, num_layers, num_heads, seq_length, hidden_act). small/xl/13b are
+# MindFormers' run_gpt2*.yaml values; medium and large are OpenAI's released sizes.
+GPT2_SIZES = {
+    "small": (768, 12, 12, 1024, "gelu"),
+    "medium": (1024, 24, 16, 1024, "gelu"),
+    "large": (1280, 36, 20, 1024, "gelu"),
+    "xl": (1600, 48, 25, 1024, "fast_gelu"),
+    "13b": (5120, 40, 40, 2048, "fast_gelu"),
+}
+
+
+@dataclass
+class GPT2Config(ModelConfigBase):
+    """MindFormers' GPT2Config (defaults = gpt2 small; other sizes in GPT2_SIZES)."""
+    type: str = "GPT2Config"
+    eos_token_id: int = 50256
+    pad_token_id: int = 50256
+    bos_token_id: int = 50256
+    unk_token_id: int = 50256
+    seq_length: int = 1024
+    max_position_embeddings: Any = None   # None: seq_length
+    vocab_size: int = 50257
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    num_labels: int = 2
+    expand_ratio: int = 4
+    embedding_dropout_prob: float = 0.1
+    hidden_dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    param_init_type: str = "float32"
+    layernorm_compute_type: str = "float32"
+    softmax_compute_type: str = "float32"
+    compute_dtype: str = "float16"
+    hidden_act: str = "gelu"
+    post_layernorm_residual: bool = False
+
+    def float_fields(self):
+        return ("embedding_dropout_prob", "hidden_dropout_rate", "attention_dropout_rate")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        return self.hidden_size * self.expand_ratio
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.max_position_embeddings or self.seq_length)
+
+
+MODEL_CONFIGS: dict[str, type[ModelConfigBase]] = {
+    "LlamaConfig": LlamaConfig, "ChatGLM2Config": ChatGLM2Config, "GPT2Config": GPT2Config}

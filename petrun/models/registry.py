@@ -31,6 +31,13 @@ def register_arch(arch: str, config_type: str, builder: str, extra_tokens: int =
 
 
 register_arch("LlamaForCausalLM", "LlamaConfig", "petrun.models.llama:LlamaForCausalLM")
+register_arch("ChatGLM2ForConditionalGeneration", "ChatGLM2Config",
+              "petrun.models.glm2:ChatGLM2ForConditionalGeneration", extra_tokens=0)
+# MindFormers names GLM2's P-Tuning v2 model as an arch of its own; petrun builds the same base
+# model and leaves the prefix to pet_config (pet_type: ptuning2).
+register_arch("ChatGLM2WithPtuning2", "ChatGLM2Config",
+              "petrun.models.glm2:ChatGLM2ForConditionalGeneration", extra_tokens=0)
+register_arch("GPT2LMHeadModel", "GPT2Config", "petrun.models.gpt2:GPT2LMHeadModel")
 
 
 def known_archs() -> list[str]:

@@ -205,3 +205,31 @@ def test_masked_cross_entropy(mode):
 def test_masked_cross_entropy_all_ignored_is_zero():
     loss = MaskedCrossEntropy(-100)(Tensor(f32(1, 3, 5)), Tensor(np.full((1, 3), -100, np.int32)))
     assert float(loss.asnumpy()) == 0.0
+
+
+def test_layernorm_matches_numpy_with_mindformers_names(mode):
+    from petrun.models.layers import LayerNorm
+    from tests.models.gpt2_np_reference import layer_norm
+
+    norm = LayerNorm(16, eps=1e-5)
+    assert [p.name for p in norm.get_parameters()] == ["gamma", "beta"]
+    assert np.all(norm.gamma.asnumpy() == 1) and np.all(norm.beta.asnumpy() == 0)
+    g, b = 1.0 + f32(16, scale=0.3), f32(16, scale=0.3)
+    norm.gamma.set_data(Tensor(g))
+    norm.beta.set_data(Tensor(b))
+    x = f32(2, 5, 16, scale=3.0)
+    np.testing.assert_allclose(norm(Tensor(x)).asnumpy(), layer_norm(x, g, b), rtol=1e-5, atol=1e-5)
+    assert norm(Tensor(x, ms.float16)).dtype == ms.float16
+
+
+def test_attention_dropout_only_while_training():
+    att = DotProductAttention(8, 2, attention_dropout=0.5)
+    q, k, v = (Tensor(f32(1, 2, 6, 8)) for _ in range(3))
+    mask = Tensor(np.tril(np.ones((1, 1, 6, 6), np.float32)))
+    att.set_train(False)
+    first = att(q, k, v, mask).asnumpy()
+    np.testing.assert_array_equal(first, att(q, k, v, mask).asnumpy())
+    np.testing.assert_allclose(first, DotProductAttention(8, 2)(q, k, v, mask).asnumpy(),
+                               rtol=1e-6, atol=1e-6)
+    att.set_train(True)
+    assert not np.allclose(att(q, k, v, mask).asnumpy(), first)
