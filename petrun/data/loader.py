@@ -8,6 +8,10 @@ skipped). petrun also reads tokenized JSON / JSON lines whose records carry inte
 
 Every problem a user can cause is raised as a UserError naming the file, the config key and a fix,
 before MindSpore gets the chance to fail with a shape error deep inside the first step.
+
+The order of samples is petrun's, not a MindSpore sampler's: `epoch_order` makes each epoch's
+(shuffled, sharded) order a function of (seed, epoch), and a pipeline is built per epoch, so a
+resumed run reproduces the epoch it stopped in and skips its consumed batches without reading them.
 """
 from __future__ import annotations
 
@@ -271,27 +275,111 @@ def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[
     return info, records
 
 
-# --------------------------------------------------------------------------- pipeline
+# --------------------------------------------------------------------------- order and pipeline
 
-def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int,
-                  extra_tokens: int = 1,
-                  columns: Sequence[str] = mr.DEFAULT_COLUMNS, shuffle: bool = False,
-                  seed: int = 0, num_shards: int = 1, shard_id: int = 0,
-                  drop_remainder: bool = True, num_parallel_workers: int | None = None,
-                  key: str = DATASET_DIR_KEY):
-    """A mindspore.dataset pipeline of int32 batches [batch_size, seq_length + extra_tokens].
+def epoch_order(num_samples: int, epoch: int, *, seed: int = 0, shuffle: bool = False,
+                num_shards: int = 1, shard_id: int = 0) -> np.ndarray:
+    """The sample indices shard `shard_id` reads in `epoch` (1-based), in order.
+
+    A function of (seed, epoch) alone, so a resumed run rebuilds the exact order of the epoch it
+    stops in: the permutation comes from PCG64 seeded with [seed, epoch] (the same on every rank),
+    and shard r takes every num_shards-th sample starting at r. As with MindSpore's
+    DistributedSampler, every shard gets ceil(n / num_shards) samples, the last ones wrapping
+    around to the start.
+    """
+    order = np.arange(num_samples, dtype=np.int64)
+    if shuffle:
+        rng = np.random.Generator(np.random.PCG64([int(seed) % 2 ** 63, int(epoch)]))
+        order = rng.permutation(num_samples)
+    per_shard = math.ceil(num_samples / num_shards)
+    return np.resize(order, per_shard * num_shards)[shard_id::num_shards]
+
+
+class _NoBatches:
+    """What epoch() returns once every batch of the epoch has been consumed."""
+
+    def create_tuple_iterator(self, *args, **kwargs):
+        return iter(())
+
+    def get_dataset_size(self) -> int:
+        return 0
+
+
+class DataSource:
+    """A validated dataset and its batching: one mindspore.dataset pipeline per epoch.
+
+    `epoch(e, skip_batches=k)` starts epoch e after its first k batches without reading them,
+    which is how a resumed run continues mid-epoch with no sample repeated or skipped.
+    """
+
+    def __init__(self, src: _Source, info: dict, records: list[Any], *, columns: list[str],
+                 seq_length: int, extra_tokens: int, batch_size: int, shuffle: bool, seed: int,
+                 num_shards: int, shard_id: int, drop_remainder: bool,
+                 num_parallel_workers: int | None, key: str):
+        self.src, self.info = src, info
+        self.columns = columns
+        self.batch_size = batch_size
+        self.shuffle, self.seed = shuffle, int(seed)
+        self.num_shards, self.shard_id = num_shards, shard_id
+        self.drop_remainder = drop_remainder
+        self.num_parallel_workers = num_parallel_workers
+        self.num_samples = int(info["num_samples"])
+        self.files = list(src.files)
+        per_shard = math.ceil(self.num_samples / num_shards)
+        self.batches_per_epoch = (per_shard // batch_size if drop_remainder
+                                  else math.ceil(per_shard / batch_size))
+        self._arrays = (_json_arrays(records, columns, seq_length + extra_tokens, src.path, key)
+                        if src.fmt == "json" else None)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return epoch_order(self.num_samples, epoch, seed=self.seed, shuffle=self.shuffle,
+                           num_shards=self.num_shards, shard_id=self.shard_id)
+
+    def epoch(self, epoch: int = 1, skip_batches: int = 0):
+        """Batches [batch_size, seq_length + extra_tokens] of `epoch`, after its first skip_batches."""
+        import mindspore as ms
+        import mindspore.dataset as ds
+        from mindspore.dataset.transforms import Duplicate, TypeCast
+
+        indices = self.order(epoch)[skip_batches * self.batch_size:]
+        if len(indices) == 0 or (self.drop_remainder and len(indices) < self.batch_size):
+            return _NoBatches()   # MindSpore refuses an empty source; the epoch is used up
+        columns = self.columns
+        if self._arrays is not None:
+            data = ds.NumpySlicesDataset({c: self._arrays[c][indices] for c in columns},
+                                         column_names=columns, shuffle=False)
+        else:
+            info = self.info
+            read = [c for c in columns if c in info["columns"]]
+            copy_labels = "labels" in columns and "labels" not in read
+            if copy_labels and "input_ids" not in read:
+                read.append("input_ids")
+            data = ds.MindDataset(self.src.reader_arg, columns_list=read,
+                                  sampler=ds.SubsetSampler(indices.tolist()),
+                                  num_parallel_workers=self.num_parallel_workers)
+            if copy_labels:
+                data = data.map(operations=Duplicate(), input_columns=["input_ids"],
+                                output_columns=["input_ids", "labels"])
+            for c in columns:
+                stored = info["types"].get(c, info["types"].get("input_ids"))
+                if stored != "int32":   # MindFormers casts every column to int32 as well
+                    data = data.map(operations=TypeCast(ms.int32), input_columns=[c])
+            data = data.project(columns)
+        return data.batch(self.batch_size, drop_remainder=self.drop_remainder)
+
+
+def open_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int,
+                 extra_tokens: int = 1,
+                 columns: Sequence[str] = mr.DEFAULT_COLUMNS, shuffle: bool = False,
+                 seed: int = 0, num_shards: int = 1, shard_id: int = 0,
+                 drop_remainder: bool = True, num_parallel_workers: int | None = None,
+                 key: str = DATASET_DIR_KEY) -> DataSource:
+    """Check the dataset once (UserError on anything a user can get wrong) and return its DataSource.
 
     extra_tokens is 1 for families that shift labels inside the model (Llama2, GPT2: samples are
     seq_length + 1 long) and 0 for GLM2, whose data carries labels already shifted.
-
-    Sharding is MindSpore's (sample i goes to shard i % num_shards); shuffling is seeded by `seed`
-    alone, so every rank draws the same permutation and a run repeats exactly. Each epoch is
-    reshuffled (MindSpore advances the seed per epoch).
+    Sharding: sample i of an epoch's order goes to shard i % num_shards (MindSpore's interleave).
     """
-    import mindspore as ms
-    import mindspore.dataset as ds
-    from mindspore.dataset.transforms import Duplicate, TypeCast
-
     columns = list(columns)
     if batch_size < 1 or seq_length < 1:
         raise ValueError(f"batch_size and seq_length must be positive ({batch_size}, {seq_length})")
@@ -299,34 +387,31 @@ def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size
         raise ValueError(f"shard_id {shard_id} is not in [0, num_shards={num_shards})")
     if not columns or len(set(columns)) != len(columns):
         raise ValueError(f"columns must be distinct and non-empty, got {columns}")
-
     src = _resolve(dataset_dir, key)
     info, records = _check(src, seq_length=seq_length, batch_size=batch_size, columns=columns,
                            extra_tokens=extra_tokens,
                            num_shards=num_shards, drop_remainder=drop_remainder, key=key,
                            first_only=False)
+    return DataSource(src, info, records, columns=columns, seq_length=seq_length,
+                      extra_tokens=extra_tokens, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                      num_shards=num_shards, shard_id=shard_id, drop_remainder=drop_remainder,
+                      num_parallel_workers=num_parallel_workers, key=key)
 
-    sampler = ds.DistributedSampler(num_shards, shard_id, shuffle=shuffle)
-    # The sampler copies MindSpore's global dataset seed when built; pin it to ours instead of
-    # calling ds.config.set_seed, which would also reseed `random` and `numpy` process-wide.
-    sampler.seed = int(seed)
 
-    if src.fmt == "json":
-        arrays = _json_arrays(records, columns, seq_length + extra_tokens, src.path, key)
-        data = ds.NumpySlicesDataset(arrays, column_names=columns, sampler=sampler)
-    else:
-        read = [c for c in columns if c in info["columns"]]
-        copy_labels = "labels" in columns and "labels" not in read
-        if copy_labels and "input_ids" not in read:
-            read.append("input_ids")
-        data = ds.MindDataset(src.reader_arg, columns_list=read, sampler=sampler,
-                              num_parallel_workers=num_parallel_workers)
-        if copy_labels:
-            data = data.map(operations=Duplicate(), input_columns=["input_ids"],
-                            output_columns=["input_ids", "labels"])
-        for c in columns:
-            stored = info["types"].get(c, info["types"].get("input_ids"))
-            if stored != "int32":   # MindFormers casts every column to int32 as well
-                data = data.map(operations=TypeCast(ms.int32), input_columns=[c])
-        data = data.project(columns)
-    return data.batch(batch_size, drop_remainder=drop_remainder)
+def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int,
+                  extra_tokens: int = 1,
+                  columns: Sequence[str] = mr.DEFAULT_COLUMNS, shuffle: bool = False,
+                  seed: int = 0, num_shards: int = 1, shard_id: int = 0,
+                  drop_remainder: bool = True, num_parallel_workers: int | None = None,
+                  epoch: int = 1, skip_batches: int = 0, key: str = DATASET_DIR_KEY):
+    """One epoch's mindspore.dataset pipeline of int32 batches [batch_size, seq_length + extra_tokens].
+
+    Shorthand for open_dataset(...).epoch(epoch, skip_batches); see epoch_order for the order.
+    Iterating the returned pipeline again repeats the same epoch: ask for epoch 2 to get the
+    next shuffle.
+    """
+    return open_dataset(dataset_dir, seq_length=seq_length, batch_size=batch_size,
+                        extra_tokens=extra_tokens, columns=columns, shuffle=shuffle, seed=seed,
+                        num_shards=num_shards, shard_id=shard_id, drop_remainder=drop_remainder,
+                        num_parallel_workers=num_parallel_workers, key=key
+                        ).epoch(epoch, skip_batches)

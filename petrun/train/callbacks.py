@@ -14,12 +14,22 @@ def _fmt_time(seconds: float) -> str:
 
 
 class MetricsLog:
-    """One JSON object per optimizer step (field names close to LLaMA-Factory's trainer_log)."""
+    """One JSON object per optimizer step (field names close to LLaMA-Factory's trainer_log).
+
+    A resumed run appends {"event": "resume", "step": N, ...} and then its own records: for a
+    step that appears twice (trained again after a crash), the later record is the one that counts.
+    """
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.f = open(path, "a", encoding="utf-8")
+        # A run killed mid-write leaves a partial last line; start ours on a line of its own.
+        if self.f.tell():
+            with open(path, "rb") as tail:
+                tail.seek(-1, 2)
+                if tail.read(1) != b"\n":
+                    self.f.write("\n")
 
     def write(self, record: dict) -> None:
         self.f.write(json.dumps(record) + "\n")
