@@ -1,0 +1,458 @@
+"""Per-device memory and step time of a run, from the config alone (no MindSpore, no model).
+
+Memory of one device at its peak (the pipeline stage that needs most):
+
+  weights      every parameter in its dtype; block linears ÷ model_parallel, embedding and lm_head
+               ÷ model_parallel when vocab-parallel (vocab_emb_dp False), layers ÷ pipeline_stage
+  gradients    trainable parameters only, in their dtype (LoRA: the adapters; full finetune: all)
+  optimizer    AdamW m and v for trainable parameters: fp32 for FP32StateAdamWeightDecay, else the
+               parameter dtype; with the parallel optimizer, trainable weights, gradients and
+               states above parallel_optimizer_threshold are split over data_parallel (the
+               gathered full weights are kept for backward unless parallel_optimizer_comm_recompute)
+  activations  what backward needs, per layer and micro-batch (`layer_inventory`), × layers of the
+               stage × micro-batches in flight (pipeline_stage of them on the first stage with
+               1F1B); full recompute keeps only each layer's input plus one layer being recomputed
+  head         logits [batch, seq, vocab] in compute dtype, their fp32 copy, the log-softmax kept
+               for backward and its gradient (÷ model_parallel when vocab-parallel)
+  runtime      fixed cost of the framework (see the CPU calibration below)
+
+KV cache (predict): 2 · layers · kv_heads · head_dim · seq_length · batch · compute bytes.
+
+CPU calibration. MindSpore's CPU graph runtime keeps far more than the framework-ideal set above
+(it does little buffer reuse across forward and backward), so on CPU the analytic activation and
+head terms are scaled by factors fitted to peak RSS measured with the real CLI
+(benchmarks/plan_vs_measured.py, table in benchmarks/RESULTS.md):
+  peak RSS = CPU_RUNTIME + CPU_PER_LAYER · layers + weights
+             + CPU_STATE_FACTOR · (gradients + optimizer)
+             + CPU_SCORES_FACTOR · attention scores + CPU_ACT_FACTOR · other activations
+             + CPU_HEAD_FACTOR · head
+On Ascend the analytic terms are used as they are plus a fixed ASCEND_RUNTIME (an assumption for
+HCCL buffers and workspace; not measured here).
+
+FLOPs per token: forward 2·N_matmul + 4·s·(heads·head_dim)·L (QKᵀ and PV over the full square, as
+petrun masks rather than skips; halved under flash attention); backward twice the forward matmul
+and attention work for activation gradients plus 2·N_trainable for weight gradients; recompute adds
+one more forward (reference/feasibility.md §2 MFU_4N).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+from petrun.errors import UserError
+from petrun.models.shapes import (DTYPE_BYTES, Dims, ParamSpec, family, known_families,
+                                  model_dims, param_shapes)
+from petrun.plan import device as dev
+from petrun.plan.layout import Layout, layout_from_config
+from petrun.plan.pet import PetShapes, apply_pet_shapes
+
+GiB = 2 ** 30
+MiB = 2 ** 20
+
+# ---- CPU calibration: least squares over the "fit" runs of benchmarks/plan_vs_measured.py
+# (`--from-json --fit`): 9 real `petrun finetune` runs of Llama2 (hidden 64-512, 2-8 layers,
+# vocab 512-32000, seq 256-1024, batch 1-8, LoRA and full finetune) on MindSpore 2.10 CPU, peak
+# RSS by wait4. Held-out runs (GQA, ChatGLM2, GPT2, other sizes) are within 17%; the table is in
+# benchmarks/RESULTS.md. ----
+CPU_RUNTIME = 529 * MiB           # MindSpore import + context + dataset pipeline + CLI
+CPU_PER_LAYER = 51 * MiB          # compiled graph and kernel workspace per decoder layer
+CPU_ACT_FACTOR = 6.0              # measured ÷ analytic saved-for-backward set (non-score part)
+CPU_SCORES_FACTOR = 5.26          # same for the [heads, seq, seq] attention-score tensors
+CPU_HEAD_FACTOR = 0.77            # same for the logits / loss tensors
+CPU_STATE_FACTOR = 1.0            # gradients + AdamW states: exactly as counted (not fitted)
+# ---- Ascend assumption ----
+ASCEND_RUNTIME = 2 * GiB
+
+TRAIN_MODES = ("finetune", "train")
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+@dataclass
+class Estimate:
+    run_mode: str
+    device_target: str
+    arch: str
+    layout: Layout
+    batch_size: int                  # per data-parallel rank and micro-batch
+    seq_length: int
+    grad_accum: int
+    pet_type: str | None
+    params_total: int
+    params_trainable: int
+    params_by_dtype: dict            # dtype -> [count, bytes] for the whole model
+    weights: float                   # bytes per device (peak stage)
+    gradients: float
+    optimizer: float
+    activations: float
+    head: float
+    kv_cache: float
+    runtime: float
+    load_extra: float                # checkpoint copy held while loading (CPU)
+    per_layer: dict                  # per-layer activation bytes, per micro-batch
+    per_layer_recompute: float
+    peak: float
+    stage: int                       # the pipeline stage the peak belongs to
+    flops_per_step: float            # on one device
+    step_time_s: float
+    tokens_per_s: float              # whole job
+    peak_flops: float
+    peak_source: str
+    mfu: float
+    terms: dict = field(default_factory=dict)   # unscaled analytic terms (for calibration)
+    budget: float | None = None
+    budget_source: str = ""
+    notes: list = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.budget is None else self.peak <= self.budget
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fits"] = self.fits
+        return d
+
+
+# --------------------------------------------------------------------------------------- inputs
+def model_of(cfg, device_target: str):
+    """(arch, typed model config, parameter table, dims) for cfg's model section."""
+    from petrun.models.registry import build_config
+    arch = cfg.get("model.arch.type")
+    mc = build_config(cfg.get("model") or {})
+    if family(mc.type) is None:
+        raise UserError(f"the planner has no parameter table for {mc.type} ({arch})",
+                        key="model.model_config.type",
+                        fix=f"add one in petrun/models/shapes.py (known: "
+                            f"{', '.join(known_families())}), or run with --skip-preflight")
+    return arch, mc, param_shapes(mc, device_target), model_dims(mc, device_target)
+
+
+def pet_of(cfg, specs, dims, arch, device_target, run_mode) -> PetShapes:
+    raw = cfg.get("model.model_config.pet_config")
+    if not raw:
+        shapes = apply_pet_shapes(specs, None, dims, arch, device_target)
+    else:
+        from petrun.pet import parse_pet_config
+        shapes = apply_pet_shapes(specs, parse_pet_config(raw), dims, arch, device_target)
+    if run_mode not in TRAIN_MODES:
+        shapes.trainable = []
+    return shapes
+
+
+def batch_of(cfg, run_mode: str) -> int:
+    if run_mode == "predict":
+        return int(cfg.get("model.model_config.batch_size") or 1)
+    if run_mode == "eval":
+        return int(cfg.get("eval_dataset.batch_size") or cfg.get("runner_config.batch_size") or 1)
+    return int(cfg.get("runner_config.batch_size") or cfg.get("train_dataset.batch_size") or 1)
+
+
+# --------------------------------------------------------------------------------- activations
+# Which tensor each linear layer reads, by the last two components of its path: the weight's
+# gradient (or a LoRA adapter on it) keeps that tensor alive for backward.
+INPUT_OF = {
+    # Llama
+    "attention.wq": "norm1", "attention.wk": "norm1", "attention.wv": "norm1",
+    "attention.wo": "attn", "feed_forward.w1": "norm2", "feed_forward.w3": "norm2",
+    "feed_forward.w2": "ffn_mid", "attention_norm.weight": "norm1", "ffn_norm.weight": "norm2",
+    # ChatGLM2
+    "self_attention.query_key_value": "norm1", "self_attention.dense": "attn",
+    "mlp.dense_h_to_4h": "norm2", "mlp.dense_4h_to_h": "ffn_mid",
+    "input_layernorm.weight": "norm1", "post_attention_layernorm.weight": "norm2",
+    # GPT2
+    "attention.dense1": "norm1", "attention.dense2": "norm1", "attention.dense3": "norm1",
+    "attention.projection": "attn", "output.mapping": "norm2", "output.projection": "ffn_mid",
+    "layernorm1.gamma": "norm1", "layernorm1.beta": "norm1", "layernorm2.gamma": "norm2",
+    "layernorm2.beta": "norm2",
+}
+
+
+def _layer_of(name: str) -> int | None:
+    m = _LAYER_INDEX.search(name)
+    return int(m.group(1)) if m else None
+
+
+def _kept_inputs(pet: PetShapes, specs: dict[str, ParamSpec],
+                 lora_dropout: float) -> tuple[set, list]:
+    """(input kinds kept for weight gradients, LoRA adapters of one layer as (in, rank)).
+
+    A LoRA adapter's A gradient needs the adapter's input: the layer input itself, or with
+    lora_dropout its own dropped-out copy (counted with the adapters instead)."""
+    kinds, adapters = set(), []
+    first = next((_layer_of(n) for n in pet.trainable if _layer_of(n) is not None), None)
+    for name in pet.trainable:
+        if _layer_of(name) != first:
+            continue
+        parts = name.split(".")
+        if parts[-1].startswith("mindpet_delta_lora"):
+            path = ".".join(parts[:-1])
+            if parts[-1].endswith("_a"):
+                adapters.append((specs[f"{path}.weight"].shape[1], pet.params[name].shape[0]))
+            if lora_dropout:
+                continue
+            key = ".".join(parts[-3:-1])
+        else:
+            key = ".".join(parts[-3:-1]) if parts[-1] in ("weight", "bias") else ".".join(parts[-2:])
+            if key not in INPUT_OF:
+                key = ".".join(parts[-2:])
+        kinds.add(INPUT_OF.get(key, "norm1"))
+    return kinds, adapters
+
+
+def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens: int,
+                    seq: int, lora_dropout: float = 0.0) -> dict[str, float]:
+    """Bytes one decoder layer keeps for backward for `tokens` (batch · sequence) tokens that
+    each attend to `seq` keys."""
+    c = DTYPE_BYTES[dims.compute_dtype]
+    r = DTYPE_BYTES[dims.residual_dtype]
+    sm = DTYPE_BYTES[dims.softmax_dtype]
+    h, f, mp = dims.hidden, dims.ffn, lay.mp
+    q = dims.heads * dims.head_dim
+    kv = dims.kv_heads * dims.head_dim
+    hs = h / mp if lay.seq_parallel else h
+    inv: dict[str, float] = {}
+    inv["norm inputs"] = 2 * hs * r
+    if lay.flash_attention:
+        # FA keeps q, k, v, its output and two fp32 softmax statistics (8 floats per row each).
+        inv["attention q/k/v/out"] = (2 * q + 2 * kv) * c / mp
+        inv["attention scores"] = dims.heads * 64 / mp
+    else:
+        # petrun (and MindFormers without FA) repeats kv heads before the matmuls.
+        inv["attention q/k/v/out"] = 3 * q * c / mp
+        probs = sm + (c if c != sm else 0) + 1          # softmax out, its cast, the bool mask
+        inv["attention scores"] = dims.heads * seq * probs / mp
+        if lay.select_recompute:
+            inv["attention scores"] = 0.0
+    if dims.dropout:
+        inv["attention scores"] += dims.heads * seq * (1 + c) / mp if not lay.flash_attention else 0
+        inv["dropout masks"] = 2 * hs
+    inv["ffn"] = (3 if dims.gated_ffn else 1) * f * c / mp
+    kinds, adapters = _kept_inputs(pet, specs, lora_dropout)
+    size = {"norm1": h * c, "norm2": h * c, "attn": 0 if lay.flash_attention else q * c / mp,
+            "ffn_mid": f * c / mp}
+    inv["weight-grad inputs"] = sum(size[k] for k in kinds)
+    if adapters:
+        extra = sum(rank * c for _, rank in adapters)
+        if lora_dropout:
+            # the dropped-out input and its mask (bit-packed on Ascend, input dtype on CPU)
+            mask = c if lay.device_target == "CPU" else 1 / 8
+            extra += sum(n_in * (c + mask) for n_in, _ in adapters)
+        inv["lora"] = extra
+    return {k: v * tokens for k, v in inv.items() if v}
+
+
+def head_bytes(dims: Dims, lay: Layout, tokens: int, training: bool) -> float:
+    c = DTYPE_BYTES[dims.compute_dtype]
+    vocab = dims.vocab / (lay.mp if not lay.vocab_emb_dp else 1)
+    per = c + 4 + 4 + (4 if training else 0)
+    return tokens * vocab * per + tokens * dims.hidden * (DTYPE_BYTES[dims.residual_dtype] + c)
+
+
+# ------------------------------------------------------------------------------------ weights
+def _stages(specs: dict[str, ParamSpec], dims: Dims, pp: int) -> dict[str, int]:
+    """Pipeline stage of every parameter: layers evenly split; what precedes the first layer
+    (embeddings) on the first stage, what follows the last (final norm, lm_head) on the last."""
+    per_stage = math.ceil(dims.num_layers / pp)
+    out, seen_layer = {}, False
+    for name in specs:
+        i = _layer_of(name)
+        if i is not None and not name.startswith("mindpet_delta_"):
+            out[name] = min(i // per_stage, pp - 1)
+            seen_layer = True
+        elif name.split(".")[-1].startswith("mindpet_delta_") and i is None:
+            out[name] = 0        # prefix encoders feed every stage; counted on the first
+        else:
+            out[name] = pp - 1 if seen_layer else 0
+    return out
+
+
+def _shard(name: str, spec: ParamSpec, specs: dict, lay: Layout) -> int:
+    """How many ways model parallel splits this parameter."""
+    if lay.mp == 1:
+        return 1
+    parts = name.split(".")
+    layer = _layer_of(name) is not None
+    owner = specs.get(".".join(parts[:-1]) + ".weight")
+    is_matmul = spec.matmul or (spec.kind == "bias" and owner is not None and owner.matmul)
+    if layer and is_matmul:
+        return lay.mp
+    if not layer and not lay.vocab_emb_dp and (is_matmul or spec.kind == "embedding"):
+        return lay.mp
+    return 1
+
+
+def _optimizer_bytes(spec: ParamSpec, optimizer_type: str) -> int:
+    if optimizer_type == "FP32StateAdamWeightDecay":
+        return 2 * 4 * spec.size
+    return 2 * spec.nbytes
+
+
+# ------------------------------------------------------------------------------------- flops
+def step_flops(dims: Dims, pet: PetShapes, specs: dict, tokens: float, seq: int, training: bool,
+               lay: Layout) -> float:
+    n_mm = sum(s.size for s in pet.params.values() if s.matmul or s.kind == "lora")
+    if dims.tied_embeddings:     # the tied head is a matmul with the embedding table
+        n_mm += dims.vocab * dims.hidden
+    n_train_mm = sum(pet.params[n].size for n in pet.trainable
+                     if pet.params[n].matmul or pet.params[n].kind == "lora")
+    attn = 4 * seq * dims.heads * dims.head_dim * dims.num_layers * (0.5 if lay.flash_attention else 1)
+    fwd = 2 * n_mm + attn
+    if not training:
+        return tokens * fwd
+    total = fwd + (2 * n_mm + 2 * attn) + 2 * n_train_mm
+    if lay.recompute:
+        total += fwd
+    return tokens * total
+
+
+# ----------------------------------------------------------------------------------- estimate
+def _scale(target: str) -> dict[str, float]:
+    """Multipliers from the analytic activation terms to what the device really holds."""
+    if target == "CPU":
+        return {"attention scores": CPU_SCORES_FACTOR, "head": CPU_HEAD_FACTOR,
+                "other": CPU_ACT_FACTOR, "state": CPU_STATE_FACTOR}
+    return {"attention scores": 1.0, "head": 1.0, "other": 1.0, "state": 1.0}
+
+
+def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
+             device_target: str | None = None, peak_tflops: float | None = None,
+             mfu: float | None = None) -> Estimate:
+    """Memory and time of `cfg` as configured (or on `device_target` / `devices`)."""
+    run_mode = run_mode or cfg.get("run_mode") or "finetune"
+    training = run_mode in TRAIN_MODES
+    target = device_target or (cfg.get("context.device_target") or "CPU")
+    cpu = target == "CPU"
+    arch, _, specs, dims = model_of(cfg, target)
+    pet = pet_of(cfg, specs, dims, arch, target, run_mode)
+    lay = layout_from_config(cfg, devices, target)
+    batch = batch_of(cfg, run_mode)
+    seq = int(dims.seq_length)
+    accum = int(cfg.get("runner_config.gradient_accumulation_steps") or 1) if training else 1
+    # Prompt methods put virtual tokens in front of every sequence; prefix methods add key/value
+    # slots every query attends to.
+    layer_seq = seq + pet.virtual_tokens
+    kv_len = layer_seq + pet.prefix_tokens
+    tokens = batch * seq
+    opt_type = str(cfg.get("optimizer.type") or "AdamWeightDecay")
+    raw_pet = cfg.get("model.model_config.pet_config") or {}
+    lora_dropout = float(raw_pet.get("lora_dropout", 0.0) or 0.0) if (
+        training and pet.pet_type == "lora" and isinstance(raw_pet, dict)) else 0.0
+
+    # Parameters by dtype (whole model), then per stage on one device.
+    by_dtype: dict[str, list] = {}
+    for spec in pet.params.values():
+        entry = by_dtype.setdefault(spec.dtype, [0, 0])
+        entry[0] += spec.size
+        entry[1] += spec.nbytes
+    stages = _stages(pet.params, dims, lay.pp)
+    trainable = set(pet.trainable)
+    threshold = lay.shard_threshold_kb * 1024
+    w, g, o = [0.0] * lay.pp, [0.0] * lay.pp, [0.0] * lay.pp
+    for name, spec in pet.params.items():
+        st = stages[name]
+        part = _shard(name, spec, pet.params, lay)
+        wb = spec.nbytes / part
+        if name in trainable:
+            split = lay.dp if lay.optimizer_shard and lay.dp > 1 and wb >= threshold else 1
+            w[st] += wb / split
+            if split > 1 and not lay.comm_recompute:
+                # MindSpore all-gathers a sharded weight before its layer runs and, without
+                # parallel_optimizer_comm_recompute, keeps the gathered copy for backward.
+                w[st] += wb
+            g[st] += wb / split
+            o[st] += _optimizer_bytes(spec, opt_type) / part / split
+            if accum > 1:
+                g[st] += spec.size * 4 / part    # fp32 accumulation buffers
+        else:
+            w[st] += wb
+
+    # Activations per layer and micro-batch (analytic), then per stage.
+    per_layer = layer_inventory(dims, pet, pet.params, lay, batch * layer_seq, kv_len, lora_dropout)
+    if not training:                 # forward only: no saved tensors, one layer's at a time
+        per_layer = {k: v for k, v in per_layer.items() if k != "weight-grad inputs"}
+    layers_per_stage = math.ceil(dims.num_layers / lay.pp)
+    recompute_layer = batch * layer_seq * dims.hidden * DTYPE_BYTES[dims.residual_dtype] / (
+        lay.mp if lay.seq_parallel else 1)
+    head = head_bytes(dims, lay, tokens, training)
+    kv_cache = 0.0
+    if run_mode == "predict":
+        kv_cache = (2 * dims.num_layers * dims.kv_heads * dims.head_dim * kv_len * batch
+                    * DTYPE_BYTES[dims.compute_dtype] / lay.mp / lay.pp)
+    scale = _scale(target)
+    scores_layer = per_layer.get("attention scores", 0.0)
+    other_layer = sum(v for k, v in per_layer.items() if k != "attention scores")
+
+    best = None
+    for st in range(lay.pp):
+        if not training:
+            n_scores, n_other = scores_layer, other_layer      # one layer at a time
+        elif lay.recompute:
+            inflight = min(lay.pp - st, lay.micro_batch_num) if lay.pp > 1 else 1
+            n_scores = scores_layer * inflight
+            n_other = (layers_per_stage * recompute_layer + other_layer) * inflight
+        else:
+            inflight = min(lay.pp - st, lay.micro_batch_num) if lay.pp > 1 else 1
+            n_scores = layers_per_stage * scores_layer * inflight
+            n_other = layers_per_stage * other_layer * inflight
+        hd = head if st == lay.pp - 1 else 0.0
+        act = scale["attention scores"] * n_scores + scale["other"] * n_other
+        total = w[st] + scale["state"] * (g[st] + o[st]) + act + scale["head"] * hd + kv_cache
+        if best is None or total > best[0]:
+            best = (total, st, act, hd, n_scores, n_other)
+    _, stage, act, hd, n_scores, n_other = best
+    runtime = (CPU_RUNTIME + CPU_PER_LAYER * layers_per_stage) if cpu else ASCEND_RUNTIME
+    peak = best[0] + runtime
+    terms = {"fixed": w[stage] + kv_cache, "state": g[stage] + o[stage], "layers": layers_per_stage,
+             "attention scores": n_scores, "other": n_other, "head": hd}
+
+    load_extra = 0.0
+    if cpu and cfg.get("load_checkpoint"):
+        # petrun reads the whole checkpoint into host memory, then copies it into the parameters.
+        load_extra = sum(s.nbytes for n, s in pet.params.items() if n not in trainable) / lay.pp
+        peak = max(peak, w[stage] + load_extra + runtime)
+
+    # Step time from FLOPs.
+    global_tokens = tokens * lay.dp * accum * (lay.micro_batch_num if lay.pp > 1 else 1)
+    flops_device = step_flops(dims, pet, pet.params, global_tokens * layer_seq / seq, kv_len,
+                              training, lay) / lay.devices
+    pk, pk_src = dev.peak_flops(target, dims.compute_dtype, peak_tflops)
+    eff = dev.efficiency(target, mfu)
+    step_time = flops_device / (pk * eff)
+    notes = []
+    if cpu and cfg.get("recompute_config.recompute"):
+        notes.append("recompute is ignored on CPU: petrun's CPU models do not recompute")
+    if not cpu:
+        notes.append(f"{target}: flash attention and recompute as configured (MindFormers "
+                     f"semantics); {ASCEND_RUNTIME / GiB:.0f} GiB runtime overhead assumed")
+    per_layer_scaled = {k: v * scale["attention scores" if k == "attention scores" else "other"]
+                        for k, v in per_layer.items()}
+    return Estimate(
+        run_mode=run_mode, device_target=target, arch=arch, layout=lay, batch_size=batch,
+        seq_length=seq, grad_accum=accum, pet_type=pet.pet_type, params_total=pet.total_count,
+        params_trainable=pet.trainable_count if training else 0, params_by_dtype=by_dtype,
+        weights=w[stage], gradients=scale["state"] * g[stage],
+        optimizer=scale["state"] * o[stage], activations=act,
+        head=scale["head"] * hd, kv_cache=kv_cache, runtime=runtime, load_extra=load_extra,
+        per_layer=per_layer_scaled, per_layer_recompute=scale["other"] * recompute_layer,
+        peak=peak, stage=stage, flops_per_step=flops_device, step_time_s=step_time,
+        tokens_per_s=global_tokens / step_time if step_time else 0.0, peak_flops=pk,
+        peak_source=pk_src, mfu=eff, terms=terms, notes=notes)
+
+
+def with_budget(est: Estimate, cfg, device_memory: int | None = None, host: bool = True) -> Estimate:
+    """Attach the memory budget: --device-memory, else max_device_memory (accelerators) or the
+    RAM available now (CPU; all local processes of a CPU data-parallel job share it)."""
+    if device_memory:
+        est.budget, est.budget_source = float(device_memory), "--device-memory"
+    elif est.device_target == "CPU":
+        avail = dev.available_ram() if host else None
+        if avail is not None:
+            est.budget = float(avail) / max(est.layout.devices, 1)
+            est.budget_source = "RAM available now" + (
+                f" ÷ {est.layout.devices} processes" if est.layout.devices > 1 else "")
+    else:
+        size = dev.parse_size(cfg.get("context.max_device_memory"))
+        if size:
+            est.budget, est.budget_source = float(size), "context.max_device_memory"
+    return est

@@ -1,0 +1,100 @@
+"""The parallel layout and run shape a config asks for, read without MindSpore.
+
+MindFormers' rules (reference/mindformers.md §1.5): without use_parallel everything runs on one
+device; parallel_mode 0 (data parallel) ignores model/pipeline parallel; in semi/auto parallel
+dp·mp·pp (·cp) devices; runner_config.batch_size is the batch of one data-parallel rank and one
+micro-batch; micro_batch_num only matters with pipeline stages.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from petrun.errors import UserError
+
+_DATA_PARALLEL_MODES = (0, "DATA_PARALLEL", "data_parallel", "STAND_ALONE", "stand_alone")
+
+
+@dataclass
+class Layout:
+    devices: int = 1
+    dp: int = 1
+    mp: int = 1
+    pp: int = 1
+    micro_batch_num: int = 1
+    optimizer_shard: bool = False
+    comm_recompute: bool = False     # parallel_optimizer_comm_recompute: re-gather in backward
+    shard_threshold_kb: int = 64     # parallel_optimizer_threshold: smaller params stay whole
+    vocab_emb_dp: bool = True        # True: embedding and lm_head replicated, else split over mp
+    seq_parallel: bool = False
+    recompute: bool = False
+    select_recompute: bool = False
+    flash_attention: bool = False
+    device_target: str = "CPU"
+
+    def describe(self) -> str:
+        parts = [f"{self.devices} device{'s' if self.devices > 1 else ''}",
+                 f"dp {self.dp} × mp {self.mp} × pp {self.pp}"]
+        if self.pp > 1:
+            parts.append(f"{self.micro_batch_num} micro-batches")
+        if self.optimizer_shard and self.dp > 1:
+            parts.append("optimizer shard")
+        if not self.vocab_emb_dp and self.mp > 1:
+            parts.append("vocab parallel")
+        if self.recompute:
+            parts.append("recompute")
+        elif self.select_recompute:
+            parts.append("select recompute")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _truthy(value) -> bool:
+    # recompute options may be bools or per-layer lists/dicts (MindFormers): any entry means on.
+    if isinstance(value, (list, tuple, dict)):
+        return any(bool(v) for v in (value.values() if isinstance(value, dict) else value))
+    return bool(value)
+
+
+def layout_from_config(cfg, devices: int | None = None, device_target: str = "CPU") -> Layout:
+    """The layout `cfg` runs with; `devices` (petrun plan --devices) re-sizes data parallel, and
+    devices=1 means a single process whatever use_parallel says."""
+    pc = cfg.get("parallel_config") or {}
+    par = cfg.get("parallel") or {}
+    rc = cfg.get("recompute_config") or {}
+    mc = cfg.get("model.model_config") or {}
+    use_parallel = devices > 1 if devices else bool(cfg.get("use_parallel"))
+    lay = Layout(device_target=device_target)
+    # CPU runs have no flash-attention kernel and petrun's CPU models do not recompute.
+    lay.flash_attention = device_target != "CPU" and bool(mc.get("use_flash_attention"))
+    if device_target != "CPU":
+        lay.recompute = _truthy(rc.get("recompute", False))
+        lay.select_recompute = _truthy(rc.get("select_recompute", False))
+    if not use_parallel:
+        return lay
+    mode = par.get("parallel_mode", 1)
+    dp = int(pc.get("data_parallel", 1) or 1)
+    if mode in _DATA_PARALLEL_MODES:
+        mp = pp = 1
+    else:
+        mp = int(pc.get("model_parallel", 1) or 1)
+        pp = int(pc.get("pipeline_stage", 1) or 1)
+    cp = int(pc.get("context_parallel", 1) or 1)
+    if devices:
+        if devices % (mp * pp * cp):
+            raise UserError(f"{devices} devices cannot hold model_parallel {mp} × pipeline_stage "
+                            f"{pp}" + (f" × context_parallel {cp}" if cp > 1 else ""),
+                            key="parallel_config",
+                            fix=f"use a multiple of {mp * pp * cp} devices, or change the layout")
+        dp = devices // (mp * pp * cp)
+    lay.dp, lay.mp, lay.pp = dp, mp, pp
+    lay.devices = dp * mp * pp * cp
+    lay.micro_batch_num = int(pc.get("micro_batch_num", 1) or 1) if pp > 1 else 1
+    lay.optimizer_shard = bool(par.get("enable_parallel_optimizer", pc.get("optimizer_shard", False)))
+    lay.comm_recompute = bool(rc.get("parallel_optimizer_comm_recompute", False))
+    opt_cfg = par.get("parallel_optimizer_config") or {}
+    lay.shard_threshold_kb = int(opt_cfg.get("parallel_optimizer_threshold", 64) or 0)
+    lay.vocab_emb_dp = bool(pc.get("vocab_emb_dp", True))
+    lay.seq_parallel = bool(pc.get("use_seq_parallel", False))
+    return lay

@@ -1,0 +1,365 @@
+"""Pre-flight: the checks every run makes before it builds anything, in well under a second.
+
+A config can be valid and still doomed: a checkpoint of another model size, a target_modules
+alternative that adapts nothing, data tokenized for another seq_length, a model that does not fit
+the device. On an 8-card Ascend job each of those surfaces only after a long graph compile, and on
+a laptop a too-big model is simply killed by the kernel. Here they are found from the config,
+file headers and the planner alone — no MindSpore import, no model — and reported together, each
+with its key and fix (exit 2). `--skip-preflight` bypasses it for experts.
+
+Checks, in the order they are reported:
+  memory      the planner's per-device peak against context.max_device_memory (accelerators) or
+              the RAM available now (CPU); a configured device this machine lacks is explained in
+              the same message, with what the run would need on this machine's CPU instead
+  model       target_modules: every `|` alternative adapts at least one layer (from the
+              analytic parameter names, same rules as petrun.pet); the pet_type is built
+  paths       load_checkpoint, the dataset of the verb, output_dir (creatable and writable)
+  checkpoint  tensor names and shapes from the file's index against the model's
+  dataset     columns and sample length against the config (petrun.data.loader.check_dataset)
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from petrun.errors import UserError
+
+GiB = 2 ** 30
+_DATASET_KEYS = {"finetune": "train_dataset.data_loader.dataset_dir",
+                 "train": "train_dataset.data_loader.dataset_dir",
+                 "eval": "eval_dataset.data_loader.dataset_dir"}
+_ORDER = ("memory", "model", "paths", "checkpoint", "dataset")
+
+
+@dataclass
+class Finding:
+    check: str                 # one of _ORDER
+    message: str
+    fix: str | None = None
+    key: str | None = None
+    file: str | None = None
+
+    def render(self) -> str:
+        where = []
+        if self.file:
+            where.append(str(self.file))
+        if self.key:
+            where.append(f"key '{self.key}'")
+        head = f"{': '.join(where)}: " if where else ""
+        text = f"[{self.check}] {head}{self.message}"
+        if self.fix:
+            text += f"\n     Fix: {self.fix}"
+        return text
+
+
+class PreflightError(UserError):
+    """Every problem the pre-flight found; the CLI prints it and exits 2."""
+    key_in_message = False
+
+    def __init__(self, findings: list[Finding], seconds: float):
+        self.findings = sorted(findings, key=lambda f: _ORDER.index(f.check))
+        n = len(self.findings)
+        head = (f"pre-flight found {n} problem{'s' if n > 1 else ''} in {seconds:.2f} s, before "
+                "building anything (--skip-preflight runs anyway):")
+        body = "\n".join(f"  {i}. {f.render()}" for i, f in enumerate(self.findings, 1))
+        first = self.findings[0]
+        super().__init__(f"{head}\n{body}", key=first.key, file=None)
+
+
+@dataclass
+class PreflightReport:
+    seconds: float
+    estimate: object = None            # petrun.plan.Estimate, when the model is known
+    checked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        est = self.estimate
+        text = f"pre-flight ok ({', '.join(self.checked)}) in {self.seconds:.2f} s"
+        if est is not None:
+            text += f"; planned peak ~{_gib(est.peak)} per device"
+            if est.budget is not None:
+                text += f" of {_gib(est.budget)} ({est.budget_source})"
+        if self.skipped:
+            text += f"; not checked: {'; '.join(self.skipped)}"
+        return text
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:,.1f} GiB" if n >= 0.1 * GiB else f"{n / 2 ** 20:,.0f} MiB"
+
+
+def _finding(check: str, e: UserError, cfg=None) -> Finding:
+    file = e.file
+    if file is None and e.key and cfg is not None and e.key.split(".")[0] in cfg.data:
+        file = cfg.origin(e.key)
+    return Finding(check, e.message, e.fix, e.key, file)
+
+
+def _mode(verb: str) -> str:
+    """The planner's run mode: train and finetune run the same recipe."""
+    return "finetune" if verb in ("finetune", "train") else verb
+
+
+# ------------------------------------------------------------------------------------ checks
+def _check_model(cfg, verb: str, out: list[Finding]):
+    """(arch, specs, dims, pet shapes) from the analytic tables, or None after a finding."""
+    from petrun.plan.estimator import model_of, pet_of
+    from petrun.pet import METHODS
+    target = cfg.get("context.device_target") or "CPU"
+    try:
+        arch, _, specs, dims = model_of(cfg, target)
+        pet_cfg = cfg.get("model.model_config.pet_config")
+        if pet_cfg and isinstance(pet_cfg, dict) and pet_cfg.get("pet_type") not in METHODS:
+            built = ", ".join(sorted(METHODS))
+            out.append(Finding("model", f"pet_type {pet_cfg.get('pet_type')!r} is not built yet "
+                               f"(built: {built})", f"use one of: {built}",
+                               "model.model_config.pet_config.pet_type",
+                               cfg.origin("model.model_config.pet_config.pet_type")))
+            return None
+        pet = pet_of(cfg, specs, dims, arch, target, _mode(verb))
+    except UserError as e:
+        out.append(_finding("model", e, cfg))
+        return None
+    return arch, specs, dims, pet
+
+
+def _check_memory(cfg, verb: str, out: list[Finding], device_memory: int | None = None):
+    from petrun.plan import device as dev
+    from petrun.plan.estimator import estimate, with_budget
+    from petrun.plan.levers import path_to_fit
+    mode = _mode(verb)
+    target = cfg.get("context.device_target") or "CPU"
+    est = with_budget(estimate(cfg, run_mode=mode), cfg, device_memory)
+    key = "context.device_target"
+    if dev.device_present(target):
+        if est.fits is False:
+            fix = _fit_advice(est, path_to_fit(cfg, est, est.budget, **_layout_kwargs(est)))
+            where = "this machine" if target == "CPU" else f"one {target} device"
+            out.append(Finding(
+                "memory", f"the run needs ~{_gib(est.peak)} per device ({est.layout.describe()}; "
+                f"{_breakdown(est)}) but {where} has {_gib(est.budget)} ({est.budget_source}). "
+                f"Details and levers: petrun plan --config {cfg.source}",
+                fix, "context.max_device_memory" if target != "CPU" else None,
+                cfg.origin("context.max_device_memory") if target != "CPU" else None))
+        return est
+    # The configured accelerator is not here: say what it would need there and here.
+    cpu = with_budget(estimate(cfg, run_mode=mode, device_target="CPU", devices=1), cfg)
+    there = (f"On {target} it needs ~{_gib(est.peak)} per device ({est.layout.describe()})"
+             + ("" if est.fits is None else
+                f", {'within' if est.fits else 'more than'} the {_gib(est.budget)} of "
+                f"{est.budget_source}") + ".")
+    here = f"On this machine's CPU it would need ~{_gib(cpu.peak)}"
+    if cpu.budget is not None:
+        here += f", and {_gib(cpu.budget)} of RAM is available now"
+    msg = (f"context.device_target is {target}, but this machine has no {target} device "
+           f"(MindSpore would fail at start-up). {there} {here}.")
+    if cpu.fits:
+        fix = (f"run it here on CPU with the overrides context.device_target=CPU "
+               f"use_parallel=False, or on a machine with {target} devices")
+    else:
+        fix = f"run it on {target} devices (the command is in the config's header)"
+        if est.fits is False:
+            fix += " with " + _fit_advice(est, path_to_fit(cfg, est, est.budget))
+        steps = path_to_fit(cfg, cpu, cpu.budget, devices=1) if cpu.budget else []
+        fix += ". To run on this CPU instead: " + _fit_advice(cpu, steps)
+        if steps:
+            fix += " context.device_target=CPU use_parallel=False"
+    out.append(Finding("memory", msg, fix, key, cfg.origin(key)))
+    return est
+
+
+def _layout_kwargs(est) -> dict:
+    return {"devices": est.layout.devices} if est.layout.devices > 1 else {}
+
+
+def _breakdown(est) -> str:
+    parts = [("weights", est.weights), ("gradients", est.gradients), ("optimizer", est.optimizer),
+             ("activations", est.activations), ("logits", est.head), ("KV cache", est.kv_cache),
+             ("runtime", est.runtime)]
+    return ", ".join(f"{name} {_gib(v)}" for name, v in parts if v >= 0.01 * est.peak)
+
+
+def _merge(overrides: list[str]) -> list[str]:
+    merged: dict[str, str] = {}
+    for o in overrides:
+        merged[o.split("=", 1)[0]] = o
+    return list(merged.values())
+
+
+def _fit_advice(est, steps) -> str:
+    """'A + B → ~X per device: add the overrides …', or why nothing on offer fits."""
+    if steps:
+        ovr = " ".join(_merge([o for lv in steps for o in lv.overrides]))
+        return (f"{' + '.join(lv.what for lv in steps)} → ~{_gib(steps[-1].peak)} per device: "
+                f"add the overrides {ovr}")
+    if est.budget is not None and est.weights > est.budget:
+        return (f"the weights alone take {_gib(est.weights)}: use a smaller model (e.g. "
+                "configs/llama2/lora_llama2_tiny.yaml) or more memory")
+    return "no lever on offer makes it fit; `petrun plan` shows the breakdown"
+
+
+def _check_paths(cfg, verb: str, out: list[Finding]) -> dict:
+    """Paths the run reads or writes; returns {what: path} for the ones that exist."""
+    ok = {}
+    ckpt = cfg.get("load_checkpoint")
+    if ckpt:
+        p = Path(os.path.expanduser(str(ckpt)))
+        if not p.exists():
+            out.append(Finding("paths", "checkpoint path does not exist",
+                               "check the path (relative paths are resolved against the current "
+                               "directory)", "load_checkpoint", str(ckpt)))
+        elif not os.access(p, os.R_OK):
+            out.append(Finding("paths", "checkpoint path is not readable",
+                               "fix its permissions", "load_checkpoint", str(ckpt)))
+        else:
+            ok["checkpoint"] = p
+    key = _DATASET_KEYS.get(verb)
+    if key:
+        data = cfg.get(key)
+        if not data:
+            what = "training" if verb in ("finetune", "train") else "evaluation"
+            flag = "--train_dataset_dir" if what == "training" else "--eval_dataset_dir"
+            out.append(Finding("paths", f"no {what} data: the dataset path is empty",
+                               f"pass {flag} PATH (a .mindrecord file or folder, or a tokenized "
+                               ".jsonl)", key, cfg.origin(key)))
+        elif not os.path.exists(os.path.expanduser(str(data))):
+            out.append(Finding("paths", "dataset path does not exist",
+                               "check the path (relative paths are resolved against the current "
+                               "directory)", key, str(data)))
+        elif not os.access(os.path.expanduser(str(data)), os.R_OK):
+            out.append(Finding("paths", "dataset path is not readable", "fix its permissions",
+                               key, str(data)))
+        else:
+            ok["dataset"] = str(data)
+    if verb in ("finetune", "train"):
+        outdir = Path(os.path.expanduser(str(cfg.get("output_dir") or "./output")))
+        probe = outdir
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe.exists() and (not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK)):
+            why = "is a file" if not probe.is_dir() else "is not writable"
+            out.append(Finding("paths", f"output_dir cannot be created: {probe} {why}",
+                               "choose a writable output_dir (--output_dir DIR)", "output_dir",
+                               str(outdir)))
+    vocab = cfg.get("processor.tokenizer.vocab_file")
+    if verb in ("eval", "predict") and vocab and not os.path.exists(os.path.expanduser(str(vocab))):
+        out.append(Finding("paths", "tokenizer file does not exist", "check the path",
+                           "processor.tokenizer.vocab_file", str(vocab)))
+    return ok
+
+
+def _check_checkpoint(cfg, path: Path, model, out: list[Finding]) -> None:
+    """Names and shapes in the checkpoint's index against the model's, as load_into judges them:
+    training state is ignored; an adapter-only file must hold exactly the adapters; a base file
+    every weight but the adapters."""
+    from petrun.ckpt import io as ckpt_io
+    from petrun.ckpt.index import checkpoint_index
+    _, specs, _, pet = model
+    key = "load_checkpoint"
+    try:
+        index, files = checkpoint_index(path, key, cfg.get("load_ckpt_format"))
+    except UserError as e:
+        out.append(_finding("checkpoint", e))
+        return
+    adapter_glob = getattr(ckpt_io, "ADAPTER_PATTERN", "*mindpet_delta_*")
+    params = pet.params
+    weights = {n: t for n, t in index.items() if not ckpt_io._TRAINING_STATE.match(n)}  # noqa: SLF001
+    if not pet.exact:   # a method the planner cannot name: judge the base weights only
+        params = {n: s for n, s in params.items() if not fnmatch.fnmatchcase(n, adapter_glob)}
+        weights = {n: t for n, t in weights.items() if not fnmatch.fnmatchcase(n, adapter_glob)}
+        if not weights:
+            return
+    is_adapter = bool(weights) and all(fnmatch.fnmatchcase(n, adapter_glob) for n in weights)
+    if is_adapter:
+        required = [n for n in params if fnmatch.fnmatchcase(n, adapter_glob)]
+    else:
+        required = [n for n in params if not fnmatch.fnmatchcase(n, adapter_glob)]
+    missing = [n for n in required if n not in weights]
+    unexpected = [n for n in weights if n not in params]
+    where = str(files[0]) if len(files) == 1 else str(path)
+    if missing or unexpected:
+        lines = []
+        if missing:
+            lines.append(f"{len(missing)} model parameters are not in the checkpoint, e.g. "
+                         + ", ".join(missing[:3]))
+        if unexpected:
+            lines.append(f"{len(unexpected)} checkpoint entries match no model parameter, e.g. "
+                         + ", ".join(unexpected[:3]))
+        out.append(Finding("checkpoint", "checkpoint does not match the model: " + "; ".join(lines),
+                           "check that the checkpoint is for this model family and size "
+                           "(MindFormers names such as model.layers.0.attention.wq.weight); "
+                           "convert HF weights with `petrun ckpt convert`", key, where))
+        return
+    bad = [(n, t.shape, params[n].shape) for n, t in weights.items()
+           if tuple(t.shape) != tuple(params[n].shape)]
+    if bad:
+        n, got, want = bad[0]
+        out.append(Finding("checkpoint", f"shape mismatch for {n}: checkpoint {tuple(got)}, model "
+                           f"{tuple(want)}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+                           "the checkpoint is from another model size; match model.model_config "
+                           "(hidden_size, num_layers, vocab_size, n_kv_heads) to the checkpoint",
+                           key, where))
+
+
+def _check_dataset(cfg, verb: str, path: str, out: list[Finding], cheap_only: bool) -> str | None:
+    """check_dataset on the verb's data; returns a reason when it was skipped."""
+    from petrun.data import loader
+    from petrun.data import mindrecord as mr
+    from petrun.models.registry import arch_entry
+    key = _DATASET_KEYS[verb]
+    expanded = os.path.expanduser(path)
+    mindrecord = os.path.isdir(expanded) or mr.is_mindrecord_name(expanded)
+    if mindrecord and cheap_only:
+        # Reading a MindRecord header needs MindSpore (3–5 s to import): not worth it when the
+        # run is already known to fail.
+        return "MindRecord contents (other problems first)"
+    seq = int(cfg.get("model.model_config.seq_length") or 0)
+    if verb in ("finetune", "train"):
+        batch = int(cfg.get("runner_config.batch_size") or cfg.get("train_dataset.batch_size") or 1)
+        drop = bool(cfg.get("train_dataset.drop_remainder", True))
+    else:
+        batch = int(cfg.get("eval_dataset.batch_size") or cfg.get("runner_config.batch_size") or 1)
+        drop = bool(cfg.get("eval_dataset.drop_remainder", False))
+    try:
+        loader.check_dataset(path, seq_length=seq, batch_size=batch,
+                             extra_tokens=arch_entry(cfg.get("model.arch.type")).extra_tokens,
+                             columns=["input_ids", "labels"], drop_remainder=drop, key=key)
+    except UserError as e:
+        out.append(_finding("dataset", e))
+    return None
+
+
+# -------------------------------------------------------------------------------------- entry
+def run_preflight(cfg, verb: str, *, device_memory: int | None = None) -> PreflightReport:
+    """All checks for `petrun <verb>` on the resolved `cfg`; raises PreflightError listing every
+    problem, or returns what was checked and the memory estimate."""
+    t0 = time.perf_counter()
+    findings: list[Finding] = []
+    report = PreflightReport(0.0)
+    model = _check_model(cfg, verb, findings)
+    report.checked.append("model")
+    if model is not None:
+        try:
+            report.estimate = _check_memory(cfg, verb, findings, device_memory)
+            report.checked.append("memory")
+        except UserError as e:
+            findings.append(_finding("memory", e, cfg))
+    paths = _check_paths(cfg, verb, findings)
+    report.checked.append("paths")
+    if "checkpoint" in paths and model is not None:
+        _check_checkpoint(cfg, paths["checkpoint"], model, findings)
+        report.checked.append("checkpoint")
+    if "dataset" in paths:
+        skipped = _check_dataset(cfg, verb, paths["dataset"], findings, cheap_only=bool(findings))
+        if skipped:
+            report.skipped.append(skipped)
+        else:
+            report.checked.append("dataset")
+    report.seconds = time.perf_counter() - t0
+    if findings:
+        raise PreflightError(findings, report.seconds)
+    return report
