@@ -1,0 +1,488 @@
+"""How petrun's models are cut across devices under dp × mp (× pp), as plain data. No MindSpore.
+
+One table per model family maps parameter-name patterns to a *rule*:
+
+    column      linear layer split on its output features (q/k/v, w1/w3, GLM2 qkv and h→4h, GPT2
+                dense1-3 and mapping); its bias is split the same way
+    row         linear layer split on its input features (wo, w2, GLM2 dense and 4h→h, GPT2
+                projections); its bias is whole on every device
+    vocab       embedding table / LM head split on the vocabulary, unless parallel_config
+                vocab_emb_dp is True (MindFormers' default: then both are whole, data parallel)
+    replicated  norms and position tables: whole on every device
+
+LoRA follows its base: A [r, in] is split where the base splits its input (row-parallel base),
+B [out, r] where the base splits its output (column-parallel base). Other PET tables (prefix
+encoders) are whole.
+
+From a rule, a Layout in MindSpore strategy-file terms (reference/feasibility.md §4):
+
+    dev_matrix   one pipeline stage's devices as a row-major grid; petrun uses [dp, mp], so ranks
+                 r and r+1 are model-parallel neighbours (rank = d·mp + m)
+    tensor_map   per tensor dim, the grid axis that splits it, counted from the RIGHT
+                 (0 = mp, 1 = dp), -1 = not split
+    opt_shard    optimizer (ZeRO) sharding of dim 0 over the ranks that hold the same slice:
+                 `size` ranks, `step` apart (MindSpore requires step = the product of the grid
+                 dims right of the repeated axis)
+
+Pipeline stages follow MindFormers' set_layer_stage_recompute (model_config.offset included):
+embeddings on the first stage, the final norm and LM head on the last.
+
+`op_strategies` gives the per-primitive shard strategies that realise these layouts in
+semi-auto parallel, and `apply_shard(net, …)` sets them on a built model's primitives.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from petrun.errors import UserError
+
+MP_AXIS = 0   # tensor_map value for the model-parallel axis of dev_matrix [dp, mp]
+DP_AXIS = 1
+LORA_SUFFIXES = ("mindpet_delta_lora_a", "mindpet_delta_lora_b")
+_LAYER = re.compile(r"\.(?:layers|blocks)\.(\d+)\.")
+
+
+# --------------------------------------------------------------------------- the parallel shape
+@dataclass(frozen=True)
+class ParallelDims:
+    """The parallel shape of one job (semi-auto parallel terms)."""
+    dp: int = 1
+    mp: int = 1
+    pp: int = 1
+    micro_batch_num: int = 1
+    vocab_emb_dp: bool = True
+    optimizer_shard: bool = False
+    optimizer_shard_size: int = -1       # parallel_optimizer_config.optimizer_weight_shard_size
+    optimizer_threshold_kb: int = 64     # parallel_optimizer_config.parallel_optimizer_threshold
+
+    @property
+    def stage_devices(self) -> int:
+        return self.dp * self.mp
+
+    @property
+    def devices(self) -> int:
+        return self.dp * self.mp * self.pp
+
+    def describe(self) -> str:
+        text = f"dp {self.dp} × mp {self.mp} × pp {self.pp} = {self.devices} devices"
+        if self.optimizer_shard:
+            text += ", optimizer shard"
+        if not self.vocab_emb_dp:
+            text += ", vocab parallel"
+        return text
+
+    @classmethod
+    def from_config(cls, cfg) -> "ParallelDims":
+        """parallel_config + parallel of a semi-auto config (dp·mp·pp devices)."""
+        pc = cfg.get("parallel_config") or {}
+        par = cfg.get("parallel") or {}
+        opt = par.get("parallel_optimizer_config") or {}
+
+        def positive(key, value):
+            try:
+                n = int(value)
+            except (TypeError, ValueError):
+                n = 0
+            if n < 1:
+                raise UserError(f"must be a positive integer, got {value!r}",
+                                key=f"parallel_config.{key}", file=cfg.origin(f"parallel_config.{key}"))
+            return n
+
+        dims = cls(
+            dp=positive("data_parallel", pc.get("data_parallel", 1)),
+            mp=positive("model_parallel", pc.get("model_parallel", 1)),
+            pp=positive("pipeline_stage", pc.get("pipeline_stage", 1)),
+            micro_batch_num=int(pc.get("micro_batch_num", 1) or 1),
+            vocab_emb_dp=bool(pc.get("vocab_emb_dp", True)),
+            optimizer_shard=bool(par.get("enable_parallel_optimizer", pc.get("optimizer_shard", False))),
+            optimizer_shard_size=int(opt.get("optimizer_weight_shard_size", -1) or -1),
+            optimizer_threshold_kb=int(opt.get("parallel_optimizer_threshold", 64) or 0))
+        for key, value in (("context_parallel", pc.get("context_parallel", 1)),
+                           ("expert_parallel", pc.get("expert_parallel", 1))):
+            if int(value or 1) != 1:
+                raise UserError(f"{key} {value} is not supported by petrun's models",
+                                key=f"parallel_config.{key}", file=cfg.origin(f"parallel_config.{key}"),
+                                fix=f"set parallel_config.{key}: 1")
+        return dims
+
+
+# --------------------------------------------------------------------------- layouts
+@dataclass(frozen=True)
+class Layout:
+    dev_matrix: tuple[int, ...]
+    tensor_map: tuple[int, ...]
+    opt_shard_size: int = 0
+    opt_shard_step: int = 0
+    stage: int = 0
+
+    def splits(self) -> tuple[int, ...]:
+        """How many pieces each tensor dim is cut into by model parallelism (no optimizer shard)."""
+        n = len(self.dev_matrix)
+        return tuple(1 if t == -1 else self.dev_matrix[n - 1 - t] for t in self.tensor_map)
+
+    def shard_shape(self, full_shape) -> tuple[int, ...]:
+        """The shape one device stores (optimizer shard included)."""
+        shape = [d // s for d, s in zip(full_shape, self.splits())]
+        if self.opt_shard_size > 0 and shape:
+            shape[0] //= self.opt_shard_size
+        return tuple(shape)
+
+    def full_shape(self, shard_shape) -> tuple[int, ...]:
+        shape = [d * s for d, s in zip(shard_shape, self.splits())]
+        if self.opt_shard_size > 0 and shape:
+            shape[0] *= self.opt_shard_size
+        return tuple(shape)
+
+    def slices(self, full_shape, local_rank: int) -> tuple[slice, ...]:
+        """numpy index of `local_rank`'s piece (rank inside its pipeline stage, row-major grid)."""
+        coords, rest = [], int(local_rank)
+        for size in reversed(self.dev_matrix):
+            coords.append(rest % size)
+            rest //= size
+        coords.reverse()
+        n = len(self.dev_matrix)
+        out = []
+        for dim, (extent, t) in enumerate(zip(full_shape, self.tensor_map)):
+            pieces, idx = (1, 0) if t == -1 else (self.dev_matrix[n - 1 - t], coords[n - 1 - t])
+            size = extent // pieces
+            start = idx * size
+            if dim == 0 and self.opt_shard_size > 0:
+                size //= self.opt_shard_size
+                start += ((local_rank // self.opt_shard_step) % self.opt_shard_size) * size
+            out.append(slice(start, start + size))
+        return tuple(out)
+
+    def is_split(self) -> bool:
+        return any(s > 1 for s in self.splits()) or self.opt_shard_size > 1
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str                 # "column" | "row" | "vocab" | "replicated"
+    orient: str = "out_in"    # weight stored [out, in] (Linear) or [in, out] (GPT2 LinearInOut)
+    place: str = "layer"      # pipeline placement: "first" | "layer" | "last"
+
+
+def _rules(*pairs) -> list[tuple[re.Pattern, Rule]]:
+    return [(re.compile(p), r) for p, r in pairs]
+
+
+FAMILIES: dict[str, list[tuple[re.Pattern, Rule]]] = {
+    # reference/mindformers.md §6.1
+    "llama2": _rules(
+        (r"model\.tok_embeddings\.embedding_weight", Rule("vocab", place="first")),
+        (r"model\.layers\.\d+\.attention\.w[qkv]\.(weight|bias)", Rule("column")),
+        (r"model\.layers\.\d+\.attention\.wo\.(weight|bias)", Rule("row")),
+        (r"model\.layers\.\d+\.feed_forward\.w[13]\.(weight|bias)", Rule("column")),
+        (r"model\.layers\.\d+\.feed_forward\.w2\.(weight|bias)", Rule("row")),
+        (r"model\.layers\.\d+\.(attention_norm|ffn_norm)\.weight", Rule("replicated")),
+        (r"model\.norm_out\.weight", Rule("replicated", place="last")),
+        (r"lm_head\.weight", Rule("vocab", place="last")),
+    ),
+    # §6.2 (qkv_concat False → wq/wk/wv, mlp_concat False → dense_left/dense_right)
+    "glm2": _rules(
+        (r"transformer\.embedding\.embedding_weight", Rule("vocab", place="first")),
+        (r"transformer\.encoder\.layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight",
+         Rule("replicated")),
+        (r"transformer\.encoder\.layers\.\d+\.self_attention\.(query_key_value|wq|wk|wv)\.(weight|bias)",
+         Rule("column")),
+        (r"transformer\.encoder\.layers\.\d+\.self_attention\.dense\.(weight|bias)", Rule("row")),
+        (r"transformer\.encoder\.layers\.\d+\.mlp\.(dense_h_to_4h|dense_left|dense_right)\.(weight|bias)",
+         Rule("column")),
+        (r"transformer\.encoder\.layers\.\d+\.mlp\.dense_4h_to_h\.(weight|bias)", Rule("row")),
+        (r"transformer\.encoder\.final_layernorm\.weight", Rule("replicated", place="last")),
+        (r"transformer\.output_layer\.weight", Rule("vocab", place="last")),
+    ),
+    # §6.3: projection/mapping weights are stored [in, out]; the LM head is tied to the table
+    "gpt2": _rules(
+        (r"backbone\.embedding\.word_embedding\.embedding_table", Rule("vocab", place="first")),
+        (r"backbone\.embedding\.position_embedding\.embedding_table", Rule("replicated", place="first")),
+        (r"backbone\.blocks\.\d+\.(layernorm1|layernorm2)\.(gamma|beta)", Rule("replicated")),
+        (r"backbone\.blocks\.\d+\.attention\.dense[123]\.(weight|bias)", Rule("column")),
+        (r"backbone\.blocks\.\d+\.attention\.projection\.(weight|bias)", Rule("row", "in_out")),
+        (r"backbone\.blocks\.\d+\.output\.mapping\.(weight|bias)", Rule("column", "in_out")),
+        (r"backbone\.blocks\.\d+\.output\.projection\.(weight|bias)", Rule("row", "in_out")),
+        (r"backbone\.layernorm\.(gamma|beta)", Rule("replicated", place="last")),
+    ),
+}
+ARCH_FAMILY = {"LlamaForCausalLM": "llama2", "ChatGLM2ForConditionalGeneration": "glm2",
+               "ChatGLM2WithPtuning2": "glm2", "GPT2LMHeadModel": "gpt2"}
+
+
+def family_of(arch: str) -> str:
+    fam = ARCH_FAMILY.get(arch)
+    if fam is None:
+        raise UserError(f"petrun has no parallel layout for model.arch.type {arch!r}",
+                        key="model.arch.type", fix=f"use one of {', '.join(sorted(ARCH_FAMILY))}")
+    return fam
+
+
+def find_rule(family: str, name: str) -> Rule | None:
+    for pattern, rule in FAMILIES[family]:
+        if pattern.fullmatch(name):
+            return rule
+    return None
+
+
+def layer_stage(layer: int, num_layers: int, pp: int, offset=0) -> int:
+    """MindFormers' stage of decoder layer `layer` (set_layer_stage_recompute)."""
+    if pp <= 1:
+        return 0
+    if isinstance(offset, (list, tuple)):
+        if len(offset) != pp:
+            raise UserError(f"offset has {len(offset)} entries but pipeline_stage is {pp}",
+                            key="model.model_config.offset",
+                            fix="give one offset per stage, or a single integer")
+        per_stage = [num_layers // pp + int(o) for o in offset]
+        bounds = [sum(per_stage[:i + 1]) for i in range(pp)]
+        return min(sum(1 for b in bounds if b < layer + 1), pp - 1)
+    per = max(int((num_layers + 1) / pp), 1)
+    return min((layer + int(offset or 0)) // per, pp - 1)
+
+
+def _split_dims(rule: Rule, shape: tuple[int, ...], suffix: str, base_shape=None) -> dict[int, str]:
+    """{tensor dim: why} that the mp axis splits, for one parameter under `rule`."""
+    out_dim, in_dim = (0, 1) if rule.orient == "out_in" else (1, 0)
+    if suffix in LORA_SUFFIXES:
+        # A [r, in] follows the base's input split, B [out, r] its output split.
+        base = _split_dims(rule, base_shape, "weight")
+        if suffix.endswith("_a"):
+            return {1: "in"} if in_dim in base else {}
+        return {0: "out"} if out_dim in base else {}
+    if rule.kind == "replicated":
+        return {}
+    if suffix == "bias":
+        return {0: "out"} if rule.kind == "column" else {}
+    if rule.kind in ("column", "vocab"):
+        return {out_dim if rule.kind == "column" else 0: "out"}
+    return {in_dim: "in"}   # row
+
+
+@dataclass
+class StrategyPlan:
+    """Every parameter's layout for one ParallelDims; stages[s] is what stage s's file lists."""
+    dims: ParallelDims
+    family: str
+    layouts: dict[str, Layout]
+    full_shapes: dict[str, tuple[int, ...]]
+    notes: list[str] = field(default_factory=list)
+
+    def stage(self, s: int) -> dict[str, Layout]:
+        return {n: l for n, l in self.layouts.items() if l.stage == s}
+
+    @property
+    def stages(self) -> list[dict[str, Layout]]:
+        return [self.stage(s) for s in range(self.dims.pp)]
+
+
+def plan_layouts(params: dict[str, tuple[int, ...]], dims: ParallelDims, family: str, *,
+                 num_layers: int | None = None, offset=0, trainable=(), dtype_bytes: dict | None = None
+                 ) -> StrategyPlan:
+    """Layouts for every parameter (full shapes in `params`, MindFormers names).
+
+    trainable: names the optimizer updates (only those get optimizer sharding);
+    dtype_bytes: {name: bytes per element} for the optimizer-shard threshold (default 4).
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}")
+    dev = (dims.dp, dims.mp)
+    if num_layers is None:
+        layers = [int(m.group(1)) for m in map(_LAYER.search, params) if m]
+        num_layers = max(layers) + 1 if layers else 1
+    if dims.pp > num_layers:
+        raise UserError(f"pipeline_stage {dims.pp} is more than the model's {num_layers} layers",
+                        key="parallel_config.pipeline_stage", fix=f"use at most {num_layers} stages")
+    trainable = set(trainable)
+    notes: list[str] = []
+    unknown, bad = [], []
+    layouts: dict[str, Layout] = {}
+    for name, shape in params.items():
+        shape = tuple(int(d) for d in shape)
+        owner, _, suffix = name.rpartition(".")
+        base_shape = None
+        if suffix in LORA_SUFFIXES:
+            rule = find_rule(family, f"{owner}.weight")
+            base_shape = _lora_base_shape(params, owner, name, shape)
+        elif name.split(".")[-1].startswith("mindpet_delta_") or name.startswith("mindpet_delta_"):
+            rule = Rule("replicated", place="first")   # prefix/prompt tables: small, whole
+        else:
+            rule = find_rule(family, name)
+        if rule is None:
+            unknown.append(name)
+            continue
+        split = _split_dims(rule, shape, suffix, base_shape)
+        if rule.kind == "vocab" and dims.vocab_emb_dp:
+            split = {}
+        tensor_map = [-1] * len(shape)
+        if dims.mp > 1:
+            for d in split:
+                if shape[d] % dims.mp:
+                    if rule.kind == "vocab":
+                        notes.append(f"{name}: vocabulary {shape[d]} is not divisible by "
+                                     f"model_parallel {dims.mp}, so it stays whole (as MindFormers does)")
+                        continue
+                    bad.append(f"{name} dim {d} ({shape[d]})")
+                    continue
+                tensor_map[d] = MP_AXIS
+        m = _LAYER.search(name)
+        if rule.place == "first":
+            stage = 0
+        elif rule.place == "last":
+            stage = dims.pp - 1
+        else:
+            stage = layer_stage(int(m.group(1)), num_layers, dims.pp, offset) if m else 0
+        size, step = _opt_shard(name, shape, tensor_map, dims, trainable,
+                                (dtype_bytes or {}).get(name, 4), notes)
+        layouts[name] = Layout(dev, tuple(tensor_map), size, step, stage)
+    if unknown:
+        raise ValueError(f"no {family} layout rule for {len(unknown)} parameters, e.g. "
+                         + ", ".join(unknown[:4]))
+    if bad:
+        raise UserError(f"model_parallel {dims.mp} does not divide " + ", ".join(bad[:4])
+                        + (f" and {len(bad) - 4} more" if len(bad) > 4 else ""),
+                        key="parallel_config.model_parallel",
+                        fix="choose a model_parallel that divides the head counts and hidden sizes "
+                            "(e.g. n_kv_heads for wk/wv)")
+    return StrategyPlan(dims, family, layouts, {n: tuple(s) for n, s in params.items()}, notes)
+
+
+def _lora_base_shape(params, owner, name, shape):
+    base = params.get(f"{owner}.weight")
+    if base is None:
+        raise ValueError(f"{name}: no base weight {owner}.weight among the parameters")
+    return tuple(base)
+
+
+def _opt_shard(name, shape, tensor_map, dims: ParallelDims, trainable, itemsize, notes):
+    """(size, step) of optimizer sharding, 0/0 when the parameter is not sharded.
+
+    MindSpore shards only parameters the optimizer updates, over the ranks that hold the same
+    slice (the repeated grid axes), on dim 0, when the slice is at least the threshold and dim 0
+    divides evenly; otherwise it keeps the parameter whole and warns.
+    """
+    if not dims.optimizer_shard or name not in trainable or not shape:
+        return 0, 0
+    used = {t for t in tensor_map if t != -1}
+    # dev_matrix [dp, mp]: the dp axis is always repeated for weights; mp too if unused.
+    repeated = dims.dp * (dims.mp if MP_AXIS not in used else 1)
+    step = dims.mp if MP_AXIS in used else 1
+    if repeated <= 1:
+        return 0, 0
+    size = repeated if dims.optimizer_shard_size in (-1, 0) else min(dims.optimizer_shard_size, repeated)
+    if repeated % size:
+        notes.append(f"{name}: optimizer_weight_shard_size {size} does not divide {repeated}; kept whole")
+        return 0, 0
+    splits = [1 if t == -1 else dims.mp for t in tensor_map]
+    slice_elems = math.prod(d // s for d, s in zip(shape, splits))
+    if slice_elems * itemsize < dims.optimizer_threshold_kb * 1024:
+        return 0, 0
+    if (shape[0] // splits[0]) % size:
+        notes.append(f"{name}: dim 0 ({shape[0] // splits[0]} per slice) is not divisible by the "
+                     f"optimizer shard size {size}; kept whole")
+        return 0, 0
+    return size, step
+
+
+# --------------------------------------------------------------------------- per-op strategies
+def op_strategies(rule: Rule, dims: ParallelDims, *, lora: bool = False) -> dict[str, tuple]:
+    """in_strategy of the primitives that compute one parameterised cell under `rule`.
+
+    Keys name the roles: "matmul" (x @ W), "bias_add", "gather" (embedding lookup),
+    "lora_a" (x @ Aᵀ) and "lora_b" (h @ Bᵀ). Activations are [batch·seq, features]; the batch
+    axis is always split by dp.
+    """
+    dp, mp = dims.dp, dims.mp
+    vocab_split = rule.kind == "vocab" and not dims.vocab_emb_dp
+    if rule.kind == "vocab" and rule.place == "first":
+        return {"gather": ((mp, 1), (dp, 1)) if vocab_split else ((1, 1), (dp, 1))}
+    col = rule.kind == "column" or vocab_split
+    row = rule.kind == "row"
+    # weight strategy in storage order: [out, in] for transpose_b matmuls, [in, out] otherwise
+    if rule.orient == "out_in":
+        w = (mp, 1) if col else (1, mp) if row else (1, 1)
+    else:
+        w = (1, mp) if col else (mp, 1) if row else (1, 1)
+    out = {"matmul": ((dp, mp if row else 1), w)}
+    if rule.kind in ("column", "row"):
+        out["bias_add"] = ((dp, mp), (mp,)) if col else ((dp, 1), (1,))
+    if lora:
+        # A follows the base's input split, B its output split; the partial sums of a
+        # row-parallel A are all-reduced by MindSpore before B.
+        out["lora_a"] = ((dp, mp), (1, mp)) if row else ((dp, 1), (1, 1))
+        out["lora_b"] = ((dp, 1), (mp, 1)) if col else ((dp, 1), (1, 1))
+    return out
+
+
+ATTENTION_STRATEGIES = {
+    # DotProductAttention on BNSD tensors: heads split by mp
+    "qk": lambda dp, mp: ((dp, mp, 1, 1), (dp, mp, 1, 1)),
+    "pv": lambda dp, mp: ((dp, mp, 1, 1), (dp, mp, 1, 1)),
+    "softmax": lambda dp, mp: ((dp, mp, 1, 1),),
+}
+
+
+def shard_plan(cell_params: dict[str, list[str]], family: str, dims: ParallelDims
+               ) -> dict[str, dict[str, tuple]]:
+    """{cell path: {role: in_strategy}} for the cells that own parameters.
+
+    cell_params maps a cell path to the local names of its own parameters, e.g.
+    {"model.layers.0.attention.wq": ["weight", "mindpet_delta_lora_a", "mindpet_delta_lora_b"]}.
+    Norms are absent: they are elementwise, and MindSpore's default (batch split) suits them.
+    """
+    plan = {}
+    for path, names in cell_params.items():
+        probe = next((n for n in ("weight", "embedding_weight", "embedding_table") if n in names), None)
+        rule = find_rule(family, f"{path}.{probe}") if probe else None
+        if rule is None:
+            continue
+        if rule.kind == "replicated":
+            if probe != "weight":   # a position table: whole, looked up per batch row
+                plan[path] = {"gather": ((1, 1), (dims.dp, 1))}
+            continue
+        plan[path] = op_strategies(rule, dims, lora="mindpet_delta_lora_a" in names)
+    return plan
+
+
+# The primitive attribute that plays each role in petrun's cells (petrun/models/layers.py,
+# petrun/pet/lora.py). Roles whose cell computes them with functional ops are absent.
+# A LoRA cell computes its base through `base`, so the base matmul is looked up there first.
+ROLE_ATTRS = {"matmul": ("base.matmul", "matmul"), "gather": ("gather",),
+              "lora_a": ("lora_a_matmul",), "lora_b": ("lora_b_matmul",), "bias_add": ("bias_add",)}
+
+
+def _attr(cell, dotted: str):
+    for part in dotted.split("."):
+        cell = getattr(cell, part, None)
+        if cell is None:
+            return None
+    return cell
+
+
+def apply_shard(net, family: str, dims: ParallelDims) -> dict[str, list[str]]:
+    """Set the shard strategies of `net`'s primitives (semi-auto parallel; call before compiling).
+
+    Returns {"set": ["path.attr", ...], "missing": ["path.role", ...]}: roles whose primitive the
+    cell does not expose as an attribute (those ops run with MindSpore's default strategy, which
+    is correct but may redistribute tensors).
+    """
+    cells = dict(net.cells_and_names())
+    cell_params = {path: [p.name.rsplit(".", 1)[-1] for p in cell.get_parameters(expand=False)]
+                   for path, cell in cells.items() if path}
+    done = {"set": [], "missing": []}
+    for path, roles in shard_plan(cell_params, family, dims).items():
+        cell = cells[path]
+        for role, strategy in roles.items():
+            prim = next((p for p in (_attr(cell, a) for a in ROLE_ATTRS[role]) if p is not None), None)
+            if prim is None or not hasattr(prim, "shard"):
+                done["missing"].append(f"{path}.{role}")
+                continue
+            prim.shard(strategy)
+            done["set"].append(f"{path}.{role}")
+    for path, cell in cells.items():
+        if all(hasattr(cell, a) for a in ("qk", "pv", "softmax")) and hasattr(cell, "repeat_kv"):
+            for role, make in ATTENTION_STRATEGIES.items():
+                getattr(cell, role).shard(make(dims.dp, dims.mp))
+                done["set"].append(f"{path}.{role}")
+    return done
