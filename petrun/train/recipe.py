@@ -1,18 +1,33 @@
-"""The finetune recipe, top to bottom: setup → train loop → save.
+"""The finetune recipe, top to bottom: setup → (resume) → train loop → save.
 
 It reads only the resolved Config. Each step is a named method so a reader can follow one run:
-  setup_runtime   context, seed, output folders
+  setup_runtime   context, seed, output folders, which checkpoint to resume from (if any)
   setup_data      dataset from train_dataset (MindRecord or tokenized JSON), batch per runner_config
   setup_model     base model + PET transform, then pretrained weights (strict)
   setup_optimizer lr schedule, AdamW on trainable params, the compiled train-step cell(s)
-  train           the loop: step, progress, metrics, periodic checkpoints
-  save            adapter-only checkpoint (MindFormers names and layout), atomically
+  restore         resume: adapter weights, optimizer moments, loss scale, global step (and with it
+                  the lr position), RNG state and the data cursor, all from one checkpoint
+  record_run      output_dir/run_manifest.json: config, versions, data hashes, seed, command line
+  train           the loop: step, progress, metrics, periodic checkpoints, stop on SIGTERM/SIGINT
+  save            one checkpoint: adapter (MindFormers names and layout) + training state +
+                  manifest + `latest`, crash-safe (ckpt/store.py), then keep-last-N
+
+Resuming is step-exact: the remaining steps of a resumed run see the same batches in the same
+order with the same optimizer state as an uninterrupted run, so their losses match. One limit:
+MindSpore 2.10 keeps the random state of its CPU dropout kernels inside the kernels, where no API
+reaches it (get_rng_state covers only the generator-based ops, which have no CPU kernels), so with
+dropout > 0 the masks after a resume differ from an uninterrupted run's. The recipe says so.
 """
 from __future__ import annotations
 
+import json
 import logging
+import re
+import signal
 import statistics
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +37,18 @@ from petrun.errors import UserError
 
 log = logging.getLogger("petrun")
 
+# Train-cell parameters that are not resume state: the lr schedule array is rebuilt from the
+# config, and accumulation buffers are zero at every optimizer-step boundary (where we save).
+_NOT_STATE = re.compile(r"^(learning_rate|seen_overflow)$|^accu_grads\.")
+
+# Config keys whose change makes a checkpoint's data cursor or optimizer state meaningless.
+RESUME_MUST_MATCH = ("model", "seed", "runner_config.batch_size",
+                     "runner_config.gradient_accumulation_steps", "train_dataset.batch_size",
+                     "train_dataset.seed", "train_dataset.drop_remainder",
+                     "train_dataset.data_loader.shuffle", "optimizer.type",
+                     "runner_wrapper.scale_sense")
+RESUME_IGNORED = ("resume_training", "output_dir")
+
 
 def _callback(cfg: Config, kind: str) -> dict:
     for cb in cfg.get("callbacks") or []:
@@ -30,11 +57,78 @@ def _callback(cfg: Config, kind: str) -> dict:
     return {}
 
 
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict) and node:
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(node, list) and node:
+        out = {}
+        for i, v in enumerate(node):
+            out.update(_flatten(v, f"{prefix}.{i}"))
+        return out
+    return {prefix: node}
+
+
+def _under(key: str, roots) -> bool:
+    return any(key == r or key.startswith(r + ".") for r in roots)
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint. The CLI exits 128 + signal."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None, summary: dict):
+        self.signum, self.step, self.checkpoint, self.summary = signum, step, checkpoint, summary
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}")
+
+
+class _StopOnSignal:
+    """The first SIGTERM/SIGINT asks the loop to save and stop at the next step boundary (a
+    scheduler's preemption notice, or Ctrl-C); a second one aborts at once, without saving.
+
+    While a graph runs, MindSpore's own SIGINT handler is active and re-raises SIGINT as SIGTERM,
+    so a Ctrl-C during a step is reported (and exits) as SIGTERM.
+    """
+
+    def __init__(self, note):
+        self.note = note
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            self.note(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then "
+                      "stopping (Ctrl-C again to abort without saving)")
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def reclaim(self) -> None:
+        """Install our handlers again: a graph run leaves MindSpore's SIGINT handler in place."""
+        if self._previous:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._handle)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 class FinetuneRecipe:
-    def __init__(self, cfg: Config, console=None, rank: int = 0):
+    def __init__(self, cfg: Config, console=None, rank: int = 0, world_size: int = 1):
         self.cfg = cfg
         self.console = console
         self.rank = rank
+        self.world_size = world_size  # data-parallel ranks; each reads its shard of every epoch
         self.summary: dict = {"losses": [], "checkpoints": []}
 
     # ------------------------------------------------------------------ entry point
@@ -43,6 +137,8 @@ class FinetuneRecipe:
         self.setup_data()
         self.setup_model()
         self.setup_optimizer()
+        self.restore()
+        self.record_run()
         self.train()
         return self.summary
 
@@ -50,18 +146,31 @@ class FinetuneRecipe:
         if self.console is not None:
             self.console.print(text, highlight=False, soft_wrap=True)
 
+    def warn(self, text: str) -> None:
+        if self.console is None:
+            log.warning(text)
+            return
+        from rich.markup import escape
+        self.say(f"[yellow]warning:[/yellow] {escape(text)}")
+
     # ------------------------------------------------------------------ setup
     def setup_runtime(self) -> None:
+        from petrun.ckpt.store import CheckpointFolder, find_resume_checkpoint
         from petrun.parallel.context import set_seed, setup_context
         cfg = self.cfg
-        for key, what in (("resume_training", "resuming"), ("do_eval", "evaluation during training"),
-                          ("auto_trans_ckpt", "checkpoint transformation")):
+        for key, what in (("do_eval", "evaluation during training"),):
             if cfg.get(key):
                 raise UserError(f"{what} is not built yet in this version of petrun", key=key,
                                 file=cfg.origin(key), fix=f"set {key}: False (or --{key} False)")
         self.device_target = setup_context(cfg)
+        # Under a launcher this joins the job (the scheduler process never returns from it), so
+        # nothing above may write files. Rank and world decide data shards and rank_N/ folders.
+        from petrun.parallel.context import init_distributed
+        self.rank, self.world_size = init_distributed(cfg)
         self.seed = int(cfg.get("seed", 0) or 0)
-        set_seed(self.seed)  # before the model is built: adapter init depends on it
+        # Before the model is built: adapter init (and, without load_checkpoint, the base
+        # weights a resumed run must rebuild identically) depend on it.
+        set_seed(self.seed)
         self.output_dir = Path(cfg.get("output_dir") or "./output")
         self.ckpt_dir = self.output_dir / "checkpoint" / f"rank_{self.rank}"
         self.log_dir = self.output_dir / "log" / f"rank_{self.rank}"
@@ -72,11 +181,29 @@ class FinetuneRecipe:
                 raise UserError(f"cannot create {d} ({e.strerror})", key="output_dir",
                                 file=cfg.origin("output_dir"),
                                 fix="choose a writable output_dir (--output_dir DIR)") from None
-        # The resolved config travels with the checkpoints it produced.
-        (self.ckpt_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        self.store = CheckpointFolder(self.ckpt_dir)
+        self.store.remove_leftovers()  # temporary files of a save that was killed midway
+        resume = cfg.get("resume_training")
+        self.resume_from = None
+        if resume not in (None, False, ""):
+            self.resume_from = find_resume_checkpoint(
+                resume, output_dir=self.output_dir, rank=self.rank, warn=self.warn)
+            if self.resume_from is None:
+                self.warn(f"resume requested, but {self.ckpt_dir} holds no checkpoint yet: "
+                          "starting from step 0")
+        else:
+            earlier = self.store.checkpoints()
+            if earlier:
+                self.say(f"note: {self.ckpt_dir} already holds checkpoints of an earlier run "
+                         f"(newest: step {earlier[0].step}); they are kept. Add --resume to "
+                         "continue that run instead of starting a new one.")
+        self.run_id = (self.resume_from.manifest.get("run_id") if self.resume_from else None) \
+            or uuid.uuid4().hex[:12]
 
     def setup_data(self) -> None:
-        from petrun.data.loader import build_dataset
+        from petrun.ckpt.io import describe_file
+        from petrun.data.loader import open_dataset
+        from petrun.parallel.context import data_shard
         from petrun.models.registry import arch_entry
         cfg = self.cfg
         key = "train_dataset.data_loader.dataset_dir"
@@ -90,25 +217,30 @@ class FinetuneRecipe:
         self.batch_size = int(cfg.get("runner_config.batch_size")
                               or cfg.get("train_dataset.batch_size") or 1)
         self.accum = int(cfg.get("runner_config.gradient_accumulation_steps") or 1)
+        # Data parallel splits samples over ranks; semi-auto full_batch gives each rank all of them.
+        self.num_shards, self.shard_id = data_shard(cfg)
         self.extra_tokens = arch_entry(cfg.get("model.arch.type")).extra_tokens
-        self.dataset = build_dataset(
+        self.data = open_dataset(
             dataset_dir, seq_length=self.seq_length, batch_size=self.batch_size,
             extra_tokens=self.extra_tokens,
             # The loss always needs targets; data without a labels column trains on input_ids.
             columns=["input_ids", "labels"], shuffle=bool(cfg.get("train_dataset.data_loader.shuffle")),
             seed=int(cfg.get("train_dataset.seed", self.seed) or 0),
+            num_shards=self.num_shards, shard_id=self.shard_id,
             drop_remainder=bool(cfg.get("train_dataset.drop_remainder", True)))
-        self.batches_per_epoch = self.dataset.get_dataset_size()
+        self.data_files = [describe_file(f) for f in self.data.files]
+        self.batches_per_epoch = self.data.batches_per_epoch
         self.epochs = int(cfg.get("runner_config.epochs") or 1)
         self.steps_per_epoch = self.batches_per_epoch // self.accum
         if self.steps_per_epoch == 0:
             raise UserError(f"one optimizer step needs {self.accum} batches but an epoch has only "
                             f"{self.batches_per_epoch}", key="runner_config.gradient_accumulation_steps",
                             fix="lower gradient_accumulation_steps or batch_size, or use more data")
-        self.total_steps = self.epochs * self.steps_per_epoch
+        # The LR curve always spans the configured epochs: stop_step ends a run early without
+        # reshaping the schedule, so a stopped run resumed later follows the same curve.
+        self.planned_steps = self.epochs * self.steps_per_epoch
         stop = int(cfg.get("runner_config.stop_step") or 0)
-        if stop:
-            self.total_steps = min(self.total_steps, stop)
+        self.total_steps = min(self.planned_steps, stop) if stop else self.planned_steps
         self.say(f"data: {dataset_dir} — {self.batches_per_epoch} batches of {self.batch_size} × "
                  f"{self.seq_length + self.extra_tokens} tokens per epoch; {self.total_steps} optimizer steps"
                  + (f" (gradient accumulation {self.accum})" if self.accum > 1 else ""))
@@ -126,11 +258,18 @@ class FinetuneRecipe:
             self.say("full finetune: " + trainable_line(*count_parameters(self.model)))
         ckpt = cfg.get("load_checkpoint")
         if ckpt:
-            result = load_checkpoint(self.model, ckpt, strict=True, allow_missing=(PET_PATTERN,))
-            self.say(f"loaded {len(result['loaded'])} tensors from {ckpt}"
-                     + (f" ({len(result['missing'])} adapter parameters start fresh)"
-                        if result["missing"] else ""))
+            from petrun.ckpt.transform import auto_trans_files
+            # auto_trans_ckpt: a rank_N/ source is resharded (or merged) to this job's layout first.
+            files = auto_trans_files(cfg, rank=self.rank, world=self.world_size,
+                                     output_dir=self.output_dir,
+                                     expected_full_shapes={p.name: tuple(p.shape)
+                                                           for p in self.model.get_parameters()})
+            self.loaded_files = files or [ckpt]
+            for path in self.loaded_files:
+                result = load_checkpoint(self.model, path, strict=True, allow_missing=(PET_PATTERN,))
+                self.say(f"loaded {len(result['loaded'])} tensors from {path}")
         else:
+            self.loaded_files = []
             self.say("[yellow]no load_checkpoint: the base model starts from random weights[/yellow]")
         self.trainable = list(self.model.trainable_params())
 
@@ -141,23 +280,194 @@ class FinetuneRecipe:
         cfg = self.cfg
         self.lr = schedule(cfg.get("lr_schedule") or {"type": "constant",
                                                       "learning_rate": cfg.get("optimizer.learning_rate", 1e-5)},
-                           self.total_steps)
+                           self.planned_steps)
         self.optimizer = build_optimizer(self.trainable, cfg.get("optimizer") or {}, self.lr)
         wrapper = cfg.get("runner_wrapper") or {}
         scale, update = steps.build_loss_scale(wrapper.get("scale_sense", 1.0))
         clip = float(wrapper.get("max_grad_norm", 1.0))
         use_clip = bool(wrapper.get("use_clip_grad", False))
+        from petrun.parallel.context import grad_reducer
+        reducer = grad_reducer(self.optimizer.parameters)  # None unless data parallel
         self.model.set_train(True)
         if self.accum == 1:
-            self.step_cell = steps.TrainStep(self.model, self.optimizer, scale, update, clip, use_clip)
+            self.step_cell = steps.TrainStep(self.model, self.optimizer, scale, update, clip, use_clip,
+                                             grad_reducer=reducer)
             self.step_cell.set_train(True)
             self.skips_overflow = self.step_cell.skip_on_overflow
+            self.train_cell = self.step_cell
         else:
             buffers = steps.make_buffers(self.trainable)
             self.acc_cell = steps.AccumulateStep(self.model, self.optimizer.parameters, buffers, scale, update)
-            self.apply_cell = steps.ApplyAccumulated(self.acc_cell, self.optimizer, self.accum, clip, use_clip)
+            self.apply_cell = steps.ApplyAccumulated(self.acc_cell, self.optimizer, self.accum, clip, use_clip,
+                                                     grad_reducer=reducer)
             self.acc_cell.set_train(True)
             self.skips_overflow = self.apply_cell.skip_on_overflow
+            self.train_cell = self.apply_cell
+
+    def state_params(self) -> list:
+        """What resuming needs besides the weights: optimizer moments (adam_m.*, adam_v.*),
+        global_step (the lr position), loss_scale and the dynamic loss-scale counters."""
+        network = {p.name for p in self.model.get_parameters()}
+        return [p for p in self.train_cell.get_parameters()
+                if p.name not in network and not _NOT_STATE.match(p.name)]
+
+    # ------------------------------------------------------------------ resume
+    def restore(self) -> None:
+        """Put the run where the checkpoint left it (a no-op for a fresh run)."""
+        self.start_step, self.start_epoch, self.skip_batches = 0, 1, 0
+        self.last_saved_step: int | None = None
+        ckpt = self.resume_from
+        if ckpt is None:
+            return
+        import mindspore as ms
+        m = ckpt.manifest
+        self._check_resumable(m, ckpt.manifest_path)
+        for what, path, targets, cell in (
+                ("adapter", ckpt.adapter, self.trainable, self.model),
+                ("training state", ckpt.state, self.state_params(), self.train_cell)):
+            try:
+                values = ms.load_checkpoint(str(path))
+            except (ValueError, RuntimeError, OSError) as e:
+                raise UserError(f"cannot read checkpoint: {str(e).splitlines()[0][:200]}",
+                                file=str(path), key="resume_training",
+                                fix="resume from an earlier checkpoint") from None
+            self._assign(values, targets, cell, what, path)
+        self._restore_rng(m.get("rng") or {})
+        self.start_step = int(m["step"])
+        if int(m["step_in_epoch"]) >= self.steps_per_epoch:
+            self.start_epoch = int(m["epoch"]) + 1          # saved at the end of its epoch
+        else:
+            self.start_epoch, self.skip_batches = int(m["epoch"]), int(m["batches_in_epoch"])
+        self.last_saved_step = self.start_step
+        self.say(f"resumed from {ckpt.adapter} (step {self.start_step}, epoch {self.start_epoch}"
+                 + (f", {self.skip_batches} batches of it already trained" if self.skip_batches else "")
+                 + f"); loss scale {float(m.get('loss_scale') or 1.0):g}")
+        rates = sorted({float(c.p) for _, c in self.model.cells_and_names()
+                        if type(c).__name__ == "Dropout" and getattr(c, "p", None)})
+        if rates:
+            self.warn(f"the model uses dropout (p={', '.join(map(str, rates))}): MindSpore 2.10 "
+                      "cannot save the random state of its CPU dropout kernels, so the masks from "
+                      "here on differ from an uninterrupted run's (everything else is restored "
+                      "exactly)")
+
+    def _check_resumable(self, m: dict, where: Path) -> None:
+        cfg = self.cfg
+        fresh = "or start a new run without --resume (into another --output_dir)"
+        if int(m.get("world_size", 1)) != self.world_size:
+            raise UserError(f"the checkpoint was written by {m.get('world_size')} data-parallel "
+                            f"ranks, this run has {self.world_size}", file=str(where),
+                            key="parallel_config.data_parallel",
+                            fix=f"resume with {m.get('world_size')} ranks (each rank's data cursor "
+                                f"belongs to its shard), {fresh}")
+        old, new = _flatten(m.get("config") or {}), _flatten(json.loads(json.dumps(cfg.data, default=str)))
+        changed = sorted(k for k in set(old) | set(new)
+                         if old.get(k) != new.get(k) and not _under(k, RESUME_IGNORED))
+        hard = [k for k in changed if _under(k, RESUME_MUST_MATCH)]
+        if hard:
+            k = hard[0]
+            raise UserError(f"{k} is {new.get(k)!r} but the checkpoint was trained with {old.get(k)!r}"
+                            + (f" (and {len(hard) - 1} more: {', '.join(hard[1:4])})" if len(hard) > 1 else ""),
+                            file=cfg.origin(k), key=k,
+                            fix=f"resume with the checkpoint's value (see {where}), {fresh}")
+        data = m.get("data") or {}
+        old_files = [(f.get("bytes"), f.get("sha256")) for f in data.get("files", [])]
+        if old_files != [(f["bytes"], f["sha256"]) for f in self.data_files]:
+            key = "train_dataset.data_loader.dataset_dir"
+            raise UserError("the training data differs from the data this checkpoint was trained on "
+                            "(file sizes or SHA-256 changed), so its data cursor would repeat or "
+                            "skip samples", file=cfg.origin(key), key=key,
+                            fix=f"resume with the original data (listed in {where}), {fresh}")
+        if data.get("order_sha256") != self._order_digest(int(m["epoch"])):
+            raise UserError("this run would read the epoch in a different order than the run that "
+                            "wrote the checkpoint (was numpy upgraded?)", file=str(where),
+                            key="train_dataset.data_loader.shuffle",
+                            fix=f"resume with the numpy version recorded in {where}, {fresh}")
+        if changed:
+            self.warn(f"config differs from the checkpoint's in {', '.join(changed[:6])}"
+                      + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
+                      + "; the new values apply from here on")
+
+    def _assign(self, values: dict, targets: list, cell, what: str, path: Path) -> None:
+        import mindspore as ms
+        values = {n: v for n, v in values.items() if n not in ("epoch_num", "step_num")}
+        want = {p.name: p for p in targets}
+        missing, unexpected = sorted(set(want) - set(values)), sorted(set(values) - set(want))
+        if missing or unexpected:
+            parts = ([f"{len(missing)} missing, e.g. {', '.join(missing[:3])}"] if missing else []) + \
+                    ([f"{len(unexpected)} unexpected, e.g. {', '.join(unexpected[:3])}"] if unexpected else [])
+            raise UserError(f"the checkpoint's {what} does not fit this model: {'; '.join(parts)}",
+                            file=str(path), key="model.model_config.pet_config",
+                            fix="resume with the model and pet_config that wrote the checkpoint")
+        for n, v in values.items():
+            if tuple(v.shape) != tuple(want[n].shape):
+                raise UserError(f"the checkpoint's {what} has {n} of shape {tuple(v.shape)}, this "
+                                f"model needs {tuple(want[n].shape)}", file=str(path),
+                                key="model.model_config",
+                                fix="resume with the model size and pet_config that wrote the checkpoint")
+        not_loaded, _ = ms.load_param_into_net(cell, values, strict_load=True)
+        if set(not_loaded) & set(values):
+            raise UserError(f"MindSpore did not load {sorted(set(not_loaded) & set(values))[:3]}",
+                            file=str(path), fix="report this as a petrun bug")
+
+    def _order_digest(self, epoch: int) -> str:
+        import hashlib
+        return hashlib.sha256(np.ascontiguousarray(self.data.order(epoch), dtype=np.int64)
+                              .tobytes()).hexdigest()[:16]
+
+    @staticmethod
+    def _capture_rng() -> dict:
+        """Python, numpy and MindSpore generator state (the data order needs none of them), as
+        hex strings of their uint32/uint8 words so the manifest stays readable."""
+        import random
+
+        import mindspore as ms
+        version, internal, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {"python": {"version": version, "words": np.asarray(internal, np.uint32).tobytes().hex(),
+                           "gauss": gauss},
+                "numpy": {"kind": kind, "keys": keys.astype(np.uint32).tobytes().hex(), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+                "mindspore": ms.get_rng_state().asnumpy().astype(np.uint8).tobytes().hex()}
+
+    @staticmethod
+    def _restore_rng(state: dict) -> None:
+        import random
+
+        import mindspore as ms
+
+        def words(text, dtype):
+            return np.frombuffer(bytes.fromhex(text), dtype=dtype)
+        if "python" in state:
+            s = state["python"]
+            random.setstate((s["version"], tuple(int(w) for w in words(s["words"], np.uint32)),
+                             s["gauss"]))
+        if "numpy" in state:
+            s = state["numpy"]
+            np.random.set_state((s["kind"], words(s["keys"], np.uint32).copy(), s["pos"],
+                                 s["has_gauss"], s["cached_gaussian"]))
+        if "mindspore" in state:
+            ms.set_rng_state(ms.Tensor(words(state["mindspore"], np.uint8).copy()))
+
+    # ------------------------------------------------------------------ run manifest
+    def record_run(self) -> None:
+        """Written only once everything checked out, so a refused start changes no file."""
+        from petrun.ckpt.io import checkpoint_files, describe_file, write_text_atomic
+        from petrun.ckpt.run_manifest import record_invocation
+        cfg = self.cfg
+        # The resolved config travels with the checkpoints it produces (each manifest has it too).
+        write_text_atomic(self.ckpt_dir / "config.yaml", cfg.to_yaml())
+        if self.rank != 0:
+            return
+        # Base weights can be tens of GB: pinned by size, not hashed at every start.
+        base_files = [describe_file(f, digest=False) for path in self.loaded_files
+                      for f in checkpoint_files(path)]
+        resumed = ({"checkpoint": str(self.resume_from.adapter), "step": self.start_step}
+                   if self.resume_from else None)
+        record_invocation(self.output_dir, {
+            "run_id": self.run_id, "world_size": self.world_size, "seed": self.seed,
+            "data_seed": self.data.seed, "shuffle": self.data.shuffle, "data_files": self.data_files,
+            "load_checkpoint": base_files, "resumed_from": resumed, "config_hash": cfg.hash(),
+            "config": json.loads(json.dumps(cfg.data, default=str))})
 
     # ------------------------------------------------------------------ train loop
     def one_step(self, batches) -> tuple[float, bool, float, float]:
@@ -177,49 +487,71 @@ class FinetuneRecipe:
         self.prefix = monitor.get("prefix", "petrun")
         save_every = int(monitor.get("save_checkpoint_steps") or 0)
         self.keep = int(monitor.get("keep_checkpoint_max") or 5)
+        self.scale = None
+        if self.start_step >= self.total_steps:
+            self.say(f"nothing to train: the checkpoint is at step {self.start_step} of "
+                     f"{self.total_steps} (raise runner_config.epochs or stop_step to train further)")
+            self.summary.update(steps=self.start_step, wall_s=0.0, first_step_s=0.0,
+                                median_step_s=0.0, tokens_per_second=0.0)
+            return
         every = int(_callback(cfg, "MFLossMonitor").get("per_print_times") or 1)
         progress = Progress(self.console, self.total_steps, every=every, enabled=self.rank == 0)
         metrics = MetricsLog(self.log_dir / "metrics.jsonl")
+        if self.resume_from is not None:
+            # Records after this line supersede the killed run's records for the same steps.
+            metrics.write({"event": "resume", "step": self.start_step,
+                           "checkpoint": str(self.resume_from.adapter)})
         tokens_per_step = self.batch_size * self.seq_length * self.accum
-        iterator = self.dataset.create_tuple_iterator(num_epochs=self.epochs)
-        step, times, start = 0, [], time.perf_counter()
+        step, times, start = self.start_step, [], time.perf_counter()
         epoch = step_in_epoch = 0
         try:
-            for epoch in range(1, self.epochs + 1):
-                step_in_epoch, group = 0, []
-                for batch in iterator:  # MindSpore's iterator yields one epoch per for-loop
-                    group.append(batch)
-                    if len(group) < self.accum:
-                        continue
-                    t0 = time.perf_counter()
-                    loss, overflow, scale, norm = self.one_step(group)
-                    dt = time.perf_counter() - t0
-                    group = []
-                    step += 1
-                    step_in_epoch += 1
-                    times.append(dt)
-                    if not np.isfinite(loss) or (overflow and not self.skips_overflow):
-                        raise UserError(f"loss {loss}, gradient norm {norm} at step {step}: training "
-                                        "diverged (no checkpoint written for this step)",
-                                        key="lr_schedule.learning_rate",
-                                        fix="lower the learning rate, enable use_clip_grad, or use "
-                                            "a dynamic loss scale for float16")
-                    lr = float(self.lr[min(step - 1, len(self.lr) - 1)])
-                    self.summary["losses"].append(loss)
-                    progress.update(step, epoch, loss, lr, tokens_per_step / dt, norm, overflow)
-                    metrics.write({"step": step, "total_steps": self.total_steps, "epoch": epoch,
-                                   "loss": loss, "lr": lr, "grad_norm": norm, "overflow": overflow,
-                                   "loss_scale": scale, "step_time_s": round(dt, 4),
-                                   "tokens_per_second": round(tokens_per_step / dt, 1),
-                                   "elapsed_s": round(time.perf_counter() - start, 2)})
-                    if save_every and step % save_every == 0:
-                        self.save(epoch, step_in_epoch, step)
+            with _StopOnSignal(self.say) as stop:
+                for epoch in range(self.start_epoch, self.epochs + 1):
+                    skip = self.skip_batches if epoch == self.start_epoch else 0
+                    step_in_epoch, group = skip // self.accum, []
+                    for batch in self.data.epoch(epoch, skip).create_tuple_iterator(num_epochs=1):
+                        group.append(batch)
+                        if len(group) < self.accum:
+                            continue
+                        t0 = time.perf_counter()
+                        loss, overflow, scale, norm = self.one_step(group)
+                        dt = time.perf_counter() - t0
+                        group = []
+                        step += 1
+                        step_in_epoch += 1
+                        stop.reclaim()   # between steps, Ctrl-C reaches us as SIGINT
+                        times.append(dt)
+                        self.scale = scale
+                        if not np.isfinite(loss) or (overflow and not self.skips_overflow):
+                            raise UserError(f"loss {loss}, gradient norm {norm} at step {step}: training "
+                                            "diverged (no checkpoint written for this step)",
+                                            key="lr_schedule.learning_rate",
+                                            fix="lower the learning rate, enable use_clip_grad, or use "
+                                                "a dynamic loss scale for float16")
+                        lr = float(self.lr[min(step - 1, len(self.lr) - 1)])
+                        self.summary["losses"].append(loss)
+                        progress.update(step, epoch, loss, lr, tokens_per_step / dt, norm, overflow)
+                        metrics.write({"step": step, "total_steps": self.total_steps, "epoch": epoch,
+                                       "loss": loss, "lr": lr, "grad_norm": norm, "overflow": overflow,
+                                       "loss_scale": scale, "step_time_s": round(dt, 4),
+                                       "tokens_per_second": round(tokens_per_step / dt, 1),
+                                       "elapsed_s": round(time.perf_counter() - start, 2)})
+                        if save_every and step % save_every == 0:
+                            self.save(epoch, step_in_epoch, step)
+                        if stop.signum is not None:
+                            if self.last_saved_step != step:
+                                self.save(epoch, step_in_epoch, step)
+                            path = self.summary["checkpoints"][-1]["path"]
+                            self.say(f"stopped by {signal.Signals(stop.signum).name} after step "
+                                     f"{step}/{self.total_steps}; checkpoint: {path}\nContinue with the "
+                                     "same command plus --resume.")
+                            raise Interrupted(stop.signum, step, path, self.summary)
+                        if step >= self.total_steps:
+                            break
                     if step >= self.total_steps:
                         break
-                if step >= self.total_steps:
-                    break
-            if not self.summary["checkpoints"] or self.summary["checkpoints"][-1]["step"] != step:
-                self.save(epoch, step_in_epoch, step)
+                if self.last_saved_step != step:
+                    self.save(epoch, step_in_epoch, step)
         finally:
             progress.close()
             metrics.close()
@@ -229,29 +561,48 @@ class FinetuneRecipe:
                             first_step_s=times[0] if times else 0.0, median_step_s=median,
                             tokens_per_second=tokens_per_step / median if median else 0.0)
         last = self.summary["checkpoints"][-1]["path"] if self.summary["checkpoints"] else "-"
-        self.say(f"done: {step} steps, loss {self.summary['losses'][0]:.4f} → "
-                 f"{self.summary['losses'][-1]:.4f}, {self.summary['tokens_per_second']:,.0f} tok/s "
+        losses = self.summary["losses"]
+        self.say(f"done: {step} steps, loss {losses[0]:.4f} → {losses[-1]:.4f}, "
+                 f"{self.summary['tokens_per_second']:,.0f} tok/s "
                  f"(median step {median * 1000:.0f} ms, first step {self.summary['first_step_s']:.1f} s "
                  f"incl. compile); adapter: {last}")
 
     # ------------------------------------------------------------------ save
     def save(self, epoch: int, step_in_epoch: int, step: int) -> Path:
-        """Adapter-only (trainable) weights as <prefix>_rank_<r>-<epoch>_<step>.ckpt, atomically."""
+        """One checkpoint (ckpt/store.py): <prefix>_rank_<r>-<epoch>_<step>.ckpt with the adapter in
+        MindFormers' layout, its training state and manifest; then keep_checkpoint_max."""
         from petrun.ckpt.io import save_params
-        name = f"{self.prefix}_rank_{self.rank}-{epoch}_{step_in_epoch}.ckpt"
-        path = save_params(self.trainable, self.ckpt_dir / name,
-                           append={"epoch_num": epoch, "step_num": step})
-        self.summary["checkpoints"].append({"path": str(path), "step": step})
+        from petrun.ckpt.store import checkpoint_stem
+        from petrun.ckpt.run_manifest import versions
+        stem = checkpoint_stem(self.prefix, self.rank, epoch, step_in_epoch)
+        manifest = {
+            "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
+            "batches_in_epoch": step_in_epoch * self.accum,
+            "consumed_samples": step * self.accum * self.batch_size * self.world_size,
+            "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+            "rank": self.rank, "world_size": self.world_size, "run_id": self.run_id,
+            "loss_scale": self.scale,
+            "data": {"files": self.data_files, "num_samples": self.data.num_samples,
+                     "seed": self.data.seed, "shuffle": self.data.shuffle,
+                     "order_sha256": self._order_digest(epoch)},
+            "rng": self._capture_rng(), "versions": versions(),
+            "config_hash": self.cfg.hash(), "config": json.loads(json.dumps(self.cfg.data, default=str)),
+        }
+        try:
+            ckpt = self.store.save(stem, adapter=self.trainable, state=self.state_params(),
+                                   append={"epoch_num": epoch, "step_num": step}, manifest=manifest)
+        except UserError as e:
+            kept = (f"the newest checkpoint (step {self.last_saved_step}) is intact"
+                    if self.last_saved_step is not None else "no checkpoint was saved yet")
+            raise UserError(f"checkpoint of step {step} not saved: {e.message}; {kept}",
+                            file=e.file, key=e.key, fix=e.fix) from None
+        self.last_saved_step = step
+        self.summary["checkpoints"].append({"path": str(ckpt.adapter), "step": step})
         if _callback(self.cfg, "CheckpointMonitor").get("save_network_params"):
             net_dir = self.output_dir / "checkpoint_network" / f"rank_{self.rank}"
             save_params(list(self.model.get_parameters()),
                         net_dir / f"{self.prefix}_rank_{self.rank}-network-{epoch}_{step_in_epoch}.ckpt")
-        self._prune()
-        return path
-
-    def _prune(self) -> None:
-        """keep_checkpoint_max: drop the oldest of this run's checkpoints beyond the limit."""
-        while len(self.summary["checkpoints"]) > self.keep:
-            old = Path(self.summary["checkpoints"].pop(0)["path"])
-            if old.exists():
-                old.unlink()
+        removed = set(self.store.prune(self.keep, self.run_id))
+        self.summary["checkpoints"] = [c for c in self.summary["checkpoints"]
+                                       if Path(c["path"]).stem not in removed]
+        return ckpt.adapter

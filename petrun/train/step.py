@@ -86,13 +86,19 @@ class TrainStep(_GradCore):
     """
 
     def __init__(self, network, optimizer, scale_value=1.0, scale_update=None, clip_norm=1.0,
-                 use_clip=True):
+                 use_clip=True, grad_reducer=None):
         super().__init__(network, optimizer.parameters, scale_value, scale_update, clip_norm, use_clip)
         self.optimizer = optimizer
+        # Data parallel: gradients are reduced over ranks before the norm, so clipping and
+        # overflow decisions agree on every rank.
+        self.grad_reducer = grad_reducer
+        self.reduce = grad_reducer is not None
         self.skip_on_overflow = scale_update is not None or float(scale_value) != 1.0
 
     def construct(self, input_ids, labels):
         loss, grads = self.scaled_grads(input_ids, labels)
+        if self.reduce:
+            grads = self.grad_reducer(grads)
         norm = self.global_norm(grads)
         overflow = self.next_scale(self.overflow(norm))
         if self.use_clip:
@@ -111,14 +117,15 @@ class AccumulateStep(_GradCore):
     def __init__(self, network, weights, buffers, scale_value=1.0, scale_update=None):
         super().__init__(network, weights, scale_value, scale_update, 1.0, False)
         self.buffers = buffers
-        self.seen_overflow = Parameter(Tensor(False, ms.bool_), name="seen_overflow", requires_grad=False)
+        # float32, not bool: MindSpore cannot Load a bool Parameter inside a graph.
+        self.seen_overflow = Parameter(Tensor(0.0, ms.float32), name="seen_overflow", requires_grad=False)
 
     def construct(self, input_ids, labels):
         loss, grads = self.scaled_grads(input_ids, labels)
         overflow = self.overflow(self.global_norm(grads))
         for buf, g in zip(self.buffers, grads):
             ops.assign_add(buf, g)
-        ops.assign(self.seen_overflow, ops.logical_or(self.seen_overflow, overflow))
+        ops.assign(self.seen_overflow, ops.maximum(self.seen_overflow, ops.cast(overflow, ms.float32)))
         return loss, overflow
 
 
@@ -129,8 +136,11 @@ class ApplyAccumulated(nn.Cell):
     overflowed, and the loss scale is updated once per optimizer step.
     """
 
-    def __init__(self, accumulate: AccumulateStep, optimizer, steps: int, clip_norm=1.0, use_clip=True):
+    def __init__(self, accumulate: AccumulateStep, optimizer, steps: int, clip_norm=1.0, use_clip=True,
+                 grad_reducer=None):
         super().__init__(auto_prefix=False)
+        self.grad_reducer = grad_reducer   # data parallel: reduce once per optimizer step
+        self.reduce = grad_reducer is not None
         self.acc = accumulate
         self.optimizer = optimizer
         self.inv_steps = 1.0 / float(steps)
@@ -140,8 +150,12 @@ class ApplyAccumulated(nn.Cell):
 
     def construct(self):
         grads = tuple(b * self.inv_steps for b in self.acc.buffers)
+        if self.reduce:
+            grads = self.grad_reducer(grads)
         norm = self.acc.global_norm(grads)
-        overflow = self.acc.next_scale(self.acc.seen_overflow.value())
+        # Another rank's overflow shows up here as a non-finite reduced norm.
+        overflow = self.acc.next_scale(ops.logical_or(self.acc.seen_overflow.value() > 0.5,
+                                                      self.acc.overflow(norm)))
         if self.use_clip:
             grads = clip_by_norm(grads, norm, self.clip_norm)
         if self.skip_on_overflow:
@@ -151,7 +165,7 @@ class ApplyAccumulated(nn.Cell):
             norm = ops.depend(norm, self.optimizer(grads))
         for b in self.acc.buffers:
             ops.assign(b, ops.zeros_like(b))
-        ops.assign(self.acc.seen_overflow, Tensor(False, ms.bool_))
+        ops.assign(self.acc.seen_overflow, Tensor(0.0, ms.float32))
         return overflow, self.acc.loss_scale.value(), norm
 
 

@@ -125,5 +125,7 @@ def test_list_items_are_addressed_by_index():
     cfg = load_config(MF, ["callbacks.1.prefix=mine", "callbacks.0.per_print_times=5"])
     assert cfg.get("callbacks.1.prefix") == "mine"
     assert cfg.get("callbacks.0.per_print_times") == 5
-    with pytest.raises(UserError, match="not an index of the 3-item list"):
+    with pytest.raises(UserError, match="goes inside 'callbacks.7', which does not exist"):
         load_config(MF, ["callbacks.7.prefix=mine"])
+    with pytest.raises(UserError, match="'7' is not an index of the 3-item list"):
+        load_config(MF, ["callbacks.7=mine"])
