@@ -17,6 +17,12 @@ KEY = "model.model_config.pet_config"
 # pet_type -> "module:function"; the function is apply(net, config) -> PetReport.
 METHODS: dict[str, str] = {
     "lora": "petrun.pet.lora:apply",
+    "ptuning2": "petrun.pet.ptuning2:apply",
+    "prefixtuning": "petrun.pet.prefix:apply",
+    "prompt_tuning": "petrun.pet.prompt:apply",
+    "ptuning": "petrun.pet.ptuning:apply",
+    "ia3": "petrun.pet.ia3:apply",
+    "adapter": "petrun.pet.adapter:apply",
 }
 
 
@@ -60,13 +66,60 @@ def parse_pet_config(pet_config: Mapping[str, Any] | PetConfigBase) -> PetConfig
 
 
 def apply_pet(net, pet_config: Mapping[str, Any] | PetConfigBase):
-    """Inject the configured method into `net` in place, freeze the rest; returns its PetReport."""
+    """Apply the configured method to `net` and freeze the rest; returns its PetReport.
+
+    Layer methods (lora, ia3, adapter) change `net` in place; prompt-learning methods (ptuning2,
+    prefixtuning, prompt_tuning, ptuning) wrap it. Either way `report.model` is the network to
+    train and save.
+    """
     cfg = parse_pet_config(pet_config)
     if cfg.pet_type not in METHODS:
         built = ", ".join(sorted(METHODS))
         raise UserError(f"pet_type {cfg.pet_type!r} is not built yet (built: {built})",
                         key=f"{KEY}.pet_type", fix=f"use one of: {built}")
-    return resolve_method(cfg.pet_type)(net, cfg)
+    report = resolve_method(cfg.pet_type)(net, cfg)
+    if report.model is None:
+        report.model = net
+    return report
 
 
-__all__ = ["METHODS", "apply_pet", "parse_pet_config", "resolve_method"]
+def check_model_pet(arch: str | None, model_config: Mapping[str, Any] | None, pet_config) -> None:
+    """Cross-checks between model and pet_config that neither section can make alone.
+
+    MindFormers' ChatGLM2WithPtuning2 is ChatGLM2 + P-Tuning v2: petrun builds it as exactly that,
+    so it needs a ptuning2 pet_config; a model_config.pre_seq_len (which MindFormers' GLM2 uses to
+    size its caches) must agree with pet_config.pre_seq_len.
+    """
+    pet_type = pet_config.get("pet_type") if isinstance(pet_config, Mapping) else \
+        getattr(pet_config, "pet_type", None)
+    if arch == "ChatGLM2WithPtuning2" and pet_type != "ptuning2":
+        raise UserError("model.arch.type ChatGLM2WithPtuning2 is ChatGLM2 with P-Tuning v2, but "
+                        + ("there is no pet_config" if pet_type is None else
+                           f"pet_config.pet_type is {pet_type!r}"),
+                        key=f"{KEY}.pet_type",
+                        fix="add pet_config: {pet_type: ptuning2, pre_seq_len: 128, "
+                            "prefix_projection: False, projection_dim: 128, dropout_prob: 0.0}, "
+                            "or use arch ChatGLM2ForConditionalGeneration for other methods")
+    model_len = model_config.get("pre_seq_len") if isinstance(model_config, Mapping) else \
+        getattr(model_config, "pre_seq_len", None)
+    if model_len in (None, "None") or pet_type != "ptuning2":
+        return
+    pet_len = pet_config.get("pre_seq_len", PET_CONFIGS["ptuning2"].pre_seq_len) \
+        if isinstance(pet_config, Mapping) else pet_config.pre_seq_len
+    if model_len != pet_len:
+        raise UserError(f"model_config.pre_seq_len is {model_len} but pet_config.pre_seq_len is "
+                        f"{pet_len}", key="model.model_config.pre_seq_len",
+                        fix=f"make them equal (or drop model_config.pre_seq_len; petrun sizes the "
+                            f"prefix from pet_config)")
+
+
+def after_load(model, result: Mapping[str, Any]) -> None:
+    """What a method must do once weights are loaded (prompt tuning starts from the vocabulary
+    that the base checkpoint brings)."""
+    if getattr(model, "pet_type", None) == "prompt_tuning":
+        from petrun.pet.prompt import after_load as prompt_after_load
+        prompt_after_load(model, list(result.get("loaded", [])))
+
+
+__all__ = ["METHODS", "after_load", "apply_pet", "check_model_pet", "parse_pet_config",
+           "resolve_method"]

@@ -370,6 +370,9 @@ class PetReport:
     trainable: int
     total: int
     targets: list[str] = field(default_factory=list)   # dotted paths of adapted layers
+    # The network to train: the base net itself for methods that inject layers in place, a
+    # wrapper around it for prompt-learning methods (petrun.pet.virtual.PromptLearningModel).
+    model: object = field(default=None, repr=False, compare=False)
 
     @property
     def line(self) -> str:
@@ -381,4 +384,21 @@ class PetReport:
 
 def make_report(net, pet_type: str, targets: Iterable[str] = ()) -> PetReport:
     trainable, total = count_parameters(net)
-    return PetReport(pet_type, trainable, total, list(targets))
+    return PetReport(pet_type, trainable, total, list(targets), model=net)
+
+
+def delta_names(net, pet_type: str) -> list[str]:
+    """Names of the parameters a method added (`*mindpet_delta_<pet_type>*`), in model order."""
+    delta = f"*mindpet_delta_{pet_type}*"
+    return [p.name for p in net.get_parameters() if fnmatch.fnmatchcase(p.name, delta)]
+
+
+def check_fresh(net, pet_type: str) -> None:
+    """A UserError if any PET method was already applied to `net` (methods do not stack)."""
+    applied = [p.name for p in net.get_parameters() if "mindpet_delta_" in p.name]
+    wrapped = getattr(net, "pet_model", None) is not None or getattr(net, "pet_wrapped", False)
+    if applied or wrapped:
+        raise UserError(f"a PET method is already applied to this model (e.g. "
+                        f"{applied[0] if applied else 'a prompt encoder'}); {pet_type} cannot be "
+                        "added on top", key=KEY_PREFIX,
+                        fix="build the base model afresh before applying a pet_config")

@@ -64,8 +64,21 @@ class LoraConfig(PetConfigBase):
         return errs
 
 
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _probability(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+
+
+def _regex_string(v) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
 @dataclass
 class Ptuning2Config(PetConfigBase):
+    """P-Tuning v2: per-layer key/value prefixes from a table (optionally through an MLP)."""
     pet_type: str = "ptuning2"
     pre_seq_len: int = 128
     prefix_projection: bool = False
@@ -74,17 +87,19 @@ class Ptuning2Config(PetConfigBase):
 
     def check(self):
         errs = []
-        if not isinstance(self.pre_seq_len, int) or self.pre_seq_len <= 0:
+        if not _positive_int(self.pre_seq_len):
             errs.append(("pre_seq_len", f"must be a positive integer, got {self.pre_seq_len!r}"))
-        if not isinstance(self.projection_dim, int) or self.projection_dim <= 0:
+        if not _positive_int(self.projection_dim):
             errs.append(("projection_dim", f"must be a positive integer, got {self.projection_dim!r}"))
-        if not isinstance(self.dropout_prob, (int, float)) or not 0 <= self.dropout_prob < 1:
+        if not _probability(self.dropout_prob):
             errs.append(("dropout_prob", f"must be in [0, 1), got {self.dropout_prob!r}"))
         return errs
 
 
 @dataclass
 class PrefixTuningConfig(PetConfigBase):
+    """Prefix tuning (MindFormers' PrefixTuningModel): P-Tuning v2's encoder, always through a
+    tanh MLP of width mid_dim."""
     pet_type: str = "prefixtuning"
     prefix_token_num: int = 128
     mid_dim: int = 512
@@ -94,17 +109,142 @@ class PrefixTuningConfig(PetConfigBase):
         errs = []
         for k in ("prefix_token_num", "mid_dim"):
             v = getattr(self, k)
-            if not isinstance(v, int) or v <= 0:
+            if not _positive_int(v):
                 errs.append((k, f"must be a positive integer, got {v!r}"))
-        if not isinstance(self.dropout_rate, (int, float)) or not 0 <= self.dropout_rate < 1:
+        if not _probability(self.dropout_rate):
             errs.append(("dropout_rate", f"must be in [0, 1), got {self.dropout_rate!r}"))
         return errs
 
 
-# pet_type -> config class. Methods register here; the CLI reports "not built yet" for ones whose
-# layers have not landed (see petrun.pet.METHODS).
+PROMPT_INITS = ("RANDOM", "TEXT", "SAMPLE_VOCAB")
+
+
+@dataclass
+class PromptTuningConfig(PetConfigBase):
+    """Prompt tuning: num_virtual_tokens trainable input embeddings in front of every sequence.
+
+    Key names are PEFT's PromptTuningConfig's (MindFormers has no prompt tuning).
+    prompt_tuning_init: RANDOM (normal, with the std of the word-embedding table), SAMPLE_VOCAB
+    (rows of random vocabulary tokens) or TEXT (the embeddings of prompt_tuning_init_text as
+    tokenized by the SentencePiece model tokenizer_name_or_path, repeated or cut to length).
+    The vocabulary-based inits read the base embeddings after the base checkpoint is loaded.
+    """
+    pet_type: str = "prompt_tuning"
+    num_virtual_tokens: int = 20
+    prompt_tuning_init: str = "RANDOM"
+    prompt_tuning_init_text: Any = None
+    tokenizer_name_or_path: Any = None
+
+    def check(self):
+        errs = []
+        if not _positive_int(self.num_virtual_tokens):
+            errs.append(("num_virtual_tokens",
+                         f"must be a positive integer, got {self.num_virtual_tokens!r}"))
+        if self.prompt_tuning_init not in PROMPT_INITS:
+            errs.append(("prompt_tuning_init", f"must be one of {', '.join(PROMPT_INITS)}, got "
+                                               f"{self.prompt_tuning_init!r}"))
+        elif self.prompt_tuning_init == "TEXT":
+            if not isinstance(self.prompt_tuning_init_text, str) or not self.prompt_tuning_init_text:
+                errs.append(("prompt_tuning_init_text",
+                             "prompt_tuning_init TEXT needs the text to start from, e.g. "
+                             "'Classify if the tweet is a complaint or not:'"))
+            if not isinstance(self.tokenizer_name_or_path, str) or not self.tokenizer_name_or_path:
+                errs.append(("tokenizer_name_or_path",
+                             "prompt_tuning_init TEXT needs the SentencePiece tokenizer.model "
+                             "that tokenizes prompt_tuning_init_text"))
+        return errs
+
+
+PTUNING_ENCODERS = ("MLP", "LSTM")
+
+
+@dataclass
+class PtuningConfig(PetConfigBase):
+    """P-tuning (v1): virtual-token embeddings re-parameterised by an MLP or a bi-LSTM + MLP.
+
+    Key names are PEFT's PromptEncoderConfig's. encoder_num_layers counts LSTM layers (the MLP
+    always has three linear layers); encoder_dropout is the dropout between LSTM layers.
+    """
+    pet_type: str = "ptuning"
+    num_virtual_tokens: int = 20
+    encoder_reparameterization_type: str = "MLP"
+    encoder_hidden_size: int = 128
+    encoder_num_layers: int = 2
+    encoder_dropout: float = 0.0
+
+    def check(self):
+        errs = []
+        for k in ("num_virtual_tokens", "encoder_hidden_size", "encoder_num_layers"):
+            v = getattr(self, k)
+            if not _positive_int(v):
+                errs.append((k, f"must be a positive integer, got {v!r}"))
+        if self.encoder_reparameterization_type not in PTUNING_ENCODERS:
+            errs.append(("encoder_reparameterization_type",
+                         f"must be MLP or LSTM, got {self.encoder_reparameterization_type!r}"))
+        if not _probability(self.encoder_dropout):
+            errs.append(("encoder_dropout", f"must be in [0, 1), got {self.encoder_dropout!r}"))
+        return errs
+
+
+@dataclass
+class IA3Config(PetConfigBase):
+    """IA3: a learned vector scales the output of each target layer, or its input for the
+    feed-forward ones. Patterns are re.match-ed on local layer names, like LoRA's target_modules;
+    every layer feedforward_modules matches must also be a target."""
+    pet_type: str = "ia3"
+    target_modules: Any = None
+    feedforward_modules: Any = None
+    exclude_layers: Any = None
+    init_ia3_weights: bool = True
+
+    def check(self):
+        errs = []
+        if not _regex_string(self.target_modules):
+            errs.append(("target_modules", "must be a regex string such as '.*wk|.*wv|.*w2'"))
+        if self.feedforward_modules is not None and not _regex_string(self.feedforward_modules):
+            errs.append(("feedforward_modules", "must be a regex string such as '.*w2' (or "
+                                                "left out: no feed-forward layer)"))
+        return errs
+
+
+ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+
+
+@dataclass
+class AdapterConfig(PetConfigBase):
+    """Bottleneck (Houlsby) adapters: y = h + up(act(down(h))) on the output h of each target
+    layer (the attention output and FFN output projections). `up` starts at zero, so the model
+    is unchanged until it trains."""
+    pet_type: str = "adapter"
+    target_modules: Any = None
+    exclude_layers: Any = None
+    bottleneck_size: int = 64
+    non_linearity: str = "gelu"
+    adapter_dropout: float = 0.0
+
+    def check(self):
+        errs = []
+        if not _regex_string(self.target_modules):
+            errs.append(("target_modules", "must be a regex string naming the output projections, "
+                                           "e.g. '.*wo|.*w2'"))
+        if not _positive_int(self.bottleneck_size):
+            errs.append(("bottleneck_size",
+                         f"must be a positive integer, got {self.bottleneck_size!r}"))
+        if self.non_linearity not in ADAPTER_ACTIVATIONS:
+            errs.append(("non_linearity", f"must be one of {', '.join(ADAPTER_ACTIVATIONS)}, "
+                                          f"got {self.non_linearity!r}"))
+        if not _probability(self.adapter_dropout):
+            errs.append(("adapter_dropout", f"must be in [0, 1), got {self.adapter_dropout!r}"))
+        return errs
+
+
+# pet_type -> config class; each has a method in petrun.pet.METHODS.
 PET_CONFIGS: dict[str, type[PetConfigBase]] = {
     "lora": LoraConfig,
     "ptuning2": Ptuning2Config,
     "prefixtuning": PrefixTuningConfig,
+    "prompt_tuning": PromptTuningConfig,
+    "ptuning": PtuningConfig,
+    "ia3": IA3Config,
+    "adapter": AdapterConfig,
 }

@@ -138,6 +138,11 @@ def unmerge(net) -> int:
     return len(todo)
 
 
+def parameter_count(in_out: list[tuple[int, int]], lora_rank: int) -> int:
+    """Trainable elements for targets of (in, out) widths: Σ rank·(in + out)."""
+    return sum(int(lora_rank) * (i + o) for i, o in in_out)
+
+
 def _config_dtypes(cfg: LoraConfig) -> dict:
     names = {k: getattr(cfg, k) for k in ("param_init_type", "compute_dtype")
              if getattr(cfg, k) not in (None, "None", "")}
