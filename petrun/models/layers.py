@@ -73,6 +73,27 @@ class Embedding(nn.Cell):
         return self.gather(self.embedding_weight, input_ids, 0)
 
 
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis with MindFormers' parameter names `gamma` (scale) and `beta`.
+
+    Statistics in `compute_type` (fp32) via the ops.LayerNorm primitive, which has CPU kernels in
+    both modes (the mint LayerNormExt does not); the result returns in the input's dtype.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, compute_type=ms.float32):
+        super().__init__()
+        self.compute_type = compute_type
+        self.gamma = Parameter(initializer("ones", [int(dim)], compute_type), name="gamma")
+        self.beta = Parameter(initializer("zeros", [int(dim)], compute_type), name="beta")
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=float(eps))
+
+    def construct(self, x):
+        original_dtype = x.dtype
+        y, _, _ = self.norm(ops.cast(x, self.compute_type), ops.cast(self.gamma, self.compute_type),
+                            ops.cast(self.beta, self.compute_type))
+        return ops.cast(y, original_dtype)
+
+
 class RMSNorm(nn.Cell):
     """x * rsqrt(mean(x²) + eps) * weight, with the statistics in `compute_type`.
 
@@ -154,6 +175,35 @@ class RotaryEmbedding(nn.Cell):
         sin = ops.reshape(self.sin[:seq_len], (1, 1, seq_len, -1))
         return cos, sin
 
+    def at(self, positions):
+        """Tables for per-sample positions (B, S) → cos, sin (B, 1, S, D) (incremental decoding:
+        left-padded rows and cached steps each start at their own offset)."""
+        return rows_at(self.cos, positions), rows_at(self.sin, positions)
+
+
+def rows_at(table, positions):
+    """table[positions] for integer positions (B, S), shaped (B, 1, S, width) to broadcast on BNSD."""
+    return ops.expand_dims(ops.gather(table, positions, 0), 1)
+
+
+def extend_cache(past, key, value, write_at=None):
+    """This call's keys/values added to the cache.
+
+    past: None, or (keys, values) each (B, Nkv, L, D) — earlier tokens and/or a P-Tuning v2
+    prefix, which therefore stays at the front of the cache.
+    write_at None: a growing cache; the result is past then key along the sequence (L + S).
+    write_at (1, 1, L, 1) bool, one slot True: a fixed-size cache (one compiled graph serves
+    every step); the single new key/value (S = 1) replaces slot `write_at` and L stays.
+    """
+    if past is None:
+        return key, value
+    past_k, past_v = ops.cast(past[0], key.dtype), ops.cast(past[1], value.dtype)
+    if write_at is None:
+        return ops.cat((past_k, key), 2), ops.cat((past_v, value), 2)
+    where = ops.broadcast_to(write_at, past_k.shape)
+    return (ops.select(where, ops.broadcast_to(key, past_k.shape), past_k),
+            ops.select(where, ops.broadcast_to(value, past_v.shape), past_v))
+
 
 # ---------------------------------------------------------------------------------------------
 # Attention
@@ -173,6 +223,25 @@ def causal_mask(tokens, pad_token_id=None, dtype=ms.float32):
     return mask
 
 
+def prepend_prompt(x, mask, prompt_embeds):
+    """Put P virtual-token embeddings in front of x (B, S, H) and widen the causal mask
+    (B or 1, 1, S, S) to P + S: virtual tokens are never padding and see only earlier virtual
+    tokens; real tokens see every virtual token. The prompt-tuning / P-tuning hook."""
+    x = ops.cat((ops.cast(prompt_embeds, x.dtype), x), 1)
+    return x, widen_mask(mask, prompt_embeds.shape[1])
+
+
+def widen_mask(mask, virtual: int):
+    """A causal mask (B or 1, 1, S, S) for `virtual` never-padded tokens put in front."""
+    seq = mask.shape[-1]
+    total = virtual + seq
+    # The last query row of a causal mask is exactly the per-key padding visibility.
+    keep = mask[:, 0, seq - 1, :]
+    keep = ops.cat((ops.ones((keep.shape[0], virtual), mask.dtype), keep), 1)
+    causal = ops.reshape(ops.tril(ops.ones((total, total), mask.dtype)), (1, 1, total, total))
+    return causal * ops.reshape(keep, (keep.shape[0], 1, 1, total))
+
+
 def _lowest_finite(dtype) -> float:
     if dtype == ms.float16:
         return float(np.finfo(np.float16).min)
@@ -190,11 +259,13 @@ class DotProductAttention(nn.Cell):
       prefix_key_value: None, or (2, B, Nkv, P, D) — or any pair indexable by 0 (keys) and
       1 (values) — put in front of key/value along the sequence. Every query sees every prefix
       slot. This is the hook P-Tuning v2 and prefix tuning use; prefix keys carry no RoPE.
+    attention_dropout: dropout on the attention probabilities while training (GPT2, GLM2).
     Returns (B, N, S, D) in compute_dtype.
     """
 
     def __init__(self, head_dim: int, num_heads: int, n_kv_heads: int | None = None,
-                 compute_dtype=ms.float32, softmax_compute_type=ms.float32):
+                 compute_dtype=ms.float32, softmax_compute_type=ms.float32,
+                 attention_dropout: float = 0.0):
         super().__init__()
         n_kv_heads = n_kv_heads or num_heads
         if num_heads % n_kv_heads:
@@ -213,6 +284,9 @@ class DotProductAttention(nn.Cell):
         self.qk = ops.BatchMatMul(transpose_b=True)
         self.pv = ops.BatchMatMul()
         self.softmax = ops.Softmax(-1)
+        self.use_dropout = float(attention_dropout) > 0
+        if self.use_dropout:
+            self.dropout = nn.Dropout(p=float(attention_dropout))
 
     def repeat_kv(self, x):
         """(B, Nkv, S, D) → (B, N, S, D); query head h reads kv head h // n_rep, as in HF."""
@@ -239,6 +313,8 @@ class DotProductAttention(nn.Cell):
         allowed = ops.broadcast_to(attention_mask > 0.5, scores.shape)
         scores = ops.select(allowed, scores, ops.full_like(scores, self.mask_fill))
         probs = ops.cast(self.softmax(scores), self.compute_dtype)
+        if self.use_dropout:
+            probs = self.dropout(probs)
         return self.pv(probs, value)
 
 

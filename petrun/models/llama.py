@@ -24,7 +24,7 @@ from petrun.models.configs import LlamaConfig
 from petrun.models.dtypes import resolve_dtypes
 from petrun.models.layers import (DotProductAttention, Embedding, Linear, MaskedCrossEntropy,
                                   RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary_emb,
-                                  causal_mask)
+                                  causal_mask, extend_cache, prepend_prompt)
 
 _KEY = "model.model_config"
 
@@ -100,6 +100,19 @@ class LlamaAttention(nn.Cell):
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, -1))
         return self.wo(out)
 
+    def decode(self, x, cos, sin, attention_mask, past=None, write_at=None):
+        """Inference with a KV cache: this call's keys/values are added to `past` (see
+        extend_cache); attention_mask covers every key. Returns (output, (keys, values)),
+        the cache holding n_kv_heads heads (GQA is expanded only inside the core)."""
+        batch, seq, _ = x.shape
+        query = apply_rotary_emb(self.to_heads(self.wq(x), self.num_heads), cos, sin)
+        key = apply_rotary_emb(self.to_heads(self.wk(x), self.n_kv_heads), cos, sin)
+        key, value = extend_cache(past, key, self.to_heads(self.wv(x), self.n_kv_heads),
+                                  write_at)
+        out = self.core(query, key, value, attention_mask)
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, -1))
+        return self.wo(out), (key, value)
+
 
 class LlamaDecodeLayer(nn.Cell):
     def __init__(self, config: LlamaConfig, dtypes: dict):
@@ -118,6 +131,12 @@ class LlamaDecodeLayer(nn.Cell):
         attn = self.attention(self.attention_norm(x), cos, sin, attention_mask, prefix_key_value)
         h = x + ops.cast(attn, self.residual_dtype)
         return h + ops.cast(self.feed_forward(self.ffn_norm(h)), self.residual_dtype)
+
+    def decode(self, x, cos, sin, attention_mask, past=None, write_at=None):
+        attn, present = self.attention.decode(self.attention_norm(x), cos, sin, attention_mask,
+                                              past, write_at)
+        h = x + ops.cast(attn, self.residual_dtype)
+        return h + ops.cast(self.feed_forward(self.ffn_norm(h)), self.residual_dtype), present
 
 
 class LlamaModel(nn.Cell):
@@ -140,28 +159,45 @@ class LlamaModel(nn.Cell):
                                       config.extend_method, config.scaling_factor,
                                       dtypes["rotary_dtype"])
 
-    def construct(self, tokens, prefix_key_values=None):
-        seq = tokens.shape[1]
-        cos, sin = self.rotary(seq)
+    def construct(self, tokens, prefix_key_values=None, prompt_embeds=None):
         mask = causal_mask(tokens, self.pad_token_id)
         x = ops.cast(self.tok_embeddings(tokens), self.residual_dtype)
+        if prompt_embeds is not None:
+            x, mask = prepend_prompt(x, mask, prompt_embeds)
+        cos, sin = self.rotary(x.shape[1])
         for i in range(self.num_layers):
             if prefix_key_values is None:
                 x = self.layers[i](x, cos, sin, mask)
             else:
                 x = self.layers[i](x, cos, sin, mask, prefix_key_values[i])
-        return self.norm_out(x)
+        x = self.norm_out(x)
+        if prompt_embeds is not None:
+            x = x[:, prompt_embeds.shape[1]:]   # virtual tokens yield no hidden states
+        return x
+
+    def decode(self, tokens, positions, attention_mask, past=None, write_at=None):
+        """Hidden states and the per-layer caches; see LlamaForCausalLM.decode."""
+        cos, sin = self.rotary.at(positions)
+        x = ops.cast(self.tok_embeddings(tokens), self.residual_dtype)
+        presents = []
+        for i in range(self.num_layers):
+            x, present = self.layers[i].decode(x, cos, sin, attention_mask,
+                                               None if past is None else past[i], write_at)
+            presents.append(present)
+        return self.norm_out(x), presents
 
 
 class LlamaForCausalLM(nn.Cell):
     """Llama 2 with an LM head.
 
-    construct(input_ids, labels=None, prefix_key_values=None):
+    construct(input_ids, labels=None, prefix_key_values=None, prompt_embeds=None):
       labels None  → fp32 logits (batch, seq, vocab) for every position of input_ids.
       labels given → scalar fp32 mean cross-entropy, MindFormers style: rows are seq_length + 1
                      long; tokens = input_ids[:, :-1], targets = labels[:, 1:], positions whose
                      token is pad or whose target is ignore_token_id do not count.
       prefix_key_values: None or one (2, B, n_kv_heads, P, head_dim) entry per layer.
+      prompt_embeds: None or (B, P, hidden) virtual-token embeddings put before the tokens
+                     (positions 0..P-1; they yield no logits and no loss).
     """
 
     def __init__(self, config: LlamaConfig, device_target: str | None = None):
@@ -196,12 +232,31 @@ class LlamaForCausalLM(nn.Cell):
             out = self.lm_head(hidden)
         return ops.cast(out, ms.float32)
 
-    def construct(self, input_ids, labels=None, prefix_key_values=None):
+    def construct(self, input_ids, labels=None, prefix_key_values=None, prompt_embeds=None):
         if labels is None:
-            return self.logits(self.model(input_ids, prefix_key_values))
+            return self.logits(self.model(input_ids, prefix_key_values, prompt_embeds))
         tokens = input_ids[:, :-1]
         targets = labels[:, 1:]
-        logits = self.logits(self.model(tokens, prefix_key_values))
+        logits = self.logits(self.model(tokens, prefix_key_values, prompt_embeds))
         loss_mask = ops.logical_and(ops.not_equal(tokens, self.pad_token_id),
                                     ops.not_equal(targets, self.ignore_token_id))
         return self.loss(logits, targets, loss_mask)
+
+    def decode(self, input_ids, positions, attention_mask, past=None, last_only=False,
+               write_at=None):
+        """Incremental inference (petrun.infer drives it; training uses construct only).
+
+        input_ids, positions: int32 (B, S) — positions per sample, so left-padded rows and
+          cached steps rotate at their true offsets.
+        attention_mask: (B, 1, S, keys), 1 = may attend: over the cached keys then these S
+          (growing cache), or over the L slots of a fixed-size cache (write_at given).
+        past: None, or one (keys, values) per layer, each (B, n_kv_heads, L, head_dim): earlier
+          steps' caches and/or a prefix (P-Tuning v2 / prefix tuning) kept at the front.
+        write_at: None, or (1, 1, L, 1) bool marking the slot this single token fills.
+        Returns (fp32 logits (B, S or 1, vocab), the updated caches).
+        """
+        hidden, presents = self.model.decode(input_ids, positions, attention_mask, past,
+                                             write_at)
+        if last_only:
+            hidden = hidden[:, -1:]
+        return self.logits(hidden), presents

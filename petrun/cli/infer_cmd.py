@@ -1,0 +1,356 @@
+"""`petrun predict` and `petrun eval`: build the model, load weights (+ adapter), then generate
+text or report loss/perplexity. The verbs themselves (flags shared with finetune) live in
+run.py; the options only these two verbs take are declared here (PREDICT_OPTIONS,
+EVAL_OPTIONS) and arrive as keyword arguments of run_predict / run_eval.
+"""
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import json
+import os
+import sys
+from typing import List, Optional
+
+import typer
+
+from petrun.errors import UserError
+
+MC = "model.model_config"
+
+
+def _option(name: str, annotation, default, *decls: str, help: str) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=typer.Option(default, *decls, help=help))
+
+
+_COMMON = [
+    _option("adapter", Optional[str], None, "--adapter",
+            help="Adapter checkpoint (file or folder) loaded on top of load_checkpoint."),
+    _option("merge", bool, False, "--merge", help="Merge LoRA into the base weights first."),
+    _option("output", str, "text", "--output", help="text (default) or json (on stdout)."),
+]
+EVAL_OPTIONS = list(_COMMON)
+PREDICT_OPTIONS = _COMMON + [
+    _option("prompt", Optional[List[str]], None, "--prompt",
+            help="Prompt text, wrapped in the chat template (repeat for a batch)."),
+    _option("prompt_file", Optional[str], None, "--prompt-file",
+            help="One prompt per line, or .json/.jsonl alpaca records (instruction, input)."),
+    _option("prompt_ids", Optional[str], None, "--prompt-ids",
+            help="Token ids as is, e.g. 1,2,3 (';' separates prompts); no template."),
+    _option("max_new_tokens", Optional[int], None, "--max-new-tokens",
+            help="Tokens to generate (default: max_decode_length minus the prompt)."),
+    _option("do_sample", Optional[bool], None, "--do-sample/--greedy",
+            help="Sample instead of greedy decoding (default: model_config.do_sample)."),
+    _option("top_k", Optional[int], None, "--top-k", help="Keep the k most likely tokens (0: off)."),
+    _option("top_p", Optional[float], None, "--top-p", help="Nucleus sampling mass (1.0: off)."),
+    _option("temperature", Optional[float], None, "--temperature", help="Sampling temperature."),
+    _option("repetition_penalty", Optional[float], None, "--repetition-penalty",
+            help="> 1 discourages repeating tokens (1.0: off)."),
+    _option("chat_template", Optional[str], None, "--chat-template",
+            help="alpaca, vicuna, glm2 or none (default: the family's finetune format)."),
+    _option("no_cache", bool, False, "--no-cache",
+            help="Recompute the whole sequence each step instead of using the KV cache."),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared setup
+
+
+def _check_output(output: str) -> None:
+    if output not in ("text", "json"):
+        raise UserError(f"--output {output!r} is not a known format", key="--output",
+                        fix="use --output text or --output json")
+
+
+def _runtime(cfg) -> str:
+    """MindSpore context for inference; returns the device target."""
+    import mindspore as ms
+
+    from petrun.parallel.context import set_seed, setup_context
+    # PyNative ops otherwise wait ~ms on a worker queue at every shape/dtype query, which
+    # dominates token-by-token decoding; it must be chosen before the first kernel runs.
+    ms.runtime.launch_blocking()
+    target = setup_context(cfg)
+    set_seed(int(cfg.get("seed", 0) or 0))
+    return target
+
+
+def load_model(cfg, *, device_target: str, adapter: str | None, merge: bool, say):
+    """The config's model with load_checkpoint, then the adapter, loaded strictly."""
+    from petrun.api import PET_PATTERN, build_model, load_checkpoint
+
+    reports = []
+    net = build_model(cfg, device_target=device_target, report=reports.append)
+    pet = reports[0].pet_type if reports else None
+    ckpt = cfg.get("load_checkpoint")
+    pet_params = {p.name for p in net.get_parameters() if fnmatch.fnmatchcase(p.name, PET_PATTERN)}
+    missing = sorted(pet_params)
+    if ckpt:
+        result = load_checkpoint(net, ckpt, strict=True, allow_missing=(PET_PATTERN,))
+        missing = sorted(pet_params - set(result["loaded"]))
+        say(f"loaded {len(result['loaded'])} tensors from {ckpt}")
+    else:
+        say("[yellow]warning:[/yellow] no load_checkpoint: the model has random weights "
+            "(pass --load_checkpoint W)")
+    if adapter:
+        if pet is None:
+            raise UserError("--adapter given but the config has no pet_config, so the model has "
+                            "no adapter layers to load into", key=f"{MC}.pet_config",
+                            fix="use the YAML the adapter was trained with")
+        result = load_checkpoint(net, adapter, strict=True, key="--adapter")
+        say(f"loaded {len(result['loaded'])} {pet} tensors from {adapter}")
+    elif missing:
+        say(f"[yellow]warning:[/yellow] {len(missing)} {pet} parameters are not in "
+            f"load_checkpoint and keep their initial values (pass --adapter A)")
+    if merge:
+        from petrun.pet.lora import merge as merge_lora
+        if pet != "lora":
+            raise UserError("--merge folds LoRA weights into the base model, but this model has "
+                            f"{'no PET' if pet is None else pet} layers",
+                            key=f"{MC}.pet_config.pet_type", fix="drop --merge")
+        say(f"merged {merge_lora(net)} LoRA layers into their base weights")
+    net.set_train(False)
+    return net
+
+
+def _say(console):
+    def say(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+    return say
+
+
+# ---------------------------------------------------------------------------------------------
+# predict
+
+
+def _read_prompt_file(path: str) -> list:
+    from petrun.data.alpaca import load_alpaca_records
+
+    if not os.path.isfile(path):
+        raise UserError("prompt file not found", file=path, key="--prompt-file",
+                        fix="give a text file with one prompt per line, or alpaca JSON")
+    if path.endswith((".json", ".jsonl")):
+        records = load_alpaca_records(path, key="--prompt-file")
+        bad = [i for i, r in enumerate(records)
+               if not (isinstance(r, dict) and (r.get("instruction") or r.get("prompt")))]
+        if bad:
+            raise UserError(f"record {bad[0]} has no 'instruction' (or 'prompt') text",
+                            file=path, key="--prompt-file",
+                            fix="each record needs an instruction (and optionally input)")
+        return records
+    with open(path, encoding="utf-8") as f:
+        prompts = [line.rstrip("\n") for line in f if line.strip()]
+    if not prompts:
+        raise UserError("the prompt file is empty", file=path, key="--prompt-file",
+                        fix="write one prompt per line")
+    return prompts
+
+
+def _parse_ids(text: str, vocab: int) -> list[list[int]]:
+    rows = []
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        try:
+            row = [int(x) for x in part.replace(" ", "").split(",") if x != ""]
+        except ValueError:
+            raise UserError(f"--prompt-ids {text!r} is not a list of integers", key="--prompt-ids",
+                            fix="e.g. --prompt-ids 1,450,4996 (';' between prompts)") from None
+        bad = [t for t in row if not 0 <= t < vocab]
+        if bad:
+            raise UserError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})",
+                            key="--prompt-ids", fix="use ids of this model's tokenizer")
+        if row:
+            rows.append(row)
+    if not rows:
+        raise UserError("--prompt-ids holds no token ids", key="--prompt-ids",
+                        fix="e.g. --prompt-ids 1,450,4996")
+    return rows
+
+
+def _vocab_size(model_cfg) -> int:
+    return int(getattr(model_cfg, "vocab", None) or model_cfg.vocab_size)
+
+
+def _sampling(model_cfg, do_sample, top_k, top_p, temperature, repetition_penalty):
+    from petrun.infer.sampling import SamplingConfig
+
+    cfg = SamplingConfig(
+        do_sample=bool(model_cfg.do_sample if do_sample is None else do_sample),
+        top_k=int(model_cfg.top_k if top_k is None else top_k),
+        top_p=float(model_cfg.top_p if top_p is None else top_p),
+        temperature=float(1.0 if temperature is None else temperature),
+        repetition_penalty=float(model_cfg.repetition_penalty if repetition_penalty is None
+                                 else repetition_penalty))
+    flags = {"top_k": top_k, "top_p": top_p, "temperature": temperature,
+             "repetition_penalty": repetition_penalty}
+    for field, problem in cfg.check():
+        key = f"--{field.replace('_', '-')}" if flags[field] is not None else f"{MC}.{field}"
+        raise UserError(problem, key=key)
+    return cfg
+
+
+def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
+                prompt_file: Optional[str] = None, prompt_ids: Optional[str] = None,
+                max_new_tokens: Optional[int] = None, do_sample: Optional[bool] = None,
+                top_k: Optional[int] = None, top_p: Optional[float] = None,
+                temperature: Optional[float] = None, repetition_penalty: Optional[float] = None,
+                adapter: Optional[str] = None, merge: bool = False, output: str = "text",
+                chat_template: Optional[str] = None, no_cache: bool = False) -> dict:
+    from petrun.data.tokenizer import VOCAB_FILE_KEY
+    from petrun.infer.chat import check_template, default_template, encode_prompt
+    from petrun.models.registry import build_config
+
+    _check_output(output)
+    given = [n for n, v in (("--prompt", prompt), ("--prompt-file", prompt_file),
+                            ("--prompt-ids", prompt_ids)) if v]
+    if len(given) != 1:
+        raise UserError("nothing to generate from" if not given else
+                        f"{' and '.join(given)} given together; choose one", key="--prompt",
+                        fix="give --prompt TEXT, --prompt-file FILE or --prompt-ids 1,2,3")
+    model_cfg = build_config(cfg.get("model"))
+    sampling = _sampling(model_cfg, do_sample, top_k, top_p, temperature, repetition_penalty)
+    arch = cfg.get("model.arch.type")
+    tok_cfg = cfg.get("processor.tokenizer") or {}
+
+    # Prompts → ids (the tokenizer is needed unless ids are given and no vocab_file is set).
+    tokenizer, template, texts = None, None, None
+    if prompt_ids:
+        rows = _parse_ids(prompt_ids, _vocab_size(model_cfg))
+        if tok_cfg.get("vocab_file"):
+            from petrun.data.tokenizer import load_tokenizer
+            tokenizer = load_tokenizer(tok_cfg)
+    else:
+        from petrun.data.tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(tok_cfg)
+        texts = list(prompt) if prompt else _read_prompt_file(prompt_file)
+        template = check_template(chat_template, key="--chat-template") if chat_template else \
+            check_template(tok_cfg.get("chat_template") or default_template(arch, tok_cfg.get("type")))
+        rows = [encode_prompt(template, t, tokenizer) for t in texts]
+        too_big = [t for r in rows for t in r if t >= _vocab_size(model_cfg)]
+        if too_big:
+            raise UserError(f"the tokenizer produced id {too_big[0]}, outside the model's "
+                            f"vocabulary of {_vocab_size(model_cfg)}", key=VOCAB_FILE_KEY,
+                            fix="use the tokenizer the model was trained with")
+
+    from petrun.infer.generate import GenerationConfig, generate, position_capacity
+
+    say = _say(console)
+    target = _runtime(cfg)
+    net = load_model(cfg, device_target=target, adapter=adapter, merge=merge, say=say)
+    capacity = position_capacity(net)
+    longest = max(len(r) for r in rows)
+    if max_new_tokens is None:
+        limit = min(int(model_cfg.max_decode_length or capacity), capacity)
+        max_new_tokens = limit - longest
+        if max_new_tokens < 1:
+            raise UserError(f"the longest prompt has {longest} tokens, leaving no room under "
+                            f"max_decode_length/seq_length ({limit})",
+                            key=f"{MC}.max_decode_length", fix="shorten the prompt")
+    eos = {int(model_cfg.eos_token_id)} if getattr(model_cfg, "eos_token_id", None) is not None \
+        else set()
+    if tokenizer is not None:
+        eos.add(int(tokenizer.eos_id))
+    gen = GenerationConfig(max_new_tokens=int(max_new_tokens), sampling=sampling,
+                           eos_token_ids=tuple(sorted(eos)),
+                           pad_token_id=int(getattr(model_cfg, "pad_token_id", 0) or 0),
+                           use_cache=not no_cache, seed=int(cfg.get("seed", 0) or 0))
+
+    batch = max(1, int(model_cfg.batch_size or 1))
+    results, totals = [], {"new_tokens": 0, "seconds": 0.0, "decode_seconds": 0.0, "steps": 0}
+    stream = output == "text" and batch == 1
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        on_token = _streamer(console, tokenizer) if stream else None
+        res = generate(net, chunk, gen, on_token=on_token)
+        if on_token is not None:
+            console.print()
+        for i, ids in enumerate(res.tokens):
+            item = {"prompt": None if texts is None else _as_text(texts[start + i]),
+                    "prompt_ids": chunk[i], "ids": ids,
+                    "text": None if tokenizer is None else tokenizer.decode(_strip_eos(ids, eos)),
+                    "finish_reason": res.finish_reasons[i]}
+            results.append(item)
+            if output == "text" and not stream:
+                shown = item["text"] if item["text"] is not None else " ".join(map(str, ids))
+                console.print(f"[{start + i}] {shown}", markup=False, highlight=False,
+                              soft_wrap=True)
+        totals["new_tokens"] += res.new_tokens
+        totals["seconds"] += res.seconds
+        totals["decode_seconds"] += res.decode_seconds
+        totals["steps"] += res.steps
+    rate = totals["new_tokens"] / totals["seconds"] if totals["seconds"] else 0.0
+    summary = {"results": results, **totals, "tokens_per_second": rate,
+               "use_cache": gen.use_cache, "template": template,
+               "do_sample": sampling.do_sample, "max_new_tokens": gen.max_new_tokens}
+    if output == "json":
+        print(json.dumps(summary, ensure_ascii=False), flush=True)
+    else:
+        say(f"[dim]{totals['new_tokens']} new tokens in {totals['seconds']:.2f} s "
+            f"({rate:.1f} tokens/s, {'KV cache' if gen.use_cache else 'no cache'}, "
+            f"{'sampling' if sampling.do_sample else 'greedy'})[/dim]")
+    return summary
+
+
+def _as_text(prompt) -> str:
+    if isinstance(prompt, dict):
+        return prompt.get("instruction") or prompt.get("prompt") or ""
+    return prompt
+
+
+def _strip_eos(ids, eos) -> list[int]:
+    return ids[:-1] if ids and ids[-1] in eos else ids
+
+
+def _streamer(console, tokenizer):
+    """Print a single row's text as it grows: decode everything so far and print the new tail
+    (SentencePiece pieces decoded one by one would lose their word-boundary spaces)."""
+    state = {"ids": [], "shown": ""}
+
+    def on_token(step, tokens, active):
+        if not active[0]:
+            return
+        state["ids"].append(int(tokens[0]))
+        if tokenizer is None:
+            console.print(f"{int(tokens[0])} ", end="", highlight=False)
+            return
+        if int(tokens[0]) == tokenizer.eos_id:
+            return
+        text = tokenizer.decode(state["ids"])
+        if text.startswith(state["shown"]):
+            console.print(text[len(state["shown"]):], end="", markup=False, highlight=False,
+                          soft_wrap=True)
+            state["shown"] = text
+        sys.stdout.flush()
+
+    return on_token
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+
+
+def run_eval(cfg, console, *, adapter: Optional[str] = None, merge: bool = False,
+             output: str = "text") -> dict:
+    from petrun.infer.eval import Evaluator
+
+    _check_output(output)
+    say = _say(console)
+    target = _runtime(cfg)
+    evaluator = Evaluator.from_config(cfg)   # checks the data before the model is built
+    net = load_model(cfg, device_target=target, adapter=adapter, merge=merge, say=say)
+    result = evaluator.run(net)
+    if output == "json":
+        print(json.dumps(result.as_dict()), flush=True)
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"eval: {cfg.get('eval_dataset.data_loader.dataset_dir')}")
+        for name in ("loss", "perplexity", "target tokens", "samples", "batches", "seconds"):
+            table.add_column(name, justify="right")
+        table.add_row(f"{result.loss:.6f}", f"{result.perplexity:.4f}", str(result.tokens),
+                      str(result.samples), str(result.batches), f"{result.seconds:.1f}")
+        console.print(table)
+    return result.as_dict()

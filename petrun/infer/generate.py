@@ -1,0 +1,371 @@
+"""Text generation: one prefill pass over the prompts, then one token per step.
+
+With the KV cache (`use_cache=True`, MindFormers' use_past) each step feeds only the newest token
+and the model adds its keys/values to the per-layer caches it returned the step before. The
+no-cache path feeds the whole sequence every step; all paths produce the same tokens (tested),
+the cache just does O(1) instead of O(length) work per step.
+
+The prefill runs in PyNative mode (its shape changes with every prompt length; graph mode would
+compile per shape, reference/feasibility.md §1). The cached steps then run one of two ways:
+  jit=True   a fixed-size cache (prefix + prompt + new tokens slots, zeros until written) and
+             one compiled graph (ms.jit) for every step: ~2 s to compile once per batch/length,
+             then each step costs a fraction of PyNative's per-op dispatch;
+  jit=False  a cache that grows by concatenation, every step in PyNative.
+
+Batching: prompts are left-padded to a common length, so every row's newest token sits in the
+last column. Pad keys are hidden by the attention mask, and positions are counted per row from
+its first real token (HF computes position_ids from the attention mask the same way), so a padded
+row generates exactly what it would alone.
+
+Prefixes (P-Tuning v2, prefix tuning): per-layer key/values (2, B, n_kv_heads, P, head_dim) are
+the cache's first P slots before the prompt is fed; the valid length and the mask include them
+(reference/mindformers.md §5.6) and token positions still start at 0, as in training.
+
+MindSpore is imported inside functions only.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from petrun.errors import UserError
+from petrun.infer.sampling import SamplingConfig, next_tokens
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 32
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    use_cache: bool = True
+    jit: bool = True             # compiled fixed-size-cache steps (with use_cache)
+    seed: int = 0
+
+
+@dataclass
+class GenerationResult:
+    prompts: list[list[int]]
+    tokens: list[list[int]]          # generated ids per prompt, up to and including eos
+    finish_reasons: list[str]        # "eos" or "length"
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0      # every step after the prefill
+    steps: int = 0                   # forward passes after the prefill
+    use_cache: bool = True
+    jit: bool = False
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+    @property
+    def seconds(self) -> float:
+        return self.prefill_seconds + self.decode_seconds
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens (all rows) per second, prefill included."""
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch layout
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """int32 ids (B, T) with each prompt right-aligned, and the bool mask of real tokens."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt needs at least one token", key="prompt",
+                        fix="give a non-empty --prompt / --prompt-ids")
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int32)
+    valid = np.zeros((len(prompts), width), dtype=bool)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = np.asarray(p, dtype=np.int32)
+        valid[b, width - len(p):] = True
+    return ids, valid
+
+
+def positions_of(valid: np.ndarray) -> np.ndarray:
+    """Per-row positions: real tokens count 0, 1, 2, ... from the row's first real token;
+    pads get 0 (their outputs are never used)."""
+    return np.where(valid, np.cumsum(valid, axis=1) - 1, 0).astype(np.int32)
+
+
+def attention_mask(key_valid: np.ndarray, past_len: int, seq: int) -> np.ndarray:
+    """(B, 1, seq, past_len + seq) float mask, 1 = may attend: query i (slot past_len + i) sees
+    the valid keys at slots <= its own (the prefix slots come first and are always valid)."""
+    total = key_valid.shape[1]
+    causal = np.arange(total)[None, :] <= (past_len + np.arange(seq))[:, None]
+    return (causal[None, None] & key_valid[:, None, None, :]).astype(np.float32)
+
+
+def position_capacity(model) -> int:
+    """How many positions the model can encode (rotary table / learned position rows)."""
+    config = model.config
+    cap = getattr(config, "max_positions", None)
+    return int(cap if cap else config.seq_length)
+
+
+def model_prefix(model, batch_size: int):
+    """The prefix key/values a PET method attached to `model`, or None.
+
+    The contract for prefix methods (P-Tuning v2, prefix tuning): the model exposes a callable
+    `prefix_key_values(batch_size)` returning one (2, B, n_kv_heads, P, head_dim) per layer —
+    exactly what construct(input_ids, prefix_key_values=...) takes in training.
+    """
+    fn = getattr(model, "prefix_key_values", None)
+    return fn(batch_size) if callable(fn) else None
+
+
+def prefix_cache(prefix_key_values, batch: int):
+    """Per-layer (keys, values) Tensors (B, Nkv, P, D) from (2, B|1, Nkv, P, D) entries, and P."""
+    if prefix_key_values is None:
+        return None, 0
+    import mindspore as ms
+    from mindspore import ops
+
+    past, lengths = [], set()
+    for entry in prefix_key_values:
+        pair = []
+        for part in (entry[0], entry[1]):
+            t = part if isinstance(part, ms.Tensor) else ms.Tensor(np.asarray(part))
+            if t.ndim != 4:
+                raise ValueError(f"prefix keys/values must be (B, n_kv_heads, P, head_dim), "
+                                 f"got shape {tuple(t.shape)}")
+            if t.shape[0] != batch:
+                if t.shape[0] != 1:
+                    raise ValueError(f"prefix batch {t.shape[0]} does not match {batch} prompts")
+                t = ops.broadcast_to(t, (batch,) + tuple(t.shape[1:]))
+            pair.append(t)
+            lengths.add(int(t.shape[2]))
+        past.append(tuple(pair))
+    if len(lengths) != 1:
+        raise ValueError(f"prefix lengths differ between layers: {sorted(lengths)}")
+    return past, lengths.pop()
+
+
+@contextmanager
+def pynative():
+    """Run the body in PyNative mode and restore the previous mode after."""
+    import mindspore as ms
+
+    mode = ms.get_context("mode")
+    if mode != ms.PYNATIVE_MODE:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        yield
+    finally:
+        if mode != ms.PYNATIVE_MODE:
+            ms.set_context(mode=mode)
+
+
+def _step(model, ids, positions, mask, past):
+    """Last-position fp32 logits (B, vocab) and the extended caches."""
+    from mindspore import Tensor
+
+    logits, presents = model.decode(Tensor(ids), Tensor(positions), Tensor(mask), past,
+                                    last_only=True)
+    return logits.asnumpy()[:, -1, :], presents
+
+
+_STEP_ATTR = "_petrun_compiled_decode_step"
+
+
+def compiled_step(model):
+    """A cell running model.decode(..., write_at) as one ms.jit graph; one per model, so a graph
+    compiled for a (batch, cache length) is reused by later generate() calls."""
+    # A graph is compiled for the cell tree it saw; PET injection (e.g. LoRA replacing wq) after
+    # a first generate() must get a fresh one, so the cached step is keyed by the tree.
+    tree = tuple((name, type(cell).__name__) for name, cell in model.cells_and_names())
+    step, seen = model.__dict__.get(_STEP_ATTR, (None, None))
+    if step is None or seen != tree:
+        import mindspore as ms
+        from mindspore import nn
+
+        class DecodeStep(nn.Cell):
+            def __init__(self, net):
+                # auto_prefix off: holding the model must not rename its parameters.
+                super().__init__(auto_prefix=False)
+                self.net = net
+
+            @ms.jit
+            def construct(self, input_ids, positions, mask, past, write_at):
+                return self.net.decode(input_ids, positions, mask, past, True, write_at)
+
+        step = DecodeStep(model)
+        # A plain attribute, not a registered sub-cell: the model's cell tree (and so its
+        # parameter walk and checkpoints) must not contain a cell that contains the model.
+        object.__setattr__(model, _STEP_ATTR, (step, tree))
+    step.set_train(False)
+    return step
+
+
+def _fixed_size(past, slots: int):
+    """Pad each layer's (keys, values) with zero slots along the sequence to `slots`."""
+    from mindspore import ops
+
+    out = []
+    for k, v in past:
+        pad = ops.zeros(k.shape[:2] + (slots - k.shape[2],) + k.shape[3:], k.dtype)
+        out.append((ops.cat((k, pad), 2), ops.cat((v, ops.cast(pad, v.dtype)), 2)))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# After the prefill: how each new token is fed back. `key_valid` (B, keys) marks the cache slots
+# a query may see (the prefix, real prompt tokens, fed-back tokens).
+
+
+class _GrowingCache:
+    """PyNative; the caches grow by one slot per step."""
+
+    def __init__(self, past, key_valid):
+        self.past, self.key_valid = past, key_valid
+
+    def __call__(self, model, tokens, positions):
+        self.key_valid = np.concatenate([self.key_valid, np.ones((len(tokens), 1), bool)], 1)
+        mask = attention_mask(self.key_valid, self.key_valid.shape[1] - 1, 1)
+        logits, self.past = _step(model, tokens, positions, mask, self.past)
+        return logits
+
+
+class _FixedCache:
+    """Compiled steps over caches padded to every slot the generation will use."""
+
+    def __init__(self, model, past, key_valid, max_new_tokens):
+        filled = key_valid.shape[1]
+        # Slots for the prefix, the prompt and every token fed back (the last one never is).
+        self.slots = filled + max_new_tokens - 1
+        self.past = _fixed_size(past, self.slots)
+        self.key_valid = np.concatenate(
+            [key_valid, np.zeros((len(key_valid), self.slots - filled), bool)], 1)
+        self.next_slot = filled
+        self.step = compiled_step(model)
+
+    def __call__(self, model, tokens, positions):
+        from mindspore import Tensor, mutable
+
+        self.key_valid[:, self.next_slot] = True
+        write_at = np.zeros((1, 1, self.slots, 1), bool)
+        write_at[0, 0, self.next_slot, 0] = True
+        self.next_slot += 1
+        # Slots not yet written are False in key_valid, so this mask is already causal.
+        mask = self.key_valid[:, None, None, :].astype(np.float32)
+        # mutable: the caches are graph inputs, not constants to specialise (and recompile) on.
+        logits, presents = self.step(Tensor(tokens), Tensor(positions), Tensor(mask),
+                                     mutable(self.past), Tensor(write_at))
+        self.past = tuple(tuple(p) for p in presents)
+        return logits.asnumpy()[:, -1, :]
+
+
+class _NoCache:
+    """PyNative; the whole sequence (after the prefix) is run again every step."""
+
+    def __init__(self, ids, positions, key_valid, prefix_past):
+        self.ids, self.positions, self.key_valid = ids, positions, key_valid
+        self.prefix_past = prefix_past
+        self.prefix_len = key_valid.shape[1] - ids.shape[1]
+
+    def __call__(self, model, tokens, positions):
+        self.ids = np.concatenate([self.ids, tokens], 1)
+        self.positions = np.concatenate([self.positions, positions], 1)
+        self.key_valid = np.concatenate([self.key_valid, np.ones((len(tokens), 1), bool)], 1)
+        mask = attention_mask(self.key_valid, self.prefix_len, self.ids.shape[1])
+        logits, _ = _step(model, self.ids, self.positions, mask, self.prefix_past)
+        return logits
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+TokenCallback = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+def generate(model, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(),
+             *, prefix_key_values=None, on_token: TokenCallback | None = None) -> GenerationResult:
+    """Generate up to config.max_new_tokens tokens after each prompt (lists of token ids).
+
+    prefix_key_values: per-layer prefix (see module doc); None asks the model (model_prefix).
+    on_token(step, tokens, active): called after each step with the (B,) chosen ids and which
+      rows were still generating (finished rows are fed pad tokens that belong to no output).
+    A row stops at its first eos token (kept in its output) or after max_new_tokens.
+    """
+    if not hasattr(model, "decode"):
+        raise TypeError(f"{type(model).__name__} has no decode() method for incremental inference")
+    prompts = [[int(t) for t in p] for p in prompts]
+    for key, problem in config.sampling.check():
+        raise UserError(problem, key=key)
+    if config.max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}",
+                        key="max_new_tokens")
+    capacity = position_capacity(model)
+    longest = max((len(p) for p in prompts), default=0)
+    if longest + config.max_new_tokens > capacity:
+        raise UserError(f"a {longest}-token prompt plus {config.max_new_tokens} new tokens needs "
+                        f"{longest + config.max_new_tokens} positions; the model has {capacity}",
+                        key="model.model_config.seq_length",
+                        fix="shorten the prompt or lower --max-new-tokens")
+    ids, valid = left_pad(prompts, config.pad_token_id)
+    eos = set(int(t) for t in config.eos_token_ids)
+    rng = np.random.default_rng(config.seed)
+
+    was_training = bool(getattr(model, "training", False))
+    model.set_train(False)
+    try:
+        return _generate(model, prompts, config, ids, valid, eos, rng, prefix_key_values,
+                         on_token)
+    finally:
+        model.set_train(was_training)
+
+
+def _generate(model, prompts, config, ids, valid, eos, rng, prefix_key_values, on_token):
+    batch, width = ids.shape
+    with pynative():
+        if prefix_key_values is None:
+            prefix_key_values = model_prefix(model, batch)
+        prefix_past, prefix_len = prefix_cache(prefix_key_values, batch)
+        key_valid = np.concatenate([np.ones((batch, prefix_len), bool), valid], axis=1)
+        positions = positions_of(valid)
+
+        start = time.perf_counter()
+        logits, past = _step(model, ids, positions, attention_mask(key_valid, prefix_len, width),
+                             prefix_past)
+        prefill = time.perf_counter() - start
+
+        jit = config.use_cache and config.jit and config.max_new_tokens > 1
+        feed = (_FixedCache(model, past, key_valid, config.max_new_tokens) if jit else
+                _GrowingCache(past, key_valid) if config.use_cache else
+                _NoCache(ids, positions, key_valid, prefix_past))
+
+        history = [list(p) for p in prompts]
+        out = [[] for _ in prompts]
+        reasons = ["length"] * batch
+        done = np.zeros(batch, dtype=bool)
+        next_pos = (positions[:, -1] + 1).astype(np.int32)
+        steps, start = 0, time.perf_counter()
+        for step in range(config.max_new_tokens):
+            active = ~done
+            tokens = np.where(active, next_tokens(logits, history, config.sampling, rng),
+                              config.pad_token_id).astype(np.int32)
+            for b in np.flatnonzero(active):
+                tok = int(tokens[b])
+                out[b].append(tok)
+                history[b].append(tok)
+                if tok in eos:
+                    done[b], reasons[b] = True, "eos"
+            if on_token is not None:
+                on_token(step, tokens, active)
+            if done.all() or step == config.max_new_tokens - 1:
+                break
+            logits = feed(model, tokens[:, None], next_pos[:, None])
+            next_pos = next_pos + 1
+            steps += 1
+        decode = time.perf_counter() - start
+    return GenerationResult(prompts=prompts, tokens=out, finish_reasons=reasons,
+                            prefill_seconds=prefill, decode_seconds=decode, steps=steps,
+                            use_cache=config.use_cache, jit=jit)
