@@ -17,10 +17,12 @@ import numpy as np
 from petrun.config import Config, load_config
 from petrun.errors import UserError
 
-PET_PATTERN = "*mindpet_delta_*"  # every PET method's parameters carry this infix (MindFormers)
+from petrun.ckpt.io import ADAPTER_PATTERN as PET_PATTERN  # noqa: E402 (pure python module)
 
 # Default LoRA targets per family, for Trainer(pet_method="lora") on a config without pet_config.
-DEFAULT_LORA_TARGETS = {"LlamaForCausalLM": ".*wq|.*wk|.*wv|.*wo"}
+DEFAULT_LORA_TARGETS = {"LlamaForCausalLM": ".*wq|.*wk|.*wv|.*wo",
+                        "ChatGLM2ForConditionalGeneration": ".*query_key_value",
+                        "GPT2LMHeadModel": ".*dense1|.*dense3"}   # MindFormers' GPT2WithLora
 
 
 def _as_config(config: Config | str | Path, overrides: Iterable[str] = ()) -> Config:
@@ -46,12 +48,15 @@ def build_model(cfg: Config | str | Path, *, device_target: str | None = None, r
     `report`, if given, is called with the PetReport (trainable-parameter line).
     """
     from petrun.models.registry import build_base_model
+    from petrun.pet import check_model_pet
     cfg = _as_config(cfg)
-    net = build_base_model(cfg.get("model"), device_target=device_target)
     pet_config = cfg.get("model.model_config.pet_config")
+    check_model_pet(cfg.get("model.arch.type"), cfg.get("model.model_config"), pet_config)
+    net = build_base_model(cfg.get("model"), device_target=device_target)
     if pet_config:
         from petrun.pet import apply_pet
         result = apply_pet(net, pet_config)
+        net = result.model   # prompt-learning methods wrap the base model
         if report is not None:
             report(result)
     return net
@@ -62,10 +67,36 @@ def load_checkpoint(model, path: str | Path, strict: bool = True, *, allow_missi
     """Load a .ckpt file (or every .ckpt in a folder, e.g. base + adapter) into `model`.
 
     strict: unknown checkpoint entries or missing model weights are errors. Adapter parameters
-    may be missing (a fresh PET run starts from the base weights alone).
+    may be missing from a base checkpoint (a fresh PET run starts from the base alone); an
+    adapter-only file must carry every adapter parameter of the model.
     """
     from petrun.ckpt.io import load_into
-    return load_into(model, path, strict=strict, allow_missing=allow_missing, key=key)
+    from petrun.pet import after_load
+    from petrun.pet.virtual import explain_shape_mismatch
+    try:
+        result = load_into(model, path, strict=strict, allow_missing=allow_missing, key=key)
+    except UserError as e:
+        raise explain_shape_mismatch(model, e) from None
+    if strict:
+        _check_whole_adapter(model, result, path, key)
+    after_load(model, result)
+    return result
+
+
+def _check_whole_adapter(model, result: dict, path, key: str) -> None:
+    """A base checkpoint may leave the adapter out (a fresh run), but one that carries part of it
+    would leave the rest at its initial values unnoticed (say, a prefix table without the MLP)."""
+    import fnmatch
+    adapter = [p.name for p in model.get_parameters() if fnmatch.fnmatchcase(p.name, PET_PATTERN)]
+    loaded = set(result["loaded"])
+    got = [n for n in adapter if n in loaded]
+    if got and len(got) < len(adapter):
+        missing = [n for n in adapter if n not in loaded]
+        raise UserError(f"the checkpoint holds {len(got)} of the model's {len(adapter)} adapter "
+                        f"tensors (missing e.g. {', '.join(missing[:3])}); the rest would keep "
+                        "their initial values", file=str(path), key=key,
+                        fix="load a checkpoint with the whole adapter, trained with this "
+                            "pet_config")
 
 
 def logits(model, input_ids) -> np.ndarray:
@@ -104,6 +135,9 @@ class Trainer:
                                 key="model.model_config.pet_config.pet_type",
                                 fix="make them agree (or leave pet_method out)")
         self.config = cfg
+        if console is None:  # library users see the same progress and summary as CLI users
+            from rich.console import Console
+            console = Console()
         self.console = console
 
     def finetune(self, finetune_checkpoint: str | Path | None = None) -> dict:

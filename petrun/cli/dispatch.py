@@ -4,9 +4,19 @@ from __future__ import annotations
 from petrun.errors import UserError
 
 
-def run_job(cfg, verb: str, console) -> dict:
+def run_job(cfg, verb: str, console, preflight: bool = True, options: dict | None = None) -> dict:
+    """options: the verb-only CLI options (predict/eval: petrun.cli.infer_cmd)."""
+    if preflight:  # seconds-fast checks before anything heavy is imported or built
+        from petrun.preflight import run_preflight
+        console.print(run_preflight(cfg, verb).line(), style="dim", markup=False, highlight=False)
     if verb in ("finetune", "train"):
         from petrun.train.recipe import FinetuneRecipe
         return FinetuneRecipe(cfg, console=console).run()
+    if verb == "predict":
+        from petrun.cli.infer_cmd import run_predict
+        return run_predict(cfg, console, **(options or {}))
+    if verb == "eval":
+        from petrun.cli.infer_cmd import run_eval
+        return run_eval(cfg, console, **(options or {}))
     raise UserError(f"`petrun {verb}` is not built yet in this version",
                     fix="finetune/train work now; eval and predict come with the inference release")

@@ -1,12 +1,13 @@
 """petrun's command line. Each verb group lives in its own small module; no logic here."""
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 from petrun import __version__
-from petrun.cli import config_cmd, run
+from petrun.cli import ckpt_cmd, config_cmd, plan_cmd, run
 
 app = typer.Typer(
     name="petrun", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -28,13 +29,23 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(ckpt_cmd.app, name="ckpt")
 run.register(app)
+from petrun.cli import ckpt_transform_cmd, launch_cmd  # noqa: E402  (issue 7: launch, ckpt transform)
+launch_cmd.register(app)
+ckpt_transform_cmd.register(ckpt_cmd.app)
+plan_cmd.register(app)
+from petrun.cli import pet_cmd  # noqa: E402  (issue 5: ckpt merge, export-peft, import-peft)
+pet_cmd.register(ckpt_cmd.app)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    # MindSpore logs warnings (deprecations, "parameters not loaded" that petrun checks itself)
+    # to stderr; keep runs readable unless asked. GLOG_v must be set before MindSpore is imported.
+    os.environ.setdefault("GLOG_v", "2" if debug else "3")
     from petrun.errors import UserError
     try:
         app(args=argv, prog_name="petrun", standalone_mode=False)

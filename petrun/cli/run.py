@@ -1,12 +1,33 @@
 """`petrun finetune|train|eval|predict`: the run verbs, with run_mindformer.py's flag surface."""
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import typer
 
-from petrun.cli.common import OVERRIDE_CONTEXT, collect_overrides, console
+from petrun.cli.common import OVERRIDE_CONTEXT, collect_overrides, console, err_console
 from petrun.config import load_config
+from petrun.config.overrides import Override
+
+
+def _take_resume(args: list[str]) -> tuple[list[str], list[Override]]:
+    """`--resume [PATH]` (an option with an optional value, which typer cannot declare) becomes
+    the override resume_training=True or resume_training=PATH. A word after --resume is its
+    PATH unless it is another option or an override (has '=' or starts with '~')."""
+    rest, out, i = [], [], 0
+    while i < len(args):
+        word = args[i]
+        if word == "--resume" or word.startswith("--resume="):
+            value = word.partition("=")[2] or True
+            nxt = args[i + 1] if i + 1 < len(args) else ""
+            if value is True and nxt and not nxt.startswith(("-", "~")) and "=" not in nxt:
+                value, i = nxt, i + 1
+            out.append(Override("resume_training", value, text=f"--resume {value}".rstrip()))
+        else:
+            rest.append(word)
+        i += 1
+    return rest, out
 
 
 def _flags(run_mode, load_checkpoint, auto_trans_ckpt, use_parallel, train_dataset_dir,
@@ -19,7 +40,9 @@ def _flags(run_mode, load_checkpoint, auto_trans_ckpt, use_parallel, train_datas
                 resume_training=resume_training)
 
 
-def _make_verb(mode: str, summary: str):
+def _make_verb(mode: str, summary: str, extra: tuple = ()):
+    """The verb with the shared flags; `extra` (inspect.Parameters with typer.Option defaults)
+    adds verb-only options, passed through to run_job as `options`."""
     def verb(ctx: typer.Context,
              config: str = typer.Option(..., "--config", "-c", help="YAML file (MindFormers schema)."),
              run_mode: Optional[str] = typer.Option(None, "--run_mode", help="train|finetune|eval|predict"),
@@ -33,24 +56,39 @@ def _make_verb(mode: str, summary: str):
              device_id: Optional[str] = typer.Option(None, "--device_id", help="Sets context.device_id."),
              seed: Optional[str] = typer.Option(None, "--seed", help="Global seed."),
              resume_training: Optional[str] = typer.Option(None, "--resume_training", help="True/False or a checkpoint name."),
-             ):
-        overrides = collect_overrides(ctx.args, _flags(
+             skip_preflight: bool = typer.Option(False, "--skip-preflight", help="Start without the pre-flight checks (memory, paths, checkpoint, data)."),
+             **options):
+        args, resume = _take_resume(ctx.args)
+        overrides = collect_overrides(args, _flags(
             run_mode or (None if mode == "finetune" else mode), load_checkpoint, auto_trans_ckpt,
             use_parallel, train_dataset_dir, eval_dataset_dir, src_strategy_path_or_dir,
-            output_dir, device_id, seed, resume_training))
+            output_dir, device_id, seed, resume_training)) + resume
         cfg = load_config(config, overrides)
         from petrun.cli.dispatch import run_job
-        run_job(cfg, verb=mode, console=console)
+        from petrun.train.recipe import Interrupted
+        # With --output json, stdout carries the JSON alone; progress goes to stderr.
+        out = err_console if options.get("output") == "json" else console
+        try:
+            run_job(cfg, verb=mode, console=out, preflight=not skip_preflight, options=options)
+        except Interrupted as stop:  # SIGTERM/SIGINT: checkpoint saved, message printed
+            raise SystemExit(stop.exit_code) from None
 
-    verb.__doc__ = summary + "\n\nExtra words are overrides: a.b.c=value, ~a.b, or --a.b.c value."
+    verb.__doc__ = summary + ("\n\nExtra words are overrides: a.b.c=value, ~a.b, or --a.b.c value."
+                              "\n\n--resume [PATH] continues a run from its newest intact checkpoint "
+                              "(in output_dir, or PATH: an output_dir, a checkpoint folder or file).")
+    sig = inspect.signature(verb)
+    params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    verb.__signature__ = sig.replace(parameters=params + list(extra))
     return verb
 
 
 def register(app: typer.Typer) -> None:
-    for mode, summary in (
-        ("finetune", "Finetune a model with the PET method in model.model_config.pet_config."),
-        ("train", "Train (same recipe as finetune; MindFormers' run_mode train)."),
-        ("eval", "Evaluate loss and perplexity on eval_dataset."),
-        ("predict", "Generate text."),
+    from petrun.cli.infer_cmd import EVAL_OPTIONS, PREDICT_OPTIONS
+    for mode, summary, extra in (
+        ("finetune", "Finetune a model with the PET method in model.model_config.pet_config.", ()),
+        ("train", "Train (same recipe as finetune; MindFormers' run_mode train).", ()),
+        ("eval", "Evaluate loss and perplexity on eval_dataset.", EVAL_OPTIONS),
+        ("predict", "Generate text (KV cache, left-padded batches, streamed to the terminal).",
+         PREDICT_OPTIONS),
     ):
-        app.command(mode, context_settings=OVERRIDE_CONTEXT)(_make_verb(mode, summary))
+        app.command(mode, context_settings=OVERRIDE_CONTEXT)(_make_verb(mode, summary, tuple(extra)))

@@ -562,7 +562,10 @@ class FinetuneRecipe:
                             tokens_per_second=tokens_per_step / median if median else 0.0)
         last = self.summary["checkpoints"][-1]["path"] if self.summary["checkpoints"] else "-"
         losses = self.summary["losses"]
-        self.say(f"done: {step} steps, loss {losses[0]:.4f} → {losses[-1]:.4f}, "
+        # Single-batch losses are noisy; compare means over the first and last few steps.
+        k = max(1, min(10, len(losses) // 5))
+        self.say(f"done: {step} steps, mean loss of the first/last {k} steps "
+                 f"{np.mean(losses[:k]):.4f} → {np.mean(losses[-k:]):.4f}, "
                  f"{self.summary['tokens_per_second']:,.0f} tok/s "
                  f"(median step {median * 1000:.0f} ms, first step {self.summary['first_step_s']:.1f} s "
                  f"incl. compile); adapter: {last}")
