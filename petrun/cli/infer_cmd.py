@@ -283,7 +283,7 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
         totals["steps"] += res.steps
     rate = totals["new_tokens"] / totals["seconds"] if totals["seconds"] else 0.0
     summary = {"results": results, **totals, "tokens_per_second": rate,
-               "use_cache": gen.use_cache, "template": template,
+               "use_cache": gen.use_cache, "jit": gen.use_cache and gen.jit, "template": template,
                "do_sample": sampling.do_sample, "max_new_tokens": gen.max_new_tokens}
     if output == "json":
         print(json.dumps(summary, ensure_ascii=False), flush=True)

@@ -11,6 +11,7 @@ from petrun.ckpt.io import save_params
 from petrun.ckpt.merge import merge_checkpoint
 from petrun.errors import UserError
 
+from tests.pet.pet_helpers import cpu_device
 from tests.ckpt.test_peft_format import read_ckpt, trained_adapter, write_yaml
 
 LORA = {"pet_type": "lora", "lora_rank": 2, "lora_alpha": 6, "lora_dropout": 0.0,
@@ -19,6 +20,7 @@ LORA = {"pet_type": "lora", "lora_rank": 2, "lora_alpha": 6, "lora_dropout": 0.0
 
 @pytest.fixture(autouse=True)
 def pynative():
+    cpu_device()
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 

@@ -15,6 +15,7 @@ from petrun.api import build_model, load_checkpoint
 from petrun.ckpt.io import save_params
 from petrun.ckpt.peft_format import export_peft, import_peft
 from petrun.errors import UserError
+from tests.pet.pet_helpers import cpu_device
 
 LLAMA = {"type": "LlamaConfig", "vocab_size": 128, "hidden_size": 32, "num_layers": 2,
          "num_heads": 4, "n_kv_heads": 2, "seq_length": 16, "multiple_of": 16,
@@ -38,6 +39,7 @@ IA3 = {"llama2": (".*wk|.*wv|.*w2", ".*w2"),
 
 @pytest.fixture(autouse=True)
 def pynative():
+    cpu_device()
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 

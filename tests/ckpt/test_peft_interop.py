@@ -18,6 +18,7 @@ from petrun.api import build_model, load_checkpoint  # noqa: E402
 from petrun.ckpt import hf  # noqa: E402
 from petrun.ckpt.io import save_params  # noqa: E402
 from petrun.ckpt.peft_format import export_peft, import_peft  # noqa: E402
+from tests.pet.pet_helpers import cpu_device  # noqa: E402
 from tests.models import parity_helpers as ph  # noqa: E402
 
 pytestmark = pytest.mark.parity
@@ -37,6 +38,7 @@ P = PROMPT["num_virtual_tokens"]
 
 @pytest.fixture(autouse=True)
 def pynative():
+    cpu_device()
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 

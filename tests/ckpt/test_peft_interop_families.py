@@ -18,6 +18,7 @@ from petrun.ckpt.io import save_params  # noqa: E402
 from petrun.ckpt.peft_format import export_peft, import_peft  # noqa: E402
 from petrun.errors import UserError  # noqa: E402
 from tests.ckpt.test_peft_interop import peft_logits, perturb  # noqa: E402
+from tests.pet.pet_helpers import cpu_device  # noqa: E402
 from tests.models import parity_helpers as ph  # noqa: E402
 
 pytestmark = pytest.mark.parity
@@ -38,6 +39,7 @@ IDS = ph.random_ids(VOCAB, 2, 12, seed=7)
 
 @pytest.fixture(autouse=True)
 def pynative():
+    cpu_device()
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 

@@ -2,12 +2,13 @@
 import mindspore as ms
 import pytest
 
-from tests.pet.pet_helpers import Toy, tiny_llama
+from tests.pet.pet_helpers import Toy, cpu_device, tiny_llama
 
 
 @pytest.fixture(autouse=True)
 def pynative():
     """PyNative unless a test asks for graph; the mode is process-global, so restore it."""
+    cpu_device()
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(0)
     yield

@@ -45,6 +45,15 @@ class Toy(nn.Cell):
         return self.lm_head(self.model(x))
 
 
+def cpu_device():
+    """Pin the device before this process runs its first kernel: MindSpore refuses set_device
+    afterwards, and in-process finetunes (petrun.api.Trainer) call it with the same target."""
+    try:
+        ms.set_device("CPU")
+    except RuntimeError:   # the runtime started earlier in this process; nothing to pin now
+        pass
+
+
 def randomize(net, seed=0, scale=0.3):
     rng = np.random.default_rng(seed)
     for p in net.get_parameters():

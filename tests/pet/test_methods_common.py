@@ -18,6 +18,7 @@ from petrun.errors import UserError
 from petrun.models.configs import ChatGLM2Config, GPT2Config, LlamaConfig
 from petrun.pet import apply_pet
 from petrun.pet import merge as pet_merge
+from tests.pet.pet_helpers import cpu_device
 
 VOCAB, SEQ, BATCH = 128, 16, 2
 P = 4   # virtual tokens / prefix length
@@ -152,6 +153,7 @@ def logits(net, ids):
 @pytest.fixture(scope="module", params=CASES, ids=[f"{m}-{f}" for m, f in CASES])
 def run(request, tmp_path_factory):
     method, family = request.param
+    cpu_device()   # module-scoped: runs before the function-scoped conftest fixture
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(0)
     cfg = pet_config(method, family)
