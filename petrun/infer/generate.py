@@ -3,7 +3,7 @@
 With the KV cache (`use_cache=True`, MindFormers' use_past) each step feeds only the newest token
 and the model adds its keys/values to the per-layer caches it returned the step before. The
 no-cache path feeds the whole sequence every step; all paths produce the same tokens (tested),
-the cache just does O(1) instead of O(length) work per step.
+the cache just runs the network on one token per step instead of on the whole sequence.
 
 The prefill runs in PyNative mode (its shape changes with every prompt length; graph mode would
 compile per shape, reference/feasibility.md §1). The cached steps then run one of two ways:
