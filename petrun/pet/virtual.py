@@ -119,11 +119,32 @@ class PromptLearningModel(nn.Cell):
         """What goes into the hook for a batch (prefix key/values or prompt embeddings)."""
         return self.encoder(batch_size)
 
+    def decode(self, *args, **kwargs):
+        """Prompt methods cannot decode incrementally yet (PrefixModel can). Raised at the
+        PyNative prefill, before any graph would compile this."""
+        raise UserError(f"incremental generation with {self.pet_type} is not built yet: the "
+                        "models' decode() takes no prompt embeddings",
+                        key=f"{pet_base.KEY_PREFIX}.pet_type",
+                        fix="evaluate with logits/loss (construct), or use a prefix method "
+                            "(ptuning2, prefixtuning) or LoRA for generation")
+
     def construct(self, input_ids, labels=None):
         batch = input_ids.shape[0]
         if self.hook == PREFIX_HOOK:
             return self.pet_model(input_ids, labels, self.encoder(batch))
         return self.pet_model(input_ids, labels, None, self.encoder(batch))
+
+
+class PrefixModel(PromptLearningModel):
+    """A prefix method's wrapper, with what petrun.infer needs for incremental decoding."""
+
+    def prefix_key_values(self, batch_size: int):
+        """The per-layer prefix (L, 2, B, n_kv_heads, P, head_dim): the first cache slots."""
+        return self.encoder(batch_size)
+
+    def decode(self, *args, **kwargs):
+        """The base model's incremental decode (petrun.infer passes the prefix as `past`)."""
+        return self.pet_model.decode(*args, **kwargs)
 
 
 def name_encoder(encoder, pet_type: str, prefix: str = "") -> None:
@@ -137,7 +158,8 @@ def wrap(net, encoder, hook: str, pet_type: str, pet_config, family: Family):
     include, exclude = pet_base.freeze_globs(pet_config)
     prefix = family.encoder_prefix if hook == PREFIX_HOOK else ""
     name_encoder(encoder, pet_type, prefix)
-    wrapped = PromptLearningModel(net, encoder, hook, pet_type)
+    cls = PrefixModel if hook == PREFIX_HOOK else PromptLearningModel
+    wrapped = cls(net, encoder, hook, pet_type)
     net.pet_wrapped = True   # a second method applied to the bare base is refused
     pet_base.freeze(wrapped, pet_type, include, exclude)
     return pet_base.make_report(wrapped, pet_type)
