@@ -235,6 +235,15 @@ def _check_paths(cfg, verb: str, out: list[Finding]) -> dict:
                                key, str(data)))
         else:
             ok["dataset"] = str(data)
+    if verb in ("finetune", "train") and cfg.get("do_eval"):
+        ekey = _DATASET_KEYS["eval"]
+        edata = cfg.get(ekey)
+        if not edata:
+            out.append(Finding("paths", "do_eval is True but the evaluation dataset path is empty",
+                               "pass --eval_dataset_dir PATH, or --do_eval False", ekey, cfg.origin(ekey)))
+        elif not os.path.exists(os.path.expanduser(str(edata))):
+            out.append(Finding("paths", "evaluation dataset path does not exist",
+                               "check the path, or pass --do_eval False", ekey, str(edata)))
     if verb in ("finetune", "train"):
         outdir = Path(os.path.expanduser(str(cfg.get("output_dir") or "./output")))
         probe = outdir
@@ -305,6 +314,47 @@ def _check_checkpoint(cfg, path: Path, model, out: list[Finding]) -> None:
                            key, where))
 
 
+def _is_sharded(path: Path) -> bool:
+    from petrun.ckpt.transform import is_rank_folder
+    return is_rank_folder(path)
+
+
+def _check_source_strategy(cfg, path: Path, out: list[Finding]) -> None:
+    """A rank_N/ source under auto_trans_ckpt is merged through its strategy: the strategy must
+    be given (unless the source is one whole rank_0) and parse, before any rank waits on rank 0."""
+    from petrun.parallel.strategy_file import read_strategy, strategy_files
+    key = "src_strategy_path_or_dir"
+    strategy = cfg.get(key)
+    ranks = [d for d in path.iterdir() if d.is_dir() and d.name.startswith("rank_")]
+    if strategy in (None, "", "None"):
+        if len(ranks) > 1:
+            out.append(Finding("checkpoint", f"{path} holds {len(ranks)} rank_N/ shards but no "
+                               "strategy says how they were cut",
+                               "pass --src_strategy_path_or_dir with the strategy file (or folder) "
+                               "of the run that saved them", key, str(path)))
+        return
+    p = Path(os.path.expanduser(str(strategy)))
+    if p.is_dir():
+        files = strategy_files(p)
+        if not files:
+            out.append(Finding("checkpoint", "no strategy files (*.ckpt / *.json) in this folder",
+                               "point it at output/strategy of the run that saved the checkpoint",
+                               key, str(p)))
+            return
+    elif p.is_file():
+        files = [p]
+    else:
+        out.append(Finding("checkpoint", "strategy file does not exist",
+                           "pass a ckpt_strategy_rank_N.ckpt file or the folder holding them", key, str(p)))
+        return
+    for f in files:
+        try:
+            read_strategy(f, key)
+        except UserError as e:
+            out.append(_finding("checkpoint", e))
+            return
+
+
 def _check_dataset(cfg, verb: str, path: str, out: list[Finding], cheap_only: bool) -> str | None:
     """check_dataset on the verb's data; returns a reason when it was skipped."""
     from petrun.data import loader
@@ -351,7 +401,10 @@ def run_preflight(cfg, verb: str, *, device_memory: int | None = None) -> Prefli
     paths = _check_paths(cfg, verb, findings)
     report.checked.append("paths")
     if "checkpoint" in paths and model is not None:
-        _check_checkpoint(cfg, paths["checkpoint"], model, findings)
+        if cfg.get("auto_trans_ckpt") and _is_sharded(paths["checkpoint"]):
+            _check_source_strategy(cfg, paths["checkpoint"], findings)
+        else:
+            _check_checkpoint(cfg, paths["checkpoint"], model, findings)
         report.checked.append("checkpoint")
     if "dataset" in paths:
         skipped = _check_dataset(cfg, verb, paths["dataset"], findings, cheap_only=bool(findings))

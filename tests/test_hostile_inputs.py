@@ -319,9 +319,13 @@ def adapter_for_another_pet_type(h):
 
 @case
 def strategy_file_for_a_checkpoint_transform(h):
+    # a checkpoint saved as rank_N/ shards needs its strategy file to be merged; this one is garbage
+    shards = h.tmp / "sharded"
+    (shards / "rank_0").mkdir(parents=True)
+    shutil.copy(BASE, shards / "rank_0" / "checkpoint_0.ckpt")
     strategy = h.file("ckpt_strategy_rank_0.ckpt", b"\x08\x01garbage")
-    return h.finetune("--auto_trans_ckpt", "True", "--src_strategy_path_or_dir", strategy), \
-        ["auto_trans_ckpt"]
+    return h.finetune("--auto_trans_ckpt", "True", "--load_checkpoint", shards,
+                      "--src_strategy_path_or_dir", strategy), [str(strategy), "src_strategy_path_or_dir"]
 
 
 # ----------------------------------------------------------------- output_dir

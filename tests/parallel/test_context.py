@@ -72,7 +72,7 @@ def test_data_parallel_context():
     kw, notes = C.parallel_context(load_config(TINY, ["use_parallel=True", "parallel.gradients_mean=True"]), 2, 1)
     assert kw == {"parallel_mode": "DATA_PARALLEL", "device_num": 2, "gradients_mean": True, "full_batch": False}
     assert notes == []
-    kw, notes = C.parallel_context(load_config(TINY, ["use_parallel=True"]), 2, 0)
+    kw, notes = C.parallel_context(load_config(TINY, ["use_parallel=True", "parallel.gradients_mean=False"]), 2, 0)
     assert kw["gradients_mean"] is False and "summed" in notes[0]
 
 
