@@ -42,7 +42,8 @@ PREDICT_OPTIONS = _COMMON + [
             help="Tokens to generate (default: max_decode_length minus the prompt)."),
     _option("do_sample", Optional[bool], None, "--do-sample/--greedy",
             help="Sample instead of greedy decoding (default: model_config.do_sample)."),
-    _option("top_k", Optional[int], None, "--top-k", help="Keep the k most likely tokens (0: off)."),
+    _option("top_k", Optional[int], None, "--top-k",
+            help="Keep the k most likely tokens (0: off)."),
     _option("top_p", Optional[float], None, "--top-p", help="Nucleus sampling mass (1.0: off)."),
     _option("temperature", Optional[float], None, "--temperature", help="Sampling temperature."),
     _option("repetition_penalty", Optional[float], None, "--repetition-penalty",
@@ -226,8 +227,11 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
         from petrun.data.tokenizer import load_tokenizer
         tokenizer = load_tokenizer(tok_cfg)
         texts = list(prompt) if prompt else _read_prompt_file(prompt_file)
-        template = check_template(chat_template, key="--chat-template") if chat_template else \
-            check_template(tok_cfg.get("chat_template") or default_template(arch, tok_cfg.get("type")))
+        if chat_template:
+            template = check_template(chat_template, key="--chat-template")
+        else:
+            template = check_template(tok_cfg.get("chat_template")
+                                      or default_template(arch, tok_cfg.get("type")))
         rows = [encode_prompt(template, t, tokenizer) for t in texts]
         too_big = [t for r in rows for t in r if t >= _vocab_size(model_cfg)]
         if too_big:

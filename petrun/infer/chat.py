@@ -31,7 +31,8 @@ GLM2_PROMPT = "[Round {round}]\n\n问：{prompt}\n\n答："
 def _vicuna(user_text: str) -> str:
     # The generation-time counterpart of petrun.data.alpaca.vicuna_text: the assistant turn is
     # left open ("ASSISTANT:"), exactly as FastChat renders an empty last message.
-    return f"{VICUNA_SYSTEM}{VICUNA_SEP}{VICUNA_ROLES[0]}: {user_text}{VICUNA_SEP}{VICUNA_ROLES[1]}:"
+    user, assistant = VICUNA_ROLES
+    return f"{VICUNA_SYSTEM}{VICUNA_SEP}{user}: {user_text}{VICUNA_SEP}{assistant}:"
 
 
 def render_alpaca(prompt: str | Mapping[str, Any]) -> str:

@@ -182,7 +182,7 @@ class RotaryEmbedding(nn.Cell):
 
 
 def rows_at(table, positions):
-    """table[positions] for integer positions (B, S), shaped (B, 1, S, width) to broadcast on BNSD."""
+    """table[positions] for int positions (B, S), shaped (B, 1, S, width) to broadcast on BNSD."""
     return ops.expand_dims(ops.gather(table, positions, 0), 1)
 
 

@@ -86,16 +86,43 @@ def test_ptuning2_prefix_in_the_cache(family_net):
     family, net = family_net
     rows = ih.prompts((6, 4), seed=8)
     prefix = random_prefix(net, length=5, seed=2, scale=2.0)
-    cached = generate(net, rows, GenerationConfig(max_new_tokens=NEW), prefix_key_values=prefix)
+    # (the compiled fixed-size cache with a prefix: test_pet_prefix_methods_generate_...)
+    cached = generate(net, rows, GenerationConfig(max_new_tokens=NEW, **GROWING),
+                      prefix_key_values=prefix)
     uncached = generate(net, rows, GenerationConfig(max_new_tokens=NEW, **NO_CACHE),
                         prefix_key_values=prefix)
     assert cached.tokens == uncached.tokens
     short = GenerationConfig(max_new_tokens=SHORT, **GROWING)
-    # the growing cache, on the left-padded row alone
+    # the left-padded row alone
     single = generate(net, rows[1:], short, prefix_key_values=prefix)
     assert single.tokens[0] == cached.tokens[1][:SHORT]
     plain = generate(net, rows, short)
     assert [t[:SHORT] for t in cached.tokens] != plain.tokens, f"{family}: the prefix did nothing"
+
+
+@pytest.mark.parametrize("family,pet_config", [
+    ("llama2", {"pet_type": "ptuning2", "pre_seq_len": 4}),
+    ("glm2", {"pet_type": "ptuning2", "pre_seq_len": 4}),
+    ("gpt2", {"pet_type": "prefixtuning", "prefix_token_num": 3, "mid_dim": 16}),
+])
+def test_pet_prefix_methods_generate_with_the_cache(family, pet_config):
+    """The real P-Tuning v2 / prefix-tuning wrappers (petrun.pet) feed their prefix through
+    prefix_key_values(batch): cache and no cache agree, and the trained prefix matters."""
+    import mindspore as ms
+
+    from petrun.pet import apply_pet
+
+    net = ih.petrun_model(family, seed=11)
+    model = apply_pet(net, pet_config).model
+    rng = np.random.default_rng(0)
+    for p in model.trainable_params():   # a "trained" prefix encoder
+        p.set_data(ms.Tensor(rng.normal(0, 1.0, p.shape).astype(np.float32)))
+    rows = ih.prompts((5, 8), seed=3)
+    cached = generate(model, rows, GenerationConfig(max_new_tokens=NEW))
+    uncached = generate(model, rows, GenerationConfig(max_new_tokens=NEW, **NO_CACHE))
+    assert cached.tokens == uncached.tokens
+    base = generate(net, rows, GenerationConfig(max_new_tokens=SHORT, **GROWING))
+    assert [t[:SHORT] for t in cached.tokens] != base.tokens
 
 
 def test_prefix_found_on_the_model():

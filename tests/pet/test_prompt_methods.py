@@ -297,3 +297,37 @@ def test_ia3_feedforward_must_be_a_subset_of_the_targets():
         apply_pet(build("llama2"), {"pet_type": "ia3", "target_modules": ".*wk|.*w2",
                                     "feedforward_modules": ".*w2|.*w1"})
     assert e.value.key.endswith("feedforward_modules")
+
+
+# ---------------------------------------------------------------------------------------------
+# Incremental inference (petrun.infer): the prefix is the cache's first slots
+
+
+@pytest.mark.parametrize("family, jit", [("glm2", True), ("llama2", False), ("gpt2", False)])
+def test_generation_with_a_prefix_matches_full_forward_greedy(family, jit):
+    from petrun.infer.generate import GenerationConfig, generate
+
+    ms.set_seed(0)
+    base = build(family)
+    randomize(base)
+    model = apply_pet(base, {"pet_type": "ptuning2", "pre_seq_len": 3, "dropout_prob": 0.0}).model
+    table = model.encoder.embedding.embedding_table
+    table.set_data(Tensor(np.random.default_rng(1).normal(0, 1, table.shape).astype(np.float32)))
+    prompt = [5, 9, 17, 33]
+    got = generate(model, [prompt], GenerationConfig(max_new_tokens=4, jit=jit)).tokens[0]
+    model.set_train(False)
+    ids = list(prompt)
+    for _ in range(4):
+        ids.append(int(model(Tensor(np.array([ids], np.int32))).asnumpy()[0, -1].argmax()))
+    assert list(got) == ids[len(prompt):]
+    x = Tensor(np.array([ids], np.int32))
+    base.set_train(False)
+    assert np.abs(base(x).asnumpy() - model(x).asnumpy()).max() > 1e-2, "the prefix must matter"
+
+
+def test_generation_with_prompt_tuning_is_refused_clearly():
+    from petrun.infer.generate import GenerationConfig, generate
+
+    model = apply_pet(build("llama2"), {"pet_type": "prompt_tuning", "num_virtual_tokens": 2}).model
+    with pytest.raises(UserError, match="not built yet"):
+        generate(model, [[5, 6]], GenerationConfig(max_new_tokens=2, jit=False))
