@@ -158,10 +158,6 @@ class FinetuneRecipe:
         from petrun.ckpt.store import CheckpointFolder, find_resume_checkpoint
         from petrun.parallel.context import set_seed, setup_context
         cfg = self.cfg
-        for key, what in (("do_eval", "evaluation during training"),):
-            if cfg.get(key):
-                raise UserError(f"{what} is not built yet in this version of petrun", key=key,
-                                file=cfg.origin(key), fix=f"set {key}: False (or --{key} False)")
         self.device_target = setup_context(cfg)
         # Under a launcher this joins the job (the scheduler process never returns from it), so
         # nothing above may write files. Rank and world decide data shards and rank_N/ folders.
@@ -188,6 +184,8 @@ class FinetuneRecipe:
         if resume not in (None, False, ""):
             self.resume_from = find_resume_checkpoint(
                 resume, output_dir=self.output_dir, rank=self.rank, warn=self.warn)
+            if self.world_size > 1:
+                self.resume_from = self._agree_on_resume_step(self.resume_from, explicit=resume is not True)
             if self.resume_from is None:
                 self.warn(f"resume requested, but {self.ckpt_dir} holds no checkpoint yet: "
                           "starting from step 0")
@@ -199,6 +197,36 @@ class FinetuneRecipe:
                          "continue that run instead of starting a new one.")
         self.run_id = (self.resume_from.manifest.get("run_id") if self.resume_from else None) \
             or uuid.uuid4().hex[:12]
+
+    def _agree_on_resume_step(self, mine, *, explicit: bool):
+        """Data-parallel ranks must resume from the same step, or their AllReduces pair up
+        different steps. A kill can land while one rank has renamed its newest checkpoint into
+        place and another has not: then every rank resumes from the newest step all of them hold."""
+        from petrun.parallel.context import gather_ints
+        steps = [s[0] for s in gather_ints([mine.step if mine is not None else -1])]
+        if len(set(steps)) == 1:
+            return mine
+        table = ", ".join(f"rank {r}: {'none' if s < 0 else f'step {s}'}" for r, s in enumerate(steps))
+        if explicit:
+            raise UserError(f"the ranks would resume from different steps ({table})",
+                            key="resume_training",
+                            fix="pass --resume with an output_dir (each rank picks its rank_N folder), "
+                                "or checkpoints of one step for every rank")
+        agreed = min(steps)
+        if agreed < 0:
+            self.warn(f"resume: not every rank holds a checkpoint ({table}); all start from step 0")
+            return None
+        same = [c for c in self.store.checkpoints() if c.step == agreed and c.problem() is None]
+        if not same:
+            raise UserError(f"rank {self.rank} has no intact checkpoint of step {agreed}, the newest "
+                            f"step every rank holds ({table})", file=str(self.ckpt_dir),
+                            key="resume_training",
+                            fix="raise keep_checkpoint_max so ranks keep a common step, or start "
+                                "a new run without --resume")
+        if mine.step != agreed:
+            self.warn(f"resume: rank {self.rank} uses its step-{agreed} checkpoint, the newest step "
+                      f"every rank holds ({table})")
+        return same[0]
 
     def setup_data(self) -> None:
         from petrun.ckpt.io import describe_file
@@ -244,6 +272,38 @@ class FinetuneRecipe:
         self.say(f"data: {dataset_dir} — {self.batches_per_epoch} batches of {self.batch_size} × "
                  f"{self.seq_length + self.extra_tokens} tokens per epoch; {self.total_steps} optimizer steps"
                  + (f" (gradient accumulation {self.accum})" if self.accum > 1 else ""))
+        self.setup_eval()
+
+    def setup_eval(self) -> None:
+        """do_eval: eval_dataset opened and checked now, evaluated every eval_step_interval steps
+        and/or every eval_epoch_interval epochs (MindFormers' keys; -1 or 0 turns one off)."""
+        cfg = self.cfg
+        self.evaluator = None
+        self.eval_every_steps = self.eval_every_epochs = 0
+        if not cfg.get("do_eval"):
+            return
+        from petrun.infer.eval import Evaluator
+        self.evaluator = Evaluator.from_config(cfg)
+        self.eval_every_steps = max(0, int(cfg.get("eval_step_interval") or 0))
+        self.eval_every_epochs = max(0, int(cfg.get("eval_epoch_interval") or 0))
+        if not (self.eval_every_steps or self.eval_every_epochs):
+            raise UserError("do_eval is True but neither eval_step_interval nor eval_epoch_interval "
+                            "is positive, so evaluation would never run", key="eval_step_interval",
+                            file=cfg.origin("do_eval"),
+                            fix="set eval_step_interval: N (every N steps) or eval_epoch_interval: N")
+        when = [f"every {n} {unit}" for n, unit in ((self.eval_every_steps, "steps"),
+                                                     (self.eval_every_epochs, "epochs")) if n]
+        self.say(f"eval: {cfg.get('eval_dataset.data_loader.dataset_dir')} "
+                 f"{' and '.join(when)}")
+
+    def evaluate(self, step: int, epoch: int, metrics) -> None:
+        result = self.evaluator.run(self.model)
+        self.summary.setdefault("evals", []).append({"step": step, "epoch": epoch, **result.as_dict()})
+        metrics.write({"event": "eval", "step": step, "epoch": epoch, "eval_loss": result.loss,
+                       "eval_perplexity": result.perplexity, "eval_tokens": result.tokens,
+                       "eval_seconds": round(result.seconds, 2)})
+        if self.rank == 0:
+            self.say(f"step {step}: {result.line()}")
 
     def setup_model(self) -> None:
         from petrun.api import PET_PATTERN, build_model, load_checkpoint
@@ -538,6 +598,12 @@ class FinetuneRecipe:
                                        "elapsed_s": round(time.perf_counter() - start, 2)})
                         if save_every and step % save_every == 0:
                             self.save(epoch, step_in_epoch, step)
+                        epoch_end = step_in_epoch == self.steps_per_epoch
+                        if self.evaluator is not None and (
+                                (self.eval_every_steps and step % self.eval_every_steps == 0)
+                                or (self.eval_every_epochs and epoch_end
+                                    and epoch % self.eval_every_epochs == 0)):
+                            self.evaluate(step, epoch, metrics)
                         if stop.signum is not None:
                             if self.last_saved_step != step:
                                 self.save(epoch, step_in_epoch, step)
