@@ -272,6 +272,17 @@ def data_shard(cfg=None) -> tuple[int, int]:
     return dims.dp, (state.rank % dims.stage_devices) // dims.mp
 
 
+def gather_ints(values: list[int]) -> list[list[int]]:
+    """Every rank's `values`, indexed by rank (AllGather; int32 AllReduce has no CPU kernel)."""
+    state = distributed()
+    if state.world == 1:
+        return [list(values)]
+    import numpy as np
+    from mindspore import Tensor, ops
+    got = ops.AllGather()(Tensor(np.asarray(values, np.int32))).asnumpy()
+    return got.reshape(state.world, len(values)).tolist()
+
+
 def grad_reducer(params):
     """The cell that averages (or sums) gradients over data-parallel ranks, or None.
 
