@@ -75,6 +75,7 @@ class PreflightReport:
     estimate: object = None            # petrun.plan.Estimate, when the model is known
     checked: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         est = self.estimate
@@ -85,6 +86,8 @@ class PreflightReport:
                 text += f" of {_gib(est.budget)} ({est.budget_source})"
         if self.skipped:
             text += f"; not checked: {'; '.join(self.skipped)}"
+        for warning in self.warnings:
+            text += f"\nwarning: {warning}"
         return text
 
 
@@ -127,16 +130,23 @@ def _check_model(cfg, verb: str, out: list[Finding]):
     return arch, specs, dims, pet
 
 
-def _check_memory(cfg, verb: str, out: list[Finding], device_memory: int | None = None):
+def _check_memory(cfg, verb: str, out: list[Finding], device_memory: int | None = None,
+                  out_warnings: list[str] | None = None):
     from petrun.plan import device as dev
     from petrun.plan.estimator import estimate, with_budget
     from petrun.plan.levers import path_to_fit
     mode = _mode(verb)
     target = cfg.get("context.device_target") or "CPU"
     est = with_budget(estimate(cfg, run_mode=mode), cfg, device_memory)
+    out_warnings = [] if out_warnings is None else out_warnings
     key = "context.device_target"
     if dev.device_present(target):
-        if est.fits is False:
+        if est.verdict == "tight":
+            out_warnings.append(
+                f"the run may not fit: ~{_gib(est.peak)} per device against {_gib(est.budget)} "
+                f"({est.budget_source}), within the estimate's uncertainty on {target}; if it runs "
+                f"out of memory, see `petrun plan --config {cfg.source}` for levers")
+        elif est.fits is False:
             fix = _fit_advice(est, path_to_fit(cfg, est, est.budget, **_layout_kwargs(est)))
             where = "this machine" if target == "CPU" else f"one {target} device"
             out.append(Finding(
@@ -394,7 +404,7 @@ def run_preflight(cfg, verb: str, *, device_memory: int | None = None) -> Prefli
     report.checked.append("model")
     if model is not None:
         try:
-            report.estimate = _check_memory(cfg, verb, findings, device_memory)
+            report.estimate = _check_memory(cfg, verb, findings, device_memory, report.warnings)
             report.checked.append("memory")
         except UserError as e:
             findings.append(_finding("memory", e, cfg))

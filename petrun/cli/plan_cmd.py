@@ -77,6 +77,7 @@ def plan(ctx: typer.Context,
 
 
 def _render(cfg, est, options, route) -> None:
+    from petrun.plan.estimator import ACCELERATOR_UNCERTAINTY
     from rich.table import Table
 
     lay = est.layout
@@ -119,7 +120,8 @@ def _render(cfg, est, options, route) -> None:
         mem.add_row("(loading)", _size(est.load_extra), "checkpoint copy while loading sets the peak")
     verdict = ""
     if est.budget is not None:
-        verdict = ("[green]fits[/green]" if est.fits else "[red]does not fit[/red]") + \
+        verdict = {"fits": "[green]fits[/green]", "over": "[red]does not fit[/red]",
+                   "tight": "[yellow]may not fit[/yellow]"}[est.verdict] + \
             f" {_size(est.budget)} ({est.budget_source})"
     mem.add_row("[bold]peak[/bold]", f"[bold]{_size(est.peak)}[/bold]", verdict)
     console.print(mem)
@@ -153,7 +155,13 @@ def _render(cfg, est, options, route) -> None:
                 merged[ov.split("=", 1)[0]] = ov
         console.print(f"[bold]Fits with[/bold] {' + '.join(o.what for o in route)} → "
                       f"~{_size(route[-1].peak)}: {' '.join(merged.values())}", highlight=False)
-    elif est.fits is False:
+    if est.verdict == "tight":
+        console.print(f"[yellow]May not fit[/yellow]: {_size(est.peak)} against {_size(est.budget)} "
+                      f"is within the ±{ACCELERATOR_UNCERTAINTY:.0%} uncertainty of the "
+                      f"{est.device_target} estimate (analytic; not measured on that device). "
+                      "Pre-flight warns instead of refusing; the route above makes it fit for sure.",
+                      highlight=False)
+    if est.fits is False and not route:
         console.print("[red]No lever on offer makes it fit[/red]: a smaller model, more devices "
                       "or more memory per device.")
     for note in est.notes:

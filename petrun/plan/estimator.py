@@ -63,6 +63,10 @@ CPU_HEAD_FACTOR = 0.77            # same for the logits / loss tensors
 CPU_STATE_FACTOR = 1.0            # gradients + AdamW states: exactly as counted (not fitted)
 # ---- Ascend assumption ----
 ASCEND_RUNTIME = 2 * GiB
+# The Ascend figures are analytic (MindSpore's saved-for-backward sets, no fusion assumed) and
+# cannot be measured here; the CPU ones are within ±25% of measured peaks. Within this band
+# below the estimate a run "may fit": pre-flight warns instead of refusing it.
+ACCELERATOR_UNCERTAINTY = 0.25
 
 TRAIN_MODES = ("finetune", "train")
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
@@ -108,9 +112,22 @@ class Estimate:
     def fits(self) -> bool | None:
         return None if self.budget is None else self.peak <= self.budget
 
+    @property
+    def verdict(self) -> str | None:
+        """'fits', 'tight' (over the budget, but not beyond the accelerator estimate's
+        uncertainty), 'over', or None without a budget. CPU estimates are calibrated: no band."""
+        if self.budget is None:
+            return None
+        if self.peak <= self.budget:
+            return "fits"
+        if self.device_target != "CPU" and self.peak * (1 - ACCELERATOR_UNCERTAINTY) <= self.budget:
+            return "tight"
+        return "over"
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fits"] = self.fits
+        d["verdict"] = self.verdict
         return d
 
 
