@@ -43,7 +43,9 @@ def load_config_from(cfg: Config, overrides: Iterable[str]) -> Config:
 
 
 def build_model(cfg: Config | str | Path, *, device_target: str | None = None, report=None):
-    """Base model from model.arch/model.model_config, then the PET transform if pet_config is set.
+    """Base model from model.arch/model.model_config, then the PET transform if pet_config is set,
+    then — in semi-auto/auto parallel only — the shard strategies and pipeline stages that
+    cfg's parallel_config implies (petrun/parallel/shard.py).
 
     `report`, if given, is called with the PetReport (trainable-parameter line).
     """
@@ -59,6 +61,8 @@ def build_model(cfg: Config | str | Path, *, device_target: str | None = None, r
         net = result.model   # prompt-learning methods wrap the base model
         if report is not None:
             report(result)
+    from petrun.parallel.shard import shard_for_config
+    shard_for_config(net, cfg)
     return net
 
 

@@ -28,13 +28,14 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import Normal
+from mindspore.ops.auto_generate import SiLU
 
 from petrun.errors import UserError
 from petrun.models.configs import ChatGLM2Config
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.layers import (DotProductAttention, Embedding, Linear, MaskedCrossEntropy,
-                                  RMSNorm, causal_mask, extend_cache, prepend_prompt,
-                                  rows_at)
+from petrun.models.layers import (DotProductAttention, Dropout, Embedding, Linear,
+                                  MaskedCrossEntropy, Residual, RMSNorm, causal_mask, extend_cache,
+                                  prepend_prompt, rows_at)
 
 _KEY = "model.model_config"
 IGNORE_INDEX = -100   # MindFormers' GLM2 hard-codes it (labels of prompt and padding)
@@ -101,25 +102,39 @@ def glm2_rope_tables(rotary_dim: int, max_positions: int, base: float = 10000.0)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def apply_interleaved_rotary(x, cos, sin):
+class InterleavedRotary(nn.Cell):
     """Rotate the first cos.shape[-1] dims of x (B, N, S, D) pairwise; the rest pass through.
 
     (x0, x1) → (x0·cos − x1·sin, x1·cos + x0·sin) for each pair (x[2j], x[2j+1]), computed in the
     tables' dtype. reshape/split/concat rather than a fused kernel: the only form that runs on CPU.
     """
-    original_dtype = x.dtype
-    batch, heads, seq, dim = x.shape
-    rot = cos.shape[-1]
-    x_rot = ops.cast(x[:, :, :, :rot], cos.dtype)
-    pairs = ops.reshape(x_rot, (batch, heads, seq, rot // 2, 2))
-    even, odd = ops.split(pairs, 1, -1)
-    swapped = ops.reshape(ops.cat((-odd, even), -1), (batch, heads, seq, rot))
-    rotated = ops.cast(x_rot * cos + swapped * sin, original_dtype)
-    return ops.cat((rotated, x[:, :, :, rot:]), -1)
+    shard_kind = "glm2_rotary"
+
+    def __init__(self):
+        super().__init__()
+        self.split_pairs = ops.Split(-1, 2)
+        self.neg = ops.Neg()
+        self.concat_pairs = ops.Concat(-1)
+        self.mul_cos = ops.Mul()
+        self.mul_sin = ops.Mul()
+        self.add = ops.Add()
+        self.concat_rest = ops.Concat(-1)
+
+    def construct(self, x, cos, sin):
+        original_dtype = x.dtype
+        batch, heads, seq, _ = x.shape
+        rot = cos.shape[-1]
+        x_rot = ops.cast(x[:, :, :, :rot], cos.dtype)
+        even, odd = self.split_pairs(ops.reshape(x_rot, (batch, heads, seq, rot // 2, 2)))
+        swapped = ops.reshape(self.concat_pairs((self.neg(odd), even)), (batch, heads, seq, rot))
+        rotated = ops.cast(self.add(self.mul_cos(x_rot, cos), self.mul_sin(swapped, sin)),
+                           original_dtype)
+        return self.concat_rest((rotated, x[:, :, :, rot:]))
 
 
 class GLM2RotaryEmbedding(nn.Cell):
     """Constant cos/sin tables (no Parameters) sliced per sequence, shaped to broadcast on BNSD."""
+    pipeline_place = "first"   # computed once, before the layers
 
     def __init__(self, rotary_dim: int, max_positions: int, base: float, rotary_dtype=ms.float32):
         super().__init__()
@@ -153,6 +168,7 @@ class ChatGLM2SelfAttention(nn.Cell):
     Calls `self.query_key_value(x)` / `self.dense(x)` and never reads their weights, so LoRA can
     replace them (`.*query_key_value` adapts the fused projection, as in MindFormers).
     """
+    shard_kind = "heads"
 
     def __init__(self, config: ChatGLM2Config, dtypes: dict):
         super().__init__()
@@ -171,19 +187,22 @@ class ChatGLM2SelfAttention(nn.Cell):
                                         compute_dtype=dtypes["compute_dtype"],
                                         softmax_compute_type=dtypes["softmax_compute_type"],
                                         attention_dropout=config.attention_dropout)
+        self.apply_rotary = InterleavedRotary()
+        self.split_heads = ops.Transpose()
+        self.merge_heads = ops.Transpose()
 
     def to_heads(self, x, n_heads):
         """(B, S, n*D) → (B, n, S, D)."""
         batch, seq, _ = x.shape
-        return ops.transpose(ops.reshape(x, (batch, seq, n_heads, self.head_dim)), (0, 2, 1, 3))
+        return self.split_heads(ops.reshape(x, (batch, seq, n_heads, self.head_dim)), (0, 2, 1, 3))
 
     def construct(self, x, cos, sin, attention_mask, prefix_key_value=None):
         batch, seq, _ = x.shape
         query, key, value = self.split_qkv(self.query_key_value(x))
-        query = apply_interleaved_rotary(query, cos, sin)
-        key = apply_interleaved_rotary(key, cos, sin)
+        query = self.apply_rotary(query, cos, sin)
+        key = self.apply_rotary(key, cos, sin)
         out = self.core(query, key, value, attention_mask, prefix_key_value)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, -1))
+        out = ops.reshape(self.merge_heads(out, (0, 2, 1, 3)), (batch, seq, -1))
         return self.dense(out)
 
     def decode(self, x, cos, sin, attention_mask, past=None, write_at=None):
@@ -191,11 +210,10 @@ class ChatGLM2SelfAttention(nn.Cell):
         (output, (keys, values)), the cache holding multi_query_group_num heads."""
         batch, seq, _ = x.shape
         query, key, value = self.split_qkv(self.query_key_value(x))
-        query = apply_interleaved_rotary(query, cos, sin)
-        key, value = extend_cache(past, apply_interleaved_rotary(key, cos, sin), value,
-                                  write_at)
+        query = self.apply_rotary(query, cos, sin)
+        key, value = extend_cache(past, self.apply_rotary(key, cos, sin), value, write_at)
         out = self.core(query, key, value, attention_mask)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, -1))
+        out = ops.reshape(self.merge_heads(out, (0, 2, 1, 3)), (batch, seq, -1))
         return self.dense(out), (key, value)
 
     def split_qkv(self, mixed):
@@ -210,13 +228,14 @@ class ChatGLM2SelfAttention(nn.Cell):
         else:
             # Without MQA the fused rows are grouped per head: [q_h | k_h | v_h] for each head.
             per_head = ops.reshape(mixed, (batch, seq, self.num_heads, 3 * self.head_dim))
-            per_head = ops.transpose(per_head, (0, 2, 1, 3))
+            per_head = self.split_heads(per_head, (0, 2, 1, 3))
             query, key, value = ops.split(per_head, self.head_dim, -1)
         return query, key, value
 
 
 class ChatGLM2MLP(nn.Cell):
     """dense_4h_to_h(silu(gate) * up), gate | up being the two halves of dense_h_to_4h."""
+    shard_kind = "gated_mlp"
 
     def __init__(self, config: ChatGLM2Config, dtypes: dict):
         super().__init__()
@@ -225,10 +244,13 @@ class ChatGLM2MLP(nn.Cell):
                                      config.add_bias_linear)
         self.dense_4h_to_h = _linear(config, dtypes, self.ffn, config.hidden_size,
                                      config.add_bias_linear)
+        self.act = SiLU()
+        self.mul = ops.Mul()
 
     def construct(self, x):
         fused = self.dense_h_to_4h(x)
-        return self.dense_4h_to_h(ops.silu(fused[:, :, :self.ffn]) * fused[:, :, self.ffn:])
+        gated = self.mul(self.act(fused[:, :, :self.ffn]), fused[:, :, self.ffn:])
+        return self.dense_4h_to_h(gated)
 
 
 class ChatGLM2Block(nn.Cell):
@@ -243,18 +265,19 @@ class ChatGLM2Block(nn.Cell):
         self.self_attention = ChatGLM2SelfAttention(config, dtypes)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, norm_type)
         self.mlp = ChatGLM2MLP(config, dtypes)
-        self.hidden_dropout = nn.Dropout(p=float(config.hidden_dropout))
+        self.hidden_dropout = Dropout(config.hidden_dropout)
+        self.residual = Residual()
 
     def construct(self, x, cos, sin, attention_mask, prefix_key_value=None):
         normed = ops.cast(self.input_layernorm(x), self.compute_dtype)
         attn = self.self_attention(normed, cos, sin, attention_mask, prefix_key_value)
         residual = normed if self.post_ln_residual else x
-        h = ops.cast(residual, self.residual_dtype) + ops.cast(self.hidden_dropout(attn),
-                                                               self.residual_dtype)
+        h = self.residual(ops.cast(residual, self.residual_dtype),
+                          ops.cast(self.hidden_dropout(attn), self.residual_dtype))
         normed = ops.cast(self.post_attention_layernorm(h), self.compute_dtype)
         residual = normed if self.post_ln_residual else h
-        return ops.cast(residual, self.residual_dtype) + ops.cast(
-            self.hidden_dropout(self.mlp(normed)), self.residual_dtype)
+        return self.residual(ops.cast(residual, self.residual_dtype),
+                             ops.cast(self.hidden_dropout(self.mlp(normed)), self.residual_dtype))
 
     def decode(self, x, cos, sin, attention_mask, past=None, write_at=None):
         """construct's block with the attention's KV cache; returns (output, (keys, values))."""
@@ -262,12 +285,12 @@ class ChatGLM2Block(nn.Cell):
         attn, present = self.self_attention.decode(normed, cos, sin, attention_mask, past,
                                                    write_at)
         residual = normed if self.post_ln_residual else x
-        h = ops.cast(residual, self.residual_dtype) + ops.cast(self.hidden_dropout(attn),
-                                                               self.residual_dtype)
+        h = self.residual(ops.cast(residual, self.residual_dtype),
+                          ops.cast(self.hidden_dropout(attn), self.residual_dtype))
         normed = ops.cast(self.post_attention_layernorm(h), self.compute_dtype)
         residual = normed if self.post_ln_residual else h
-        out = ops.cast(residual, self.residual_dtype) + ops.cast(
-            self.hidden_dropout(self.mlp(normed)), self.residual_dtype)
+        out = self.residual(ops.cast(residual, self.residual_dtype),
+                            ops.cast(self.hidden_dropout(self.mlp(normed)), self.residual_dtype))
         return out, present
 
 

@@ -29,8 +29,9 @@ from mindspore.common.initializer import Normal, initializer
 from petrun.errors import UserError
 from petrun.models.configs import GPT2Config
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.layers import (DotProductAttention, LayerNorm, Linear, MaskedCrossEntropy,
-                                  causal_mask, extend_cache, widen_mask)
+from petrun.models.layers import (DotProductAttention, Dropout, LayerNorm, Linear,
+                                  MaskedCrossEntropy, Residual, TiedHead, causal_mask, extend_cache,
+                                  widen_mask)
 
 _KEY = "model.model_config"
 IGNORE_INDEX = -100
@@ -67,6 +68,7 @@ def _check(config: GPT2Config) -> None:
 class LinearInOut(nn.Cell):
     """y = x @ weight (+ bias) with weight stored [in, out] (MindFormers' transpose_b=False
     layers; the same layout as HF's GPT-2 Conv1D, so those weights load untransposed)."""
+    shard_kind = "linear_in_out"
 
     def __init__(self, in_channels: int, out_channels: int, has_bias: bool = True,
                  compute_dtype=ms.float32, param_init_type=ms.float32):
@@ -81,21 +83,28 @@ class LinearInOut(nn.Cell):
         self.bias = (Parameter(initializer("zeros", [self.out_channels], param_init_type),
                                name="bias") if self.has_bias else None)
         self.matmul = ops.MatMul()
+        if self.has_bias:
+            self.bias_add = ops.Add()
 
     def construct(self, x):
         out_shape = x.shape[:-1] + (self.out_channels,)
         x = ops.reshape(ops.cast(x, self.compute_dtype), (-1, self.in_channels))
         y = self.matmul(x, ops.cast(self.weight, self.compute_dtype))
         if self.has_bias:
-            y = y + ops.cast(self.bias, self.compute_dtype)
+            y = self.bias_add(y, ops.cast(self.bias, self.compute_dtype))
         return ops.reshape(y, out_shape)
 
 
 class TableEmbedding(nn.Cell):
-    """Lookup in `embedding_table` (MindFormers' VocabEmbedding parameter name)."""
+    """Lookup in `embedding_table` (MindFormers' VocabEmbedding parameter name).
 
-    def __init__(self, rows: int, width: int, param_init_type=ms.float32):
+    shard_kind "embedding" looks up (batch, seq) ids, "positions" a plain (seq,) range.
+    """
+
+    def __init__(self, rows: int, width: int, param_init_type=ms.float32,
+                 shard_kind: str = "embedding"):
         super().__init__()
+        self.shard_kind = shard_kind
         self.embedding_table = Parameter(initializer(Normal(sigma=_INIT_STD, mean=0.0),
                                                      [int(rows), int(width)], param_init_type),
                                          name="embedding_table")
@@ -106,20 +115,23 @@ class TableEmbedding(nn.Cell):
 
 
 class GPT2Embedding(nn.Cell):
+    shard_kind = "embed_positions"
+
     def __init__(self, config: GPT2Config, dtypes: dict):
         super().__init__()
         self.word_embedding = TableEmbedding(config.vocab_size, config.hidden_size,
                                              dtypes["param_init_type"])
         self.position_embedding = TableEmbedding(config.max_positions, config.hidden_size,
-                                                 dtypes["param_init_type"])
-        self.dropout = nn.Dropout(p=float(config.embedding_dropout_prob))
+                                                 dtypes["param_init_type"], "positions")
+        self.add = ops.Add()
+        self.dropout = Dropout(config.embedding_dropout_prob)
 
     def construct(self, input_ids, prompt_embeds=None):
         x = self.word_embedding(input_ids)
         if prompt_embeds is not None:   # virtual tokens take positions 0..P-1
             x = ops.cat((ops.cast(prompt_embeds, x.dtype), x), 1)
         positions = ops.arange(0, x.shape[1], 1, dtype=ms.int32)
-        x = x + ops.expand_dims(self.position_embedding(positions), 0)
+        x = self.add(x, ops.expand_dims(self.position_embedding(positions), 0))
         return self.dropout(x)
 
     def decode(self, input_ids, positions):
@@ -129,6 +141,7 @@ class GPT2Embedding(nn.Cell):
 
 class GPT2Attention(nn.Cell):
     """dense1/2/3 (q, k, v) → attention core → projection; calls the projections as cells only."""
+    shard_kind = "heads"
 
     def __init__(self, config: GPT2Config, dtypes: dict):
         super().__init__()
@@ -147,18 +160,20 @@ class GPT2Attention(nn.Cell):
                                         compute_dtype=dtypes["compute_dtype"],
                                         softmax_compute_type=dtypes["softmax_compute_type"],
                                         attention_dropout=config.attention_dropout_rate)
-        self.dropout = nn.Dropout(p=float(config.hidden_dropout_rate))
+        self.dropout = Dropout(config.hidden_dropout_rate)
+        self.split_heads = ops.Transpose()
+        self.merge_heads = ops.Transpose()
 
     def to_heads(self, x):
         batch, seq, _ = x.shape
-        return ops.transpose(ops.reshape(x, (batch, seq, self.num_heads, self.head_dim)),
-                             (0, 2, 1, 3))
+        return self.split_heads(ops.reshape(x, (batch, seq, self.num_heads, self.head_dim)),
+                                (0, 2, 1, 3))
 
     def construct(self, x, attention_mask, prefix_key_value=None):
         batch, seq, _ = x.shape
         out = self.core(self.to_heads(self.dense1(x)), self.to_heads(self.dense2(x)),
                         self.to_heads(self.dense3(x)), attention_mask, prefix_key_value)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, -1))
+        out = ops.reshape(self.merge_heads(out, (0, 2, 1, 3)), (batch, seq, -1))
         return self.dropout(self.projection(out))
 
     def decode(self, x, attention_mask, past=None, write_at=None):
@@ -167,12 +182,13 @@ class GPT2Attention(nn.Cell):
         key, value = extend_cache(past, self.to_heads(self.dense2(x)),
                                   self.to_heads(self.dense3(x)), write_at)
         out = self.core(self.to_heads(self.dense1(x)), key, value, attention_mask)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, -1))
+        out = ops.reshape(self.merge_heads(out, (0, 2, 1, 3)), (batch, seq, -1))
         return self.dropout(self.projection(out)), (key, value)
 
 
 class GPT2MLP(nn.Cell):
     """projection(act(mapping(x))), both stored in×out; named `output` in the block."""
+    shard_kind = "mlp"
 
     def __init__(self, config: GPT2Config, dtypes: dict):
         super().__init__()
@@ -181,13 +197,12 @@ class GPT2MLP(nn.Cell):
                                    dtypes["param_init_type"])
         self.projection = LinearInOut(ffn, config.hidden_size, True, dtypes["compute_dtype"],
                                       dtypes["param_init_type"])
-        self.fast_gelu = config.hidden_act == "fast_gelu"
-        self.dropout = nn.Dropout(p=float(config.hidden_dropout_rate))
+        # GeLU is the tanh approximation (HF's gelu_new)
+        self.act = ops.FastGeLU() if config.hidden_act == "fast_gelu" else ops.GeLU()
+        self.dropout = Dropout(config.hidden_dropout_rate)
 
     def construct(self, x):
-        h = self.mapping(x)
-        h = ops.fast_gelu(h) if self.fast_gelu else ops.gelu(h, approximate="tanh")
-        return self.dropout(self.projection(h))
+        return self.dropout(self.projection(self.act(self.mapping(x))))
 
 
 class GPT2Block(nn.Cell):
@@ -199,16 +214,18 @@ class GPT2Block(nn.Cell):
         self.attention = GPT2Attention(config, dtypes)
         self.layernorm2 = LayerNorm(config.hidden_size, LAYERNORM_EPS, norm_type)
         self.output = GPT2MLP(config, dtypes)
+        self.residual = Residual()
 
     def construct(self, x, attention_mask, prefix_key_value=None):
-        h = x + ops.cast(self.attention(self.layernorm1(x), attention_mask, prefix_key_value),
-                         self.compute_dtype)
-        return h + ops.cast(self.output(self.layernorm2(h)), self.compute_dtype)
+        h = self.residual(x, ops.cast(self.attention(self.layernorm1(x), attention_mask,
+                                                     prefix_key_value), self.compute_dtype))
+        return self.residual(h, ops.cast(self.output(self.layernorm2(h)), self.compute_dtype))
 
     def decode(self, x, attention_mask, past=None, write_at=None):
         attn, present = self.attention.decode(self.layernorm1(x), attention_mask, past, write_at)
-        h = x + ops.cast(attn, self.compute_dtype)
-        return h + ops.cast(self.output(self.layernorm2(h)), self.compute_dtype), present
+        h = self.residual(x, ops.cast(attn, self.compute_dtype))
+        out = self.residual(h, ops.cast(self.output(self.layernorm2(h)), self.compute_dtype))
+        return out, present
 
 
 class GPT2Model(nn.Cell):
@@ -274,15 +291,13 @@ class GPT2LMHeadModel(nn.Cell):
         self.compute_dtype = self.dtypes["compute_dtype"]
         self.pad_token_id = config.pad_token_id
         self.backbone = GPT2Model(config, self.dtypes)
-        self.head = ops.MatMul(transpose_b=True)
+        self.head = TiedHead("backbone.embedding.word_embedding.embedding_table",
+                             self.compute_dtype)
         self.loss = MaskedCrossEntropy(IGNORE_INDEX)
 
     def logits(self, hidden):
-        batch, seq, width = hidden.shape
-        table = ops.cast(self.backbone.embedding.word_embedding.embedding_table,
-                         self.compute_dtype)
-        flat = ops.reshape(ops.cast(hidden, self.compute_dtype), (-1, width))
-        return ops.cast(ops.reshape(self.head(flat, table), (batch, seq, -1)), ms.float32)
+        table = self.backbone.embedding.word_embedding.embedding_table
+        return ops.cast(self.head(hidden, table), ms.float32)
 
     def construct(self, input_ids, labels=None, prefix_key_values=None, prompt_embeds=None):
         if labels is None:

@@ -6,6 +6,11 @@ hand, every `construct` with `self` as its first argument. Parameter attribute n
 MindFormers (`weight`, `bias`, `embedding_weight`) so checkpoints load without renaming.
 
 Tensor layout inside attention is BNSD: (batch, heads, seq, head_dim).
+
+Semi-auto parallel: each cell that computes names its primitives by role and declares a
+`shard_kind`; petrun/parallel/shard.py sets their strategies from petrun/parallel/strategy.py.
+That is why element-wise steps below are primitive attributes rather than operators: only a
+primitive can carry a shard strategy (stand-alone results are the same kernels, bit for bit).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
+from mindspore.ops.auto_generate import SiLU
 
 from petrun.errors import UserError
 
@@ -26,6 +32,7 @@ class Linear(nn.Cell):
     No activation lives here: PET wrappers replace a Linear by a cell that reuses `weight`/`bias`
     and must reproduce this exact computation.
     """
+    shard_kind = "linear"
 
     def __init__(self, in_channels: int, out_channels: int, has_bias: bool = False,
                  compute_dtype=ms.float32, param_init_type=ms.float32, weight_init="normal",
@@ -41,6 +48,8 @@ class Linear(nn.Cell):
         self.bias = (Parameter(initializer(bias_init, [self.out_channels], param_init_type),
                                name="bias") if self.has_bias else None)
         self.matmul = ops.MatMul(transpose_b=True)
+        if self.has_bias:
+            self.bias_add = ops.Add()
 
     def construct(self, x):
         out_shape = x.shape[:-1] + (self.out_channels,)
@@ -48,7 +57,7 @@ class Linear(nn.Cell):
         x = ops.reshape(ops.cast(x, self.compute_dtype), (-1, self.in_channels))
         y = self.matmul(x, ops.cast(self.weight, self.compute_dtype))
         if self.has_bias:
-            y = y + ops.cast(self.bias, self.compute_dtype)
+            y = self.bias_add(y, ops.cast(self.bias, self.compute_dtype))
         return ops.reshape(y, out_shape)
 
     def extend_repr(self):
@@ -56,8 +65,18 @@ class Linear(nn.Cell):
                 f"has_bias={self.has_bias}, compute_dtype={self.compute_dtype}")
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout that declares how its input is laid out: shard_kind "dropout_rows" for the
+    (batch, seq, hidden) stream, "dropout_heads" for BNSD attention probabilities."""
+
+    def __init__(self, p: float, shard_kind: str = "dropout_rows"):
+        super().__init__(p=float(p))
+        self.shard_kind = shard_kind
+
+
 class Embedding(nn.Cell):
     """Token lookup table; `ops.Gather` because the `mint` embedding has no PyNative CPU kernel."""
+    shard_kind = "embedding"
 
     def __init__(self, vocab_size: int, embedding_size: int, param_init_type=ms.float32,
                  embedding_init="normal"):
@@ -79,6 +98,7 @@ class LayerNorm(nn.Cell):
     Statistics in `compute_type` (fp32) via the ops.LayerNorm primitive, which has CPU kernels in
     both modes (the mint LayerNormExt does not); the result returns in the input's dtype.
     """
+    shard_kind = "layernorm"
 
     def __init__(self, dim: int, eps: float = 1e-5, compute_type=ms.float32):
         super().__init__()
@@ -100,19 +120,26 @@ class RMSNorm(nn.Cell):
     Hand-written because the fused RmsNorm primitive has no CPU kernel. The weight is stored in
     `compute_type` (fp32), as MindFormers does, and the result returns in the input's dtype.
     """
+    shard_kind = "rmsnorm"
 
     def __init__(self, dim: int, eps: float = 1e-5, compute_type=ms.float32):
         super().__init__()
         self.eps = float(eps)
         self.compute_type = compute_type
         self.weight = Parameter(initializer("ones", [int(dim)], compute_type), name="weight")
+        self.square = ops.Square()
         self.mean = ops.ReduceMean(keep_dims=True)
+        self.add_eps = ops.Add()
+        self.rsqrt = ops.Rsqrt()
+        self.mul = ops.Mul()
+        self.mul_weight = ops.Mul()
 
     def construct(self, x):
         original_dtype = x.dtype
         xf = ops.cast(x, self.compute_type)
-        normed = xf * ops.rsqrt(self.mean(ops.square(xf), -1) + self.eps)
-        return ops.cast(normed, original_dtype) * ops.cast(self.weight, original_dtype)
+        normed = self.mul(xf, self.rsqrt(self.add_eps(self.mean(self.square(xf), -1), self.eps)))
+        return self.mul_weight(ops.cast(normed, original_dtype),
+                               ops.cast(self.weight, original_dtype))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,21 +171,31 @@ def rope_tables(head_dim: int, max_positions: int, theta: float = 10000.0,
     return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
 
 
-def rotate_half(x):
-    """(x1, x2) → (-x2, x1) over the last axis."""
-    x1, x2 = ops.split(x, x.shape[-1] // 2, -1)
-    return ops.cat((-x2, x1), -1)
+class ApplyRotary(nn.Cell):
+    """Rotate x (..., seq, head_dim) by the tables: x·cos + rotate_half(x)·sin, where rotate_half
+    maps the halves (x1, x2) to (-x2, x1); computed in the tables' dtype, returned in x's."""
+    shard_kind = "rotary"
 
+    def __init__(self):
+        super().__init__()
+        self.split = ops.Split(-1, 2)
+        self.neg = ops.Neg()
+        self.concat = ops.Concat(-1)
+        self.mul_cos = ops.Mul()
+        self.mul_sin = ops.Mul()
+        self.add = ops.Add()
 
-def apply_rotary_emb(x, cos, sin):
-    """Rotate x (..., seq, head_dim) in the tables' dtype; the result keeps x's dtype."""
-    original_dtype = x.dtype
-    xr = ops.cast(x, cos.dtype)
-    return ops.cast(xr * cos + rotate_half(xr) * sin, original_dtype)
+    def construct(self, x, cos, sin):
+        original_dtype = x.dtype
+        xr = ops.cast(x, cos.dtype)
+        x1, x2 = self.split(xr)
+        rotated = self.concat((self.neg(x2), x1))
+        return ops.cast(self.add(self.mul_cos(xr, cos), self.mul_sin(rotated, sin)), original_dtype)
 
 
 class RotaryEmbedding(nn.Cell):
     """Holds the cos/sin tables (constants, not Parameters) and slices them per sequence."""
+    pipeline_place = "first"   # computed once, before the layers
 
     def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0,
                  extend_method: str = "None", scaling_factor: float = 1.0,
@@ -262,6 +299,7 @@ class DotProductAttention(nn.Cell):
     attention_dropout: dropout on the attention probabilities while training (GPT2, GLM2).
     Returns (B, N, S, D) in compute_dtype.
     """
+    shard_kind = "attention"
 
     def __init__(self, head_dim: int, num_heads: int, n_kv_heads: int | None = None,
                  compute_dtype=ms.float32, softmax_compute_type=ms.float32,
@@ -275,25 +313,29 @@ class DotProductAttention(nn.Cell):
         self.num_heads = int(num_heads)
         self.n_kv_heads = int(n_kv_heads)
         self.n_rep = self.num_heads // self.n_kv_heads
-        self.scale = 1.0 / float(np.sqrt(head_dim))
+        self.scale_value = 1.0 / float(np.sqrt(head_dim))
         self.compute_dtype = compute_dtype
         self.softmax_compute_type = softmax_compute_type
         # Masked scores are *replaced* by the dtype's lowest finite value (not added to), so a row
         # with every key masked yields a uniform distribution instead of NaN.
-        self.mask_fill = _lowest_finite(softmax_compute_type)
+        self.fill_value = _lowest_finite(softmax_compute_type)
+        self.tile_kv = ops.Tile()
         self.qk = ops.BatchMatMul(transpose_b=True)
-        self.pv = ops.BatchMatMul()
+        self.scale = ops.Mul()
+        self.mask_fill = ops.Select()
         self.softmax = ops.Softmax(-1)
+        self.pv = ops.BatchMatMul()
         self.use_dropout = float(attention_dropout) > 0
         if self.use_dropout:
-            self.dropout = nn.Dropout(p=float(attention_dropout))
+            self.dropout = Dropout(attention_dropout, "dropout_heads")
 
     def repeat_kv(self, x):
         """(B, Nkv, S, D) → (B, N, S, D); query head h reads kv head h // n_rep, as in HF."""
         if self.n_rep == 1:
             return x
         batch, n_kv, seq, dim = x.shape
-        x = ops.broadcast_to(ops.expand_dims(x, 2), (batch, n_kv, self.n_rep, seq, dim))
+        # Each kv head's (seq·dim) block repeated n_rep times in place: interleaved, not tiled.
+        x = self.tile_kv(ops.reshape(x, (batch, n_kv, 1, seq * dim)), (1, 1, self.n_rep, 1))
         return ops.reshape(x, (batch, n_kv * self.n_rep, seq, dim))
 
     def construct(self, query, key, value, attention_mask, prefix_key_value=None):
@@ -309,9 +351,10 @@ class DotProductAttention(nn.Cell):
         key = ops.cast(self.repeat_kv(key), self.compute_dtype)
         value = ops.cast(self.repeat_kv(value), self.compute_dtype)
 
-        scores = ops.cast(self.qk(query, key) * self.scale, self.softmax_compute_type)
+        scores = ops.cast(self.scale(self.qk(query, key), self.scale_value),
+                          self.softmax_compute_type)
         allowed = ops.broadcast_to(attention_mask > 0.5, scores.shape)
-        scores = ops.select(allowed, scores, ops.full_like(scores, self.mask_fill))
+        scores = self.mask_fill(allowed, scores, ops.full_like(scores, self.fill_value))
         probs = ops.cast(self.softmax(scores), self.compute_dtype)
         if self.use_dropout:
             probs = self.dropout(probs)
@@ -324,6 +367,7 @@ class DotProductAttention(nn.Cell):
 
 class SwiGLU(nn.Cell):
     """w2(silu(w1 x) * w3 x): w1 gate, w3 up, w2 down (MindFormers' Llama FeedForward names)."""
+    shard_kind = "gated_mlp"
 
     def __init__(self, hidden_size: int, ffn_hidden_size: int, compute_dtype=ms.float32,
                  param_init_type=ms.float32, weight_init="normal", has_bias: bool = False):
@@ -333,9 +377,11 @@ class SwiGLU(nn.Cell):
         self.w1 = Linear(hidden_size, ffn_hidden_size, **kw)
         self.w3 = Linear(hidden_size, ffn_hidden_size, **kw)
         self.w2 = Linear(ffn_hidden_size, hidden_size, **kw)
+        self.act = SiLU()
+        self.mul = ops.Mul()
 
     def construct(self, x):
-        return self.w2(ops.silu(self.w1(x)) * self.w3(x))
+        return self.w2(self.mul(self.act(self.w1(x)), self.w3(x)))
 
 
 class MaskedCrossEntropy(nn.Cell):
@@ -344,10 +390,13 @@ class MaskedCrossEntropy(nn.Cell):
     Written with log_softmax + gather_elements because it is the one CE formulation that runs in
     every CPU mode/dtype combination (feasibility.md §1a). An all-masked batch gives 0, not NaN.
     """
+    shard_kind = "loss"
+    pipeline_place = "last"
 
     def __init__(self, ignore_index: int = -100):
         super().__init__()
         self.ignore_index = int(ignore_index)
+        self.log_softmax = ops.LogSoftmax(-1)
 
     def construct(self, logits, targets, mask=None):
         vocab = logits.shape[-1]
@@ -356,7 +405,7 @@ class MaskedCrossEntropy(nn.Cell):
         valid = ops.not_equal(targets, self.ignore_index)
         # ignore_index is not a valid gather index; any real class works since it is masked out.
         safe_targets = ops.select(valid, targets, ops.zeros_like(targets))
-        log_probs = ops.log_softmax(logits, -1)
+        log_probs = self.log_softmax(logits)
         picked = ops.gather_elements(log_probs, 1, ops.reshape(safe_targets, (-1, 1)))
         nll = -ops.reshape(picked, (-1,))
         weight = ops.cast(valid, ms.float32)
@@ -364,3 +413,35 @@ class MaskedCrossEntropy(nn.Cell):
             weight = weight * ops.cast(ops.reshape(mask, (-1,)), ms.float32)
         return ops.reduce_sum(nll * weight) / ops.maximum(ops.reduce_sum(weight),
                                                           ops.ones((), ms.float32))
+
+
+class Residual(nn.Cell):
+    """x + y for the residual stream (batch, seq, hidden); a cell so its Add can be sharded."""
+    shard_kind = "residual"
+
+    def __init__(self):
+        super().__init__()
+        self.add = ops.Add()
+
+    def construct(self, x, y):
+        return self.add(x, y)
+
+
+class TiedHead(nn.Cell):
+    """Logits from a tied embedding table: (B, S, H) @ tableᵀ in compute_dtype, (B, S, vocab).
+
+    table_name names the table Parameter, whose layout decides the head's split.
+    """
+    shard_kind = "tied_head"
+    pipeline_place = "last"
+
+    def __init__(self, table_name: str, compute_dtype=ms.float32):
+        super().__init__()
+        self.table_name = table_name
+        self.compute_dtype = compute_dtype
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, hidden, table):
+        batch, seq, width = hidden.shape
+        flat = ops.reshape(ops.cast(hidden, self.compute_dtype), (-1, width))
+        return ops.reshape(self.matmul(flat, ops.cast(table, self.compute_dtype)), (batch, seq, -1))

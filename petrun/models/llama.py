@@ -22,9 +22,9 @@ from mindspore.common.initializer import Normal
 from petrun.errors import UserError
 from petrun.models.configs import LlamaConfig
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.layers import (DotProductAttention, Embedding, Linear, MaskedCrossEntropy,
-                                  RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary_emb,
-                                  causal_mask, extend_cache, prepend_prompt)
+from petrun.models.layers import (ApplyRotary, DotProductAttention, Embedding, Linear,
+                                  MaskedCrossEntropy, Residual, RMSNorm, RotaryEmbedding, SwiGLU,
+                                  TiedHead, causal_mask, extend_cache, prepend_prompt)
 
 _KEY = "model.model_config"
 
@@ -68,6 +68,7 @@ class LlamaAttention(nn.Cell):
 
     Calls `self.wq(x)` etc. and never touches their weights, so PET can swap the projections.
     """
+    shard_kind = "heads"
 
     def __init__(self, config: LlamaConfig, dtypes: dict):
         super().__init__()
@@ -85,19 +86,22 @@ class LlamaAttention(nn.Cell):
         self.core = DotProductAttention(self.head_dim, self.num_heads, self.n_kv_heads,
                                         compute_dtype=dtypes["compute_dtype"],
                                         softmax_compute_type=dtypes["softmax_compute_type"])
+        self.apply_rotary = ApplyRotary()
+        self.split_heads = ops.Transpose()
+        self.merge_heads = ops.Transpose()
 
     def to_heads(self, x, n_heads):
         """(B, S, n*D) → (B, n, S, D)."""
         batch, seq, _ = x.shape
-        return ops.transpose(ops.reshape(x, (batch, seq, n_heads, self.head_dim)), (0, 2, 1, 3))
+        return self.split_heads(ops.reshape(x, (batch, seq, n_heads, self.head_dim)), (0, 2, 1, 3))
 
     def construct(self, x, cos, sin, attention_mask, prefix_key_value=None):
         batch, seq, _ = x.shape
-        query = apply_rotary_emb(self.to_heads(self.wq(x), self.num_heads), cos, sin)
-        key = apply_rotary_emb(self.to_heads(self.wk(x), self.n_kv_heads), cos, sin)
+        query = self.apply_rotary(self.to_heads(self.wq(x), self.num_heads), cos, sin)
+        key = self.apply_rotary(self.to_heads(self.wk(x), self.n_kv_heads), cos, sin)
         value = self.to_heads(self.wv(x), self.n_kv_heads)
         out = self.core(query, key, value, attention_mask, prefix_key_value)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, -1))
+        out = ops.reshape(self.merge_heads(out, (0, 2, 1, 3)), (batch, seq, -1))
         return self.wo(out)
 
     def decode(self, x, cos, sin, attention_mask, past=None, write_at=None):
@@ -105,12 +109,12 @@ class LlamaAttention(nn.Cell):
         extend_cache); attention_mask covers every key. Returns (output, (keys, values)),
         the cache holding n_kv_heads heads (GQA is expanded only inside the core)."""
         batch, seq, _ = x.shape
-        query = apply_rotary_emb(self.to_heads(self.wq(x), self.num_heads), cos, sin)
-        key = apply_rotary_emb(self.to_heads(self.wk(x), self.n_kv_heads), cos, sin)
+        query = self.apply_rotary(self.to_heads(self.wq(x), self.num_heads), cos, sin)
+        key = self.apply_rotary(self.to_heads(self.wk(x), self.n_kv_heads), cos, sin)
         key, value = extend_cache(past, key, self.to_heads(self.wv(x), self.n_kv_heads),
                                   write_at)
         out = self.core(query, key, value, attention_mask)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, -1))
+        out = ops.reshape(self.merge_heads(out, (0, 2, 1, 3)), (batch, seq, -1))
         return self.wo(out), (key, value)
 
 
@@ -126,17 +130,19 @@ class LlamaDecodeLayer(nn.Cell):
                                    compute_dtype=dtypes["compute_dtype"],
                                    param_init_type=dtypes["param_init_type"],
                                    weight_init=Normal(sigma=config.init_method_std, mean=0.0))
+        self.residual = Residual()
 
     def construct(self, x, cos, sin, attention_mask, prefix_key_value=None):
         attn = self.attention(self.attention_norm(x), cos, sin, attention_mask, prefix_key_value)
-        h = x + ops.cast(attn, self.residual_dtype)
-        return h + ops.cast(self.feed_forward(self.ffn_norm(h)), self.residual_dtype)
+        h = self.residual(x, ops.cast(attn, self.residual_dtype))
+        return self.residual(h, ops.cast(self.feed_forward(self.ffn_norm(h)), self.residual_dtype))
 
     def decode(self, x, cos, sin, attention_mask, past=None, write_at=None):
         attn, present = self.attention.decode(self.attention_norm(x), cos, sin, attention_mask,
                                               past, write_at)
-        h = x + ops.cast(attn, self.residual_dtype)
-        return h + ops.cast(self.feed_forward(self.ffn_norm(h)), self.residual_dtype), present
+        h = self.residual(x, ops.cast(attn, self.residual_dtype))
+        out = self.residual(h, ops.cast(self.feed_forward(self.ffn_norm(h)), self.residual_dtype))
+        return out, present
 
 
 class LlamaModel(nn.Cell):
@@ -218,16 +224,14 @@ class LlamaForCausalLM(nn.Cell):
                                   compute_dtype=self.compute_dtype,
                                   param_init_type=self.dtypes["param_init_type"],
                                   weight_init=Normal(sigma=config.init_method_std, mean=0.0))
-        self.tied_head = ops.MatMul(transpose_b=True)
+        else:
+            # Tied: the embedding table is the output projection; no separate lm_head parameter.
+            self.tied_head = TiedHead("model.tok_embeddings.embedding_weight", self.compute_dtype)
         self.loss = MaskedCrossEntropy(config.ignore_token_id)
 
     def logits(self, hidden):
         if self.tie_word_embeddings:
-            # Tied: the embedding table is the output projection; no separate lm_head parameter.
-            batch, seq, width = hidden.shape
-            table = ops.cast(self.model.tok_embeddings.embedding_weight, self.compute_dtype)
-            flat = ops.reshape(ops.cast(hidden, self.compute_dtype), (-1, width))
-            out = ops.reshape(self.tied_head(flat, table), (batch, seq, -1))
+            out = self.tied_head(hidden, self.model.tok_embeddings.embedding_weight)
         else:
             out = self.lm_head(hidden)
         return ops.cast(out, ms.float32)

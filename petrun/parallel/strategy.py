@@ -9,10 +9,12 @@ One table per model family maps parameter-name patterns to a *rule*:
     vocab       embedding table / LM head split on the vocabulary, unless parallel_config
                 vocab_emb_dp is True (MindFormers' default: then both are whole, data parallel)
     replicated  norms and position tables: whole on every device
+    encoder     PET prompt/prefix encoders: whole, and computed unbatched (not split by dp)
 
 LoRA follows its base: A [r, in] is split where the base splits its input (row-parallel base),
-B [out, r] where the base splits its output (column-parallel base). Other PET tables (prefix
-encoders) are whole.
+B [out, r] where the base splits its output (column-parallel base); an IA3 vector follows the
+base's output (or, feed-forward, input) split. Bottleneck adapters are whole, in their layer's
+stage.
 
 From a rule, a Layout in MindSpore strategy-file terms (reference/feasibility.md §4):
 
@@ -27,8 +29,10 @@ From a rule, a Layout in MindSpore strategy-file terms (reference/feasibility.md
 Pipeline stages follow MindFormers' set_layer_stage_recompute (model_config.offset included):
 embeddings on the first stage, the final norm and LM head on the last.
 
-`op_strategies` gives the per-primitive shard strategies that realise these layouts in
-semi-auto parallel, and `apply_shard(net, …)` sets them on a built model's primitives.
+`cell_strategies` gives the per-primitive shard strategies (MindSpore in_strategy) that realise
+these layouts in semi-auto parallel — derived from the layouts, so the ops and the strategy files
+cannot disagree — plus the activation strategies of norms, attention and element-wise ops;
+petrun/parallel/shard.py sets them on a built model.
 """
 from __future__ import annotations
 
@@ -41,6 +45,9 @@ from petrun.errors import UserError
 MP_AXIS = 0   # tensor_map value for the model-parallel axis of dev_matrix [dp, mp]
 DP_AXIS = 1
 LORA_SUFFIXES = ("mindpet_delta_lora_a", "mindpet_delta_lora_b")
+IA3_SUFFIX = "mindpet_delta_ia3_l"
+BASE_FOLLOWERS = (*LORA_SUFFIXES, IA3_SUFFIX)   # PET parameters laid out after their base weight
+PET_MARK = "mindpet_delta_"
 _LAYER = re.compile(r"\.(?:layers|blocks)\.(\d+)\.")
 
 
@@ -160,7 +167,7 @@ class Layout:
 
 @dataclass(frozen=True)
 class Rule:
-    kind: str                 # "column" | "row" | "vocab" | "replicated"
+    kind: str                 # "column" | "row" | "vocab" | "replicated" | "encoder"
     orient: str = "out_in"    # weight stored [out, in] (Linear) or [in, out] (GPT2 LinearInOut)
     place: str = "layer"      # pipeline placement: "first" | "layer" | "last"
 
@@ -242,16 +249,30 @@ def layer_stage(layer: int, num_layers: int, pp: int, offset=0) -> int:
     return min((layer + int(offset or 0)) // per, pp - 1)
 
 
+def layers_per_stage(num_layers: int, pp: int, offset=0) -> list[int]:
+    """How many decoder layers each stage runs under layer_stage (not always ceil(L / pp):
+    6 layers on 4 stages run 1, 1, 1, 3)."""
+    counts = [0] * max(pp, 1)
+    for i in range(num_layers):
+        counts[layer_stage(i, num_layers, pp, offset)] += 1
+    return counts
+
+
 def _split_dims(rule: Rule, shape: tuple[int, ...], suffix: str, base_shape=None) -> dict[int, str]:
     """{tensor dim: why} that the mp axis splits, for one parameter under `rule`."""
     out_dim, in_dim = (0, 1) if rule.orient == "out_in" else (1, 0)
-    if suffix in LORA_SUFFIXES:
-        # A [r, in] follows the base's input split, B [out, r] its output split.
+    if suffix in LORA_SUFFIXES or suffix == IA3_SUFFIX:
         base = _split_dims(rule, base_shape, "weight")
+        if suffix == IA3_SUFFIX:
+            # [out, 1] scales the base's outputs, [1, in] (feed-forward) its inputs.
+            if shape[0] == 1 and len(shape) == 2 and shape[1] != 1:
+                return {1: "in"} if in_dim in base else {}
+            return {0: "out"} if out_dim in base else {}
+        # A [r, in] follows the base's input split, B [out, r] its output split.
         if suffix.endswith("_a"):
             return {1: "in"} if in_dim in base else {}
         return {0: "out"} if out_dim in base else {}
-    if rule.kind == "replicated":
+    if rule.kind in ("replicated", "encoder"):
         return {}
     if suffix == "bias":
         return {0: "out"} if rule.kind == "column" else {}
@@ -301,14 +322,8 @@ def plan_layouts(params: dict[str, tuple[int, ...]], dims: ParallelDims, family:
     for name, shape in params.items():
         shape = tuple(int(d) for d in shape)
         owner, _, suffix = name.rpartition(".")
-        base_shape = None
-        if suffix in LORA_SUFFIXES:
-            rule = find_rule(family, f"{owner}.weight")
-            base_shape = _lora_base_shape(params, owner, name, shape)
-        elif name.split(".")[-1].startswith("mindpet_delta_") or name.startswith("mindpet_delta_"):
-            rule = Rule("replicated", place="first")   # prefix/prompt tables: small, whole
-        else:
-            rule = find_rule(family, name)
+        rule = param_rule(family, name)
+        base_shape = _base_shape(params, owner, name) if suffix in BASE_FOLLOWERS else None
         if rule is None:
             unknown.append(name)
             continue
@@ -348,7 +363,18 @@ def plan_layouts(params: dict[str, tuple[int, ...]], dims: ParallelDims, family:
     return StrategyPlan(dims, family, layouts, {n: tuple(s) for n, s in params.items()}, notes)
 
 
-def _lora_base_shape(params, owner, name, shape):
+def param_rule(family: str, name: str) -> Rule | None:
+    """The rule of one parameter: its own, or — LoRA matrices, IA3 vectors — its base weight's."""
+    owner, _, suffix = name.rpartition(".")
+    if suffix in BASE_FOLLOWERS:
+        return find_rule(family, f"{owner}.weight")
+    if PET_MARK in name:
+        # Adapters live in a layer (small, whole); prompt/prefix encoders feed the first stage.
+        return Rule("replicated") if _LAYER.search(name) else Rule("encoder", place="first")
+    return find_rule(family, name)
+
+
+def _base_shape(params, owner, name):
     base = params.get(f"{owner}.weight")
     if base is None:
         raise ValueError(f"{name}: no base weight {owner}.weight among the parameters")
@@ -386,103 +412,81 @@ def _opt_shard(name, shape, tensor_map, dims: ParallelDims, trainable, itemsize,
 
 
 # --------------------------------------------------------------------------- per-op strategies
-def op_strategies(rule: Rule, dims: ParallelDims, *, lora: bool = False) -> dict[str, tuple]:
-    """in_strategy of the primitives that compute one parameterised cell under `rule`.
+# A strategy gives, per operand, how many pieces each of its dims is cut into (MindSpore's
+# in_strategy). Activations are (batch, seq, features), flattened to (batch·seq, features) inside
+# linear layers, or BNSD (batch, heads, seq, head_dim) in attention: batch split by dp, heads and
+# the model-parallel features by mp. A weight operand's strategy is read off its Layout.
 
-    Keys name the roles: "matmul" (x @ W), "bias_add", "gather" (embedding lookup),
-    "lora_a" (x @ Aᵀ) and "lora_b" (h @ Bᵀ). Activations are [batch·seq, features]; the batch
-    axis is always split by dp.
+def _weighted(kind: str, b: int, lay: dict[str, Layout]) -> dict[str, tuple]:
+    """Strategies of a cell that computes with parameters; lay: {local name: Layout}."""
+    if kind in ("linear", "linear_in_out"):
+        w = lay["weight"].splits()
+        o, i = w if kind == "linear" else w[::-1]
+        out = {"matmul": ((b, i), w)}
+        if "bias" in lay:
+            out["bias_add"] = ((b, o), (o,))
+        return out
+    if kind in ("embedding", "positions"):
+        table = lay["embedding_weight" if "embedding_weight" in lay else "embedding_table"].splits()
+        # token ids are (batch, seq); GPT-2's position ids a plain (seq,) range
+        return {"gather": (table, (b, 1) if kind == "embedding" else (1,))}
+    if kind == "tied_head":            # hidden @ tableᵀ, the table [vocab, hidden]
+        table = lay["table"].splits()
+        return {"matmul": ((b, table[1]), table)}
+    if kind == "lora":
+        a_in = lay["mindpet_delta_lora_a"].splits()[1]
+        b_out = lay["mindpet_delta_lora_b"].splits()[0]
+        # A's partial sums over a row-parallel input are all-reduced by MindSpore before B.
+        return {"lora_dropout.dropout": ((b, 1, a_in),), "lora_a": ((b, a_in), (1, a_in)),
+                "lora_b": ((b, 1), (b_out, 1)), "lora_scale": ((b, b_out), ()),
+                "lora_add": ((b, 1, b_out), (b, 1, b_out))}
+    if kind == "ia3":
+        split = max(lay[IA3_SUFFIX].splits())       # [out, 1] or [1, in]: one dim is whole
+        return {"scale_mul": ((b, 1, split), (split,))}
+    raise ValueError(f"unknown cell kind {kind!r}")
+
+
+def _activations(kind: str, dp: int, mp: int) -> dict[str, tuple]:
+    rows, heads, pairs = (dp, 1, 1), (dp, mp, 1, 1), (dp, mp, 1, 1, 1)
+    feats = (dp, 1, mp)                # (batch, seq, features) split like a column output
+    whole4 = (1, 1, 1, 1)              # cos/sin tables broadcast over batch and heads
+    table = {
+        "rmsnorm": {"square": (rows,), "mean": (rows,), "add_eps": (rows, ()), "rsqrt": (rows,),
+                    "mul": (rows, rows), "mul_weight": (rows, (1,))},
+        "layernorm": {"norm": (rows, (1,), (1,))},
+        "residual": {"add": (rows, rows)},
+        "adapter": {"dropout.dropout": (rows,), "add": (rows, rows)},
+        "dropout_rows": {"dropout": (rows,)},
+        "dropout_heads": {"dropout": (heads,)},
+        "embed_positions": {"add": (rows, (1, 1, 1))},
+        "heads": {"split_heads": ((dp, 1, mp, 1),), "merge_heads": (heads,)},
+        "attention": {"qk": (heads, heads), "scale": (heads, ()), "mask_fill": (heads,) * 3,
+                      "softmax": (heads,), "pv": (heads, heads), "tile_kv": (heads,)},
+        "rotary": {"mul_cos": (heads, whole4), "mul_sin": (heads, whole4), "add": (heads, heads),
+                   "split": (heads,), "neg": (heads,), "concat": (heads, heads)},
+        "glm2_rotary": {"mul_cos": (heads, whole4), "mul_sin": (heads, whole4),
+                        "add": (heads, heads), "split_pairs": (pairs,), "neg": (pairs,),
+                        "concat_pairs": (pairs, pairs), "concat_rest": (heads, heads)},
+        "gated_mlp": {"act": (feats,), "mul": (feats, feats)},
+        "mlp": {"act": (feats,)},
+        "loss": {"log_softmax": ((dp, 1),)},
+    }
+    if kind not in table:
+        raise ValueError(f"unknown cell kind {kind!r}")
+    return table[kind]
+
+
+WEIGHTED_KINDS = ("linear", "linear_in_out", "embedding", "positions", "tied_head", "lora", "ia3")
+
+
+def cell_strategies(kind: str, dims: ParallelDims, layouts: dict[str, Layout] | None = None,
+                    batched: bool = True) -> dict[str, tuple]:
+    """{primitive attribute: in_strategy} for one petrun cell of `kind` (its `shard_kind`).
+
+    layouts: the Layouts of the parameters the cell computes with, by local name ("weight",
+    "bias", "mindpet_delta_lora_a", … ; "table" for a tied head). batched False: the cell
+    computes on something without a batch axis (PET encoders), so dp does not split it.
     """
-    dp, mp = dims.dp, dims.mp
-    vocab_split = rule.kind == "vocab" and not dims.vocab_emb_dp
-    if rule.kind == "vocab" and rule.place == "first":
-        return {"gather": ((mp, 1), (dp, 1)) if vocab_split else ((1, 1), (dp, 1))}
-    col = rule.kind == "column" or vocab_split
-    row = rule.kind == "row"
-    # weight strategy in storage order: [out, in] for transpose_b matmuls, [in, out] otherwise
-    if rule.orient == "out_in":
-        w = (mp, 1) if col else (1, mp) if row else (1, 1)
-    else:
-        w = (1, mp) if col else (mp, 1) if row else (1, 1)
-    out = {"matmul": ((dp, mp if row else 1), w)}
-    if rule.kind in ("column", "row"):
-        out["bias_add"] = ((dp, mp), (mp,)) if col else ((dp, 1), (1,))
-    if lora:
-        # A follows the base's input split, B its output split; the partial sums of a
-        # row-parallel A are all-reduced by MindSpore before B.
-        out["lora_a"] = ((dp, mp), (1, mp)) if row else ((dp, 1), (1, 1))
-        out["lora_b"] = ((dp, 1), (mp, 1)) if col else ((dp, 1), (1, 1))
-    return out
-
-
-ATTENTION_STRATEGIES = {
-    # DotProductAttention on BNSD tensors: heads split by mp
-    "qk": lambda dp, mp: ((dp, mp, 1, 1), (dp, mp, 1, 1)),
-    "pv": lambda dp, mp: ((dp, mp, 1, 1), (dp, mp, 1, 1)),
-    "softmax": lambda dp, mp: ((dp, mp, 1, 1),),
-}
-
-
-def shard_plan(cell_params: dict[str, list[str]], family: str, dims: ParallelDims
-               ) -> dict[str, dict[str, tuple]]:
-    """{cell path: {role: in_strategy}} for the cells that own parameters.
-
-    cell_params maps a cell path to the local names of its own parameters, e.g.
-    {"model.layers.0.attention.wq": ["weight", "mindpet_delta_lora_a", "mindpet_delta_lora_b"]}.
-    Norms are absent: they are elementwise, and MindSpore's default (batch split) suits them.
-    """
-    plan = {}
-    for path, names in cell_params.items():
-        probe = next((n for n in ("weight", "embedding_weight", "embedding_table") if n in names), None)
-        rule = find_rule(family, f"{path}.{probe}") if probe else None
-        if rule is None:
-            continue
-        if rule.kind == "replicated":
-            if probe != "weight":   # a position table: whole, looked up per batch row
-                plan[path] = {"gather": ((1, 1), (dims.dp, 1))}
-            continue
-        plan[path] = op_strategies(rule, dims, lora="mindpet_delta_lora_a" in names)
-    return plan
-
-
-# The primitive attribute that plays each role in petrun's cells (petrun/models/layers.py,
-# petrun/pet/lora.py). Roles whose cell computes them with functional ops are absent.
-# A LoRA cell computes its base through `base`, so the base matmul is looked up there first.
-ROLE_ATTRS = {"matmul": ("base.matmul", "matmul"), "gather": ("gather",),
-              "lora_a": ("lora_a_matmul",), "lora_b": ("lora_b_matmul",), "bias_add": ("bias_add",)}
-
-
-def _attr(cell, dotted: str):
-    for part in dotted.split("."):
-        cell = getattr(cell, part, None)
-        if cell is None:
-            return None
-    return cell
-
-
-def apply_shard(net, family: str, dims: ParallelDims) -> dict[str, list[str]]:
-    """Set the shard strategies of `net`'s primitives (semi-auto parallel; call before compiling).
-
-    Returns {"set": ["path.attr", ...], "missing": ["path.role", ...]}: roles whose primitive the
-    cell does not expose as an attribute (those ops run with MindSpore's default strategy, which
-    is correct but may redistribute tensors).
-    """
-    cells = dict(net.cells_and_names())
-    cell_params = {path: [p.name.rsplit(".", 1)[-1] for p in cell.get_parameters(expand=False)]
-                   for path, cell in cells.items() if path}
-    done = {"set": [], "missing": []}
-    for path, roles in shard_plan(cell_params, family, dims).items():
-        cell = cells[path]
-        for role, strategy in roles.items():
-            prim = next((p for p in (_attr(cell, a) for a in ROLE_ATTRS[role]) if p is not None), None)
-            if prim is None or not hasattr(prim, "shard"):
-                done["missing"].append(f"{path}.{role}")
-                continue
-            prim.shard(strategy)
-            done["set"].append(f"{path}.{role}")
-    for path, cell in cells.items():
-        if all(hasattr(cell, a) for a in ("qk", "pv", "softmax")) and hasattr(cell, "repeat_kv"):
-            for role, make in ATTENTION_STRATEGIES.items():
-                getattr(cell, role).shard(make(dims.dp, dims.mp))
-                done["set"].append(f"{path}.{role}")
-    return done
+    if kind in WEIGHTED_KINDS:
+        return _weighted(kind, dims.dp if batched else 1, layouts or {})
+    return _activations(kind, dims.dp, dims.mp)

@@ -33,6 +33,7 @@ def _activation(name: str) -> nn.Cell:
 
 class AdapterLinear(nn.Cell):
     """Wraps a linear layer (Parameters shared) and adds the bottleneck on its output."""
+    shard_kind = "adapter"
 
     def __init__(self, base, bottleneck: int, non_linearity: str = "gelu", dropout: float = 0.0):
         super().__init__()
@@ -52,12 +53,13 @@ class AdapterLinear(nn.Cell):
         self.act = _activation(non_linearity)
         self.dropout = nn.Dropout(p=float(dropout))
         self.base = base
+        self.add = ops.Add()
 
     def construct(self, x):
         h = self.base(x)
         delta = self.mindpet_delta_adapter_up(self.act(self.mindpet_delta_adapter_down(
             self.dropout(h))))
-        return h + ops.cast(delta, h.dtype)
+        return self.add(h, ops.cast(delta, h.dtype))
 
 
 def parameter_count(out_widths: list[int], bottleneck: int) -> int:

@@ -40,7 +40,11 @@ def weight_is_in_out(layer) -> bool:
 
 
 class IA3Linear(nn.Cell):
-    """Wraps a linear layer; its weight and bias Parameters are shared, never copied."""
+    """Wraps a linear layer; its weight and bias Parameters are shared, never copied.
+
+    In semi-auto parallel the vector is split like the base's outputs (or, feed-forward, inputs).
+    """
+    shard_kind = "ia3"
 
     def __init__(self, base, feedforward: bool, init_ones: bool = True):
         super().__init__()
@@ -61,6 +65,7 @@ class IA3Linear(nn.Cell):
         self.mindpet_delta_ia3_l = Parameter(initializer(init, shape, base.weight.dtype),
                                              name="mindpet_delta_ia3_l")
         self.base = base
+        self.scale_mul = ops.Mul()
         self.merged = False
         self._held = {}   # the vector while merged (not a Parameter, not saved)
 
@@ -69,9 +74,9 @@ class IA3Linear(nn.Cell):
             return self.base(x)
         scale = ops.reshape(self.mindpet_delta_ia3_l, (-1,))
         if self.feedforward:
-            return self.base(x * ops.cast(scale, x.dtype))
+            return self.base(self.scale_mul(x, ops.cast(scale, x.dtype)))
         out = self.base(x)
-        return out * ops.cast(scale, out.dtype)
+        return self.scale_mul(out, ops.cast(scale, out.dtype))
 
     def _scale_weight(self, vec: np.ndarray, inverse: bool) -> None:
         """Multiply (or divide) the weight's output rows / input columns by `vec`, in fp32."""

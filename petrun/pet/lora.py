@@ -26,7 +26,12 @@ class LoRALinear(nn.Cell):
     the forward adds no delta, and B is held aside (lora_b reads as zeros) so that a graph
     compiled before the merge, which still computes the delta, adds exactly zero. Train only
     while unmerged (a merged B is zero and its real value is restored by unmerge()).
+
+    A and B have matmuls of their own so that, in semi-auto parallel, each follows its base
+    (petrun/parallel/strategy.py): beside a column-parallel base A is whole and B split on out;
+    beside a row-parallel base A is split on in and B whole.
     """
+    shard_kind = "lora"
 
     def __init__(self, base, lora_rank: int, lora_alpha: float, lora_dropout: float = 0.0,
                  param_init_type=None, compute_dtype=None):
@@ -58,9 +63,13 @@ class LoRALinear(nn.Cell):
         self.activation_flag = bool(getattr(base, "activation_flag", False))
         if self.activation_flag:
             self.activation = base.activation
+            self.matmul = ops.MatMul(transpose_b=True)
         self.base = base
         self.lora_dropout = nn.Dropout(p=float(lora_dropout))
-        self.matmul = ops.MatMul(transpose_b=True)
+        self.lora_a = ops.MatMul(transpose_b=True)
+        self.lora_b = ops.MatMul(transpose_b=True)
+        self.lora_scale = ops.Mul()
+        self.lora_add = ops.Add()
         self.merged = False
         self._held = {}   # B while merged (a plain dict: not a parameter, not in checkpoints)
 
@@ -77,10 +86,10 @@ class LoRALinear(nn.Cell):
             out_shape = x.shape[:-1] + (self.out_channels,)
             h = self.lora_dropout(ops.cast(x, self.compute_dtype))
             h = ops.reshape(h, (-1, self.in_channels))
-            h = self.matmul(h, ops.cast(self.mindpet_delta_lora_a, self.compute_dtype))
-            h = self.matmul(h, ops.cast(self.mindpet_delta_lora_b, self.compute_dtype))
-            h = h * self.scaling
-            out = out + ops.cast(ops.reshape(h, out_shape), out.dtype)
+            h = self.lora_a(h, ops.cast(self.mindpet_delta_lora_a, self.compute_dtype))
+            h = self.lora_b(h, ops.cast(self.mindpet_delta_lora_b, self.compute_dtype))
+            h = self.lora_scale(h, self.scaling)
+            out = self.lora_add(out, ops.cast(ops.reshape(h, out_shape), out.dtype))
         if self.activation_flag:
             out = self.activation(out)
         return out

@@ -267,17 +267,18 @@ def head_bytes(dims: Dims, lay: Layout, tokens: int, training: bool) -> float:
 
 
 # ------------------------------------------------------------------------------------ weights
-def _stages(specs: dict[str, ParamSpec], dims: Dims, pp: int) -> dict[str, int]:
-    """Pipeline stage of every parameter: layers evenly split; what precedes the first layer
-    (embeddings) on the first stage, what follows the last (final norm, lm_head) on the last."""
-    per_stage = math.ceil(dims.num_layers / pp)
+def _stages(specs: dict[str, ParamSpec], dims: Dims, pp: int, offset=0) -> dict[str, int]:
+    """Pipeline stage of every parameter: layers split as the models and strategy files split
+    them (strategy.layer_stage, MindFormers' rule); what precedes the first layer (embeddings)
+    on the first stage, what follows the last (final norm, lm_head) on the last."""
+    from petrun.parallel.strategy import layer_stage
     out, seen_layer = {}, False
     for name in specs:
         i = _layer_of(name)
         if i is not None and not name.startswith("mindpet_delta_"):
-            out[name] = min(i // per_stage, pp - 1)
+            out[name] = layer_stage(i, dims.num_layers, pp, offset)
             seen_layer = True
-        elif name.split(".")[-1].startswith("mindpet_delta_") and i is None:
+        elif "mindpet_delta_" in name and i is None:
             out[name] = 0        # prefix encoders feed every stage; counted on the first
         else:
             out[name] = pp - 1 if seen_layer else 0
@@ -362,7 +363,7 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
         entry = by_dtype.setdefault(spec.dtype, [0, 0])
         entry[0] += spec.size
         entry[1] += spec.nbytes
-    stages = _stages(pet.params, dims, lay.pp)
+    stages = _stages(pet.params, dims, lay.pp, cfg.get("model.model_config.offset") or 0)
     trainable = set(pet.trainable)
     threshold = lay.shard_threshold_kb * 1024
     w, g, o = [0.0] * lay.pp, [0.0] * lay.pp, [0.0] * lay.pp

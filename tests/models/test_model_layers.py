@@ -6,8 +6,8 @@ from mindspore import Tensor, nn
 
 from tests.models import llama_np_reference as ref
 from petrun.errors import UserError
-from petrun.models.layers import (DotProductAttention, Embedding, Linear, MaskedCrossEntropy,
-                                  RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary_emb,
+from petrun.models.layers import (ApplyRotary, DotProductAttention, Embedding, Linear,
+                                  MaskedCrossEntropy, RMSNorm, RotaryEmbedding, SwiGLU,
                                   causal_mask, rope_tables)
 
 RNG = np.random.default_rng(1234)
@@ -93,9 +93,13 @@ def test_rotary_matches_hf_rotate_half(mode):
     x = f32(b, n, s, d)
 
     class Apply(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.apply_rotary = ApplyRotary()
+
         def construct(self, t):
             cos, sin = rotary(s)
-            return apply_rotary_emb(t, cos, sin)
+            return self.apply_rotary(t, cos, sin)
 
     rotary_out = Apply()(Tensor(x)).asnumpy()
     cos, sin = ref.rope_cos_sin(s, d)
@@ -107,8 +111,9 @@ def test_rotary_scores_depend_only_on_relative_position():
     rotary = RotaryEmbedding(d, 32)
     cos, sin = rotary(32)
     q, k = f32(1, 1, 1, d), f32(1, 1, 1, d)
-    qs = apply_rotary_emb(Tensor(np.repeat(q, 32, 2)), cos, sin).asnumpy()[0, 0]
-    ks = apply_rotary_emb(Tensor(np.repeat(k, 32, 2)), cos, sin).asnumpy()[0, 0]
+    apply_rotary = ApplyRotary()
+    qs = apply_rotary(Tensor(np.repeat(q, 32, 2)), cos, sin).asnumpy()[0, 0]
+    ks = apply_rotary(Tensor(np.repeat(k, 32, 2)), cos, sin).asnumpy()[0, 0]
     np.testing.assert_allclose(qs[5] @ ks[2], qs[20] @ ks[17], rtol=1e-4, atol=1e-5)
     assert abs(qs[5] @ ks[2] - qs[5] @ ks[4]) > 1e-3
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from petrun.errors import UserError
-from petrun.parallel.strategy import (Layout, ParallelDims, Rule, layer_stage, op_strategies,
-                                      plan_layouts, shard_plan)
+from petrun.parallel.strategy import (Layout, ParallelDims, cell_strategies, layer_stage,
+                                      plan_layouts)
 
 D = ParallelDims(dp=2, mp=4)
 COL, ROW, WHOLE = (0, -1), (-1, 0), (-1, -1)
@@ -181,49 +181,63 @@ def test_layout_slices_are_the_numpy_pieces():
     assert Layout((2, 4), COL, 2, 4).shard_shape((16, 8)) == (2, 8)
 
 
-def test_op_strategies():
+def test_cell_strategies_are_read_off_the_layouts():
     d = ParallelDims(dp=2, mp=4)
-    assert op_strategies(Rule("column"), d) == {"matmul": ((2, 1), (4, 1)), "bias_add": ((2, 4), (4,))}
-    assert op_strategies(Rule("row"), d, lora=True) == {
-        "matmul": ((2, 4), (1, 4)), "bias_add": ((2, 1), (1,)),
-        "lora_a": ((2, 4), (1, 4)), "lora_b": ((2, 1), (1, 1))}
-    assert op_strategies(Rule("column"), d, lora=True)["lora_b"] == ((2, 1), (4, 1))
-    assert op_strategies(Rule("column", "in_out"), d)["matmul"] == ((2, 1), (1, 4))
-    assert op_strategies(Rule("vocab", place="first"), d) == {"gather": ((1, 1), (2, 1))}
-    d2 = ParallelDims(dp=2, mp=4, vocab_emb_dp=False)
-    assert op_strategies(Rule("vocab", place="first"), d2) == {"gather": ((4, 1), (2, 1))}
-    assert op_strategies(Rule("vocab", place="last"), d2)["matmul"] == ((2, 1), (4, 1))
-    assert op_strategies(Rule("vocab", place="last"), d)["matmul"] == ((2, 1), (1, 1))
+    col, row, whole = Layout((2, 4), COL), Layout((2, 4), ROW), Layout((2, 4), WHOLE)
+    bias_col, bias_whole = Layout((2, 4), (0,)), Layout((2, 4), (-1,))
+    assert cell_strategies("linear", d, {"weight": col, "bias": bias_col}) == {
+        "matmul": ((2, 1), (4, 1)), "bias_add": ((2, 4), (4,))}
+    assert cell_strategies("linear", d, {"weight": row, "bias": bias_whole}) == {
+        "matmul": ((2, 4), (1, 4)), "bias_add": ((2, 1), (1,))}
+    assert cell_strategies("linear", d, {"weight": col}) == {"matmul": ((2, 1), (4, 1))}
+    # GPT-2's [in, out] weights: column-parallel is cut on dim 1, row-parallel on dim 0
+    assert cell_strategies("linear_in_out", d, {"weight": row})["matmul"] == ((2, 1), (1, 4))
+    assert cell_strategies("linear_in_out", d, {"weight": col})["matmul"] == ((2, 4), (4, 1))
+    assert cell_strategies("embedding", d, {"embedding_weight": whole}) == {"gather": ((1, 1), (2, 1))}
+    assert cell_strategies("embedding", d, {"embedding_table": col}) == {"gather": ((4, 1), (2, 1))}
+    assert cell_strategies("positions", d, {"embedding_table": whole}) == {"gather": ((1, 1), (1,))}
+    assert cell_strategies("tied_head", d, {"table": col}) == {"matmul": ((2, 1), (4, 1))}
+    # PET encoders have no batch axis: dp does not split them
+    assert cell_strategies("linear", d, {"weight": whole}, batched=False) == {"matmul": ((1, 1), (1, 1))}
 
 
-def test_shard_plan_names_cells():
-    cells = {"model.tok_embeddings": ["embedding_weight"],
-             "model.layers.0.attention.wq": ["weight", "mindpet_delta_lora_a", "mindpet_delta_lora_b"],
-             "model.layers.0.attention_norm": ["weight"], "lm_head": ["weight"]}
-    plan = shard_plan(cells, "llama2", D)
-    assert plan["model.tok_embeddings"] == {"gather": ((1, 1), (2, 1))}
-    assert plan["model.layers.0.attention.wq"]["lora_b"] == ((2, 1), (4, 1))
-    assert "model.layers.0.attention_norm" not in plan
-    assert plan["lm_head"] == {"matmul": ((2, 1), (1, 1))}
+def test_lora_strategies_follow_the_base():
+    d = ParallelDims(dp=2, mp=4)
+    beside_column = cell_strategies("lora", d, {"mindpet_delta_lora_a": Layout((2, 4), WHOLE),
+                                                "mindpet_delta_lora_b": Layout((2, 4), COL)})
+    assert beside_column["lora_a"] == ((2, 1), (1, 1)) and beside_column["lora_b"] == ((2, 1), (4, 1))
+    assert beside_column["lora_add"] == ((2, 1, 4), (2, 1, 4))
+    beside_row = cell_strategies("lora", d, {"mindpet_delta_lora_a": Layout((2, 4), ROW),
+                                             "mindpet_delta_lora_b": Layout((2, 4), WHOLE)})
+    assert beside_row["lora_a"] == ((2, 4), (1, 4)) and beside_row["lora_b"] == ((2, 1), (1, 1))
+    assert beside_row["lora_dropout.dropout"] == ((2, 1, 4),)
 
 
-def test_apply_shard_on_the_real_tiny_model():
-    """The strategies reach the primitives of a built model; roles its cells compute with one
-    shared primitive (LoRA's A and B matmuls) are reported, not silently skipped."""
-    from petrun.api import build_model
-    from petrun.config import load_config
-    from petrun.parallel.strategy import apply_shard
-    from tests.conftest import ROOT
-    cfg = load_config(str(ROOT / "configs/llama2/lora_llama2_tiny.yaml"), ["load_checkpoint="])
-    net = build_model(cfg, device_target="CPU")
-    done = apply_shard(net, "llama2", ParallelDims(dp=2, mp=2))
-    cells = dict(net.cells_and_names())
-    assert cells["model.layers.0.feed_forward.w1"].matmul.in_strategy == ((2, 1), (2, 1))
-    assert cells["model.layers.0.feed_forward.w2"].matmul.in_strategy == ((2, 2), (1, 2))
-    assert cells["model.layers.0.attention.wq"].base.matmul.in_strategy == ((2, 1), (2, 1))
-    assert cells["model.layers.0.attention.core"].qk.in_strategy == ((2, 2, 1, 1), (2, 2, 1, 1))
-    assert "model.layers.0.attention.wq.lora_a" in done["missing"]
-    assert "model.layers.0.feed_forward.w1.matmul" in done["set"]
+def test_activation_strategies():
+    d = ParallelDims(dp=2, mp=4)
+    assert cell_strategies("rmsnorm", d)["mul_weight"] == ((2, 1, 1), (1,))
+    assert cell_strategies("attention", d)["qk"] == ((2, 4, 1, 1), (2, 4, 1, 1))
+    assert cell_strategies("heads", d) == {"split_heads": ((2, 1, 4, 1),), "merge_heads": ((2, 4, 1, 1),)}
+    assert cell_strategies("gated_mlp", d)["mul"] == ((2, 1, 4), (2, 1, 4))
+    with pytest.raises(ValueError, match="unknown cell kind"):
+        cell_strategies("conv", d)
+
+
+def test_ia3_and_adapter_parameters_follow_their_layer():
+    params = {**LLAMA, "model.layers.1.attention.wk.mindpet_delta_ia3_l": (32, 1),
+              "model.layers.1.feed_forward.w2.mindpet_delta_ia3_l": (1, 192),
+              "model.layers.1.attention.wo.mindpet_delta_adapter_down.weight": (16, 64),
+              "prefix_encoder.mindpet_delta_ptuning2_embedding.embedding_table": (16, 128)}
+    plan = plan_layouts(params, ParallelDims(dp=1, mp=4, pp=2), "llama2")
+    lay = plan.layouts
+    assert lay["model.layers.1.attention.wk.mindpet_delta_ia3_l"].tensor_map == COL     # base out
+    assert lay["model.layers.1.feed_forward.w2.mindpet_delta_ia3_l"].tensor_map == ROW  # base in
+    assert lay["model.layers.1.attention.wo.mindpet_delta_adapter_down.weight"].tensor_map == WHOLE
+    assert {n: l.stage for n, l in lay.items() if "mindpet" in n} == {
+        "model.layers.1.attention.wk.mindpet_delta_ia3_l": 1,
+        "model.layers.1.feed_forward.w2.mindpet_delta_ia3_l": 1,
+        "model.layers.1.attention.wo.mindpet_delta_adapter_down.weight": 1,
+        "prefix_encoder.mindpet_delta_ptuning2_embedding.embedding_table": 0}
 
 
 @pytest.mark.parametrize("config", ["llama2/lora_llama2_tiny.yaml", "glm2/lora_glm2_tiny.yaml",
