@@ -384,10 +384,12 @@ def _check_dataset(cfg, verb: str, path: str, out: list[Finding], cheap_only: bo
     else:
         batch = int(cfg.get("eval_dataset.batch_size") or cfg.get("runner_config.batch_size") or 1)
         drop = bool(cfg.get("eval_dataset.drop_remainder", False))
+    from petrun.data.ondemand import RawText
+    raw = RawText.from_config(cfg, "train_dataset" if verb in ("finetune", "train") else "eval_dataset")
     try:
         loader.check_dataset(path, seq_length=seq, batch_size=batch,
                              extra_tokens=arch_entry(cfg.get("model.arch.type")).extra_tokens,
-                             columns=["input_ids", "labels"], drop_remainder=drop, key=key)
+                             columns=["input_ids", "labels"], drop_remainder=drop, key=key, raw=raw)
     except UserError as e:
         out.append(_finding("dataset", e))
     return None

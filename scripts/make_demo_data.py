@@ -18,7 +18,6 @@ Re-running reproduces the same bytes.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -29,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from petrun.data import alpaca  # noqa: E402
 from petrun.data.mindrecord import write_jsonl  # noqa: E402
+from petrun.data.sp_train import train_sentencepiece  # noqa: E402
 from petrun.data.tokenizer import SentencePieceTokenizer  # noqa: E402
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "demo")
@@ -180,18 +180,8 @@ def training_text(records: list[dict[str, str]]) -> list[str]:
 
 
 def train_tokenizer(texts: list[str]) -> bytes:
-    import sentencepiece as spm
-
-    buf = io.BytesIO()
-    # Llama's settings: BPE, byte fallback, digits split, no whitespace normalisation, unk/bos/eos
-    # = 0/1/2 and no separate pad piece (pad is unk). One thread keeps the result reproducible.
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=buf, vocab_size=VOCAB_SIZE, model_type="bpe",
-        character_coverage=1.0, byte_fallback=True, split_digits=True,
-        normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=True, allow_whitespace_only_pieces=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2)
-    return buf.getvalue()
+    # Llama's settings (petrun.data.sp_train, also behind `petrun data train-tokenizer`).
+    return train_sentencepiece(texts, VOCAB_SIZE)
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -242,8 +242,10 @@ def dataset_empty(h):
 
 
 @case
-def dataset_not_tokenized(h):
-    return h.finetune(data=DEMO / "alpaca_demo.json"), ["alpaca_demo.json", "tokenize"]
+def raw_dataset_in_no_known_format(h):
+    # raw alpaca JSON is tokenized on the fly; records that are neither that nor tokenized are not
+    bad = h.file("notes.json", '[{"title": "a", "body": "b"}, {"title": "c", "body": "d"}]')
+    return h.finetune(data=bad), [str(bad), "neither token-id columns"]
 
 
 @case

@@ -37,6 +37,8 @@ ckpt_transform_cmd.register(ckpt_cmd.app)
 plan_cmd.register(app)
 from petrun.cli import pet_cmd  # noqa: E402  (issue 5: ckpt merge, export-peft, import-peft)
 pet_cmd.register(ckpt_cmd.app)
+from petrun.cli import data_cmd  # noqa: E402  (issue 6: data prepare, train-tokenizer)
+app.add_typer(data_cmd.app, name="data")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GLOG_v", "2" if debug else "3")
     from petrun.errors import UserError
     try:
-        app(args=argv, prog_name="petrun", standalone_mode=False)
+        rc = app(args=argv, prog_name="petrun", standalone_mode=False)
+        # typer's vendored click returns (not raises) its exit code for Ctrl-C in this mode
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except UserError as e:
         _report(e, debug)
         sys.exit(2)

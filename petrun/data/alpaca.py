@@ -203,26 +203,32 @@ def tokenize_alpaca_record(record: Mapping[str, Any], tokenizer: Tokenizer,
                                  seq_length)
 
 
-def prepare_alpaca(records: Iterable[Any], tokenizer: Tokenizer, seq_length: int) -> PreparedData:
-    """Tokenize alpaca records; unusable ones are collected in `.bad` (with their index).
+def record_to_sample(rec: Any, index: int, tokenizer: Tokenizer,
+                     seq_length: int) -> tuple[TokenizedSample | None, str | None]:
+    """(sample, None), or (None, why the record is unusable). Conversation records
+    ({"conversations": [{"from", "value"}, ...]}, the alpaca_converter output) are accepted too."""
+    if isinstance(rec, Mapping) and "conversations" in rec:
+        turns = rec["conversations"]
+        reason = _check_turns(turns)
+    else:
+        reason = check_alpaca_record(rec)
+        turns = None if reason else alpaca_to_conversation(rec, index)["conversations"]
+    if reason:
+        return None, reason
+    return tokenize_conversation(turns, tokenizer, seq_length), None
 
-    Records that already are conversations ({"conversations": [{"from", "value"}, ...]}, the
-    alpaca_converter output) are accepted too.
-    """
+
+def prepare_alpaca(records: Iterable[Any], tokenizer: Tokenizer, seq_length: int) -> PreparedData:
+    """Tokenize alpaca records; unusable ones are collected in `.bad` (with their index)."""
     if seq_length < 1:
         raise ValueError(f"seq_length must be positive, got {seq_length}")
     out = PreparedData()
     for i, rec in enumerate(records):
-        if isinstance(rec, Mapping) and "conversations" in rec:
-            turns = rec["conversations"]
-            reason = _check_turns(turns)
-        else:
-            reason = check_alpaca_record(rec)
-            turns = None if reason else alpaca_to_conversation(rec, i)["conversations"]
+        sample, reason = record_to_sample(rec, i, tokenizer, seq_length)
         if reason:
             out.bad.append(BadRecord(i, reason))
-            continue
-        out.samples.append(tokenize_conversation(turns, tokenizer, seq_length))
+        else:
+            out.samples.append(sample)
     return out
 
 

@@ -4,7 +4,9 @@
 file (a single path also brings in the other shards of its set, e.g. `x.mindrecord0..3`), or a
 directory walked recursively for files named `*mindrecord` / `*mindrecordN` (`.db` index files
 skipped). petrun also reads tokenized JSON / JSON lines whose records carry integer lists
-`input_ids` and `labels` (the demo data is shipped that way).
+`input_ids` and `labels` (the demo data is shipped that way), and raw alpaca / conversation /
+AdvertiseGen JSON when given `raw` (a RawText: the tokenizer to use), tokenized once into a cache
+(petrun/data/ondemand.py).
 
 Every problem a user can cause is raised as a UserError naming the file, the config key and a fix,
 before MindSpore gets the chance to fail with a shape error deep inside the first step.
@@ -35,10 +37,11 @@ _FORMATS_FIX = ("dataset_dir may be a .mindrecord file, a directory containing M
 
 @dataclass
 class _Source:
-    fmt: str                 # "mindrecord" or "json"
+    fmt: str                 # "mindrecord", "json", or "arrays" (raw JSON tokenized on the fly)
     path: str                # what the user gave (for messages)
     files: list[str]         # the data files that will be read
-    reader_arg: Any = None   # MindDataset's dataset_files (str loads a whole shard set)
+    reader_arg: Any = None   # MindDataset's dataset_files (str loads a whole shard set); arrays
+    info: dict | None = None  # "arrays": inspect_dataset's answer, known from the arrays
 
 
 def _resolve(dataset_dir: str | os.PathLike, key: str) -> _Source:
@@ -150,6 +153,35 @@ def _json_arrays(records: list[Any], columns: Sequence[str], length: int, path: 
     return out
 
 
+# --------------------------------------------------------------------------- raw JSON
+
+def _tokenize_raw(src: _Source, raw, seq_length: int, extra_tokens: int, key: str) -> _Source:
+    """A raw-text JSON source tokenized (or found in the cache) as arrays; others unchanged."""
+    from petrun.data import ondemand
+    from petrun.data.records import read_records
+
+    try:
+        first = _json_records(src.path, key, first_only=True)[0][:1]
+    except UserError:   # a bad line in raw JSON lines is skipped and reported, not fatal
+        first = [r.obj for r in read_records(src.path, key=key)[0][:1]]
+    fmt = ondemand.raw_format(first[0] if first else None)
+    if fmt is None:
+        return src
+    arrays, meta = ondemand.tokenized(src.path, fmt, raw, seq_length=seq_length,
+                                      extra_tokens=extra_tokens, key=key)
+    if meta["bad"]:   # skipped, but never silently (the recipe may not print info["raw"])
+        import logging
+        logging.getLogger("petrun").warning(
+            "%s: skipped %d bad record(s) of %d: %s", src.path, meta["bad"], meta["records"],
+            meta["bad_preview"])
+    cols = list(arrays)
+    info = {"format": f"{fmt} json (tokenized on the fly)", "columns": cols,
+            "sample_length": int(arrays[cols[0]].shape[1]),
+            "num_samples": int(arrays[cols[0]].shape[0]), "files": [src.path],
+            "types": {c: "int32" for c in cols}, "raw": meta}
+    return _Source("arrays", src.path, [src.path], arrays, info)
+
+
 # --------------------------------------------------------------------------- inspection
 
 def _mindrecord_info(src: _Source, key: str) -> dict[str, Any]:
@@ -178,10 +210,11 @@ def _json_info(src: _Source, key: str, first_only: bool) -> tuple[dict[str, Any]
     columns = _json_columns(first)
     length = len(first["input_ids"]) if "input_ids" in columns else None
     info = {"format": "json", "columns": columns, "sample_length": length,
+            "keys": sorted(first) if isinstance(first, dict) else [],
             "num_samples": num, "files": list(src.files),
             "types": {c: "int64" for c in columns}}
-    if isinstance(first, dict) and not columns and ({"instruction", "output"} <= set(first)
-                                                    or "conversations" in first):
+    from petrun.data.ondemand import raw_format
+    if not columns and raw_format(first):
         info["raw_text"] = True
     return info, records
 
@@ -215,9 +248,15 @@ def dataset_size(dataset_dir: str | os.PathLike, *, batch_size: int | None = Non
 def check_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int = 1,
                   extra_tokens: int = 1,
                   columns: Sequence[str] = mr.DEFAULT_COLUMNS, num_shards: int = 1,
-                  drop_remainder: bool = True, key: str = DATASET_DIR_KEY) -> dict:
-    """inspect_dataset plus every check build_dataset makes; raises UserError, returns the info."""
-    return _check(_resolve(dataset_dir, key), seq_length=seq_length, batch_size=batch_size,
+                  drop_remainder: bool = True, key: str = DATASET_DIR_KEY, raw=None) -> dict:
+    """inspect_dataset plus every check build_dataset makes; raises UserError, returns the info.
+
+    With `raw` (ondemand.RawText), raw JSON is tokenized (or taken from the cache) to be checked.
+    """
+    src = _resolve(dataset_dir, key)
+    if raw is not None and src.fmt == "json":
+        src = _tokenize_raw(src, raw, seq_length, extra_tokens, key)
+    return _check(src, seq_length=seq_length, batch_size=batch_size,
                   extra_tokens=extra_tokens,
                   columns=columns, num_shards=num_shards, drop_remainder=drop_remainder,
                   key=key, first_only=True)[0]
@@ -229,6 +268,8 @@ def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[
            first_only: bool) -> tuple[dict, list[Any]]:
     if src.fmt == "mindrecord":
         info, records = _mindrecord_info(src, key), []
+    elif src.fmt == "arrays":
+        info, records = src.info, []
     else:
         info, records = _json_info(src, key, first_only=first_only)
     where = src.path
@@ -236,15 +277,22 @@ def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[
         raise UserError("the dataset has no samples", file=where, key=key,
                         fix="re-create it from non-empty data")
     if info.get("raw_text"):
-        raise UserError("the records are raw text (instruction/output), not tokenized",
+        raise UserError("the records are raw text (alpaca or AdvertiseGen), not tokenized",
                         file=where, key=key,
-                        fix=f"tokenize them first with seq_length {seq_length} "
-                            f"(petrun.data.alpaca.prepare_alpaca, or MindFormers' "
-                            f"llama_preprocess.py --dataset_type qa --seq_length {seq_length})")
+                        fix=f"tokenize them first: petrun data prepare alpaca --input {where} "
+                            f"--output data.mindrecord --seq-length {seq_length} --tokenizer "
+                            f"tokenizer.model (or MindFormers' llama_preprocess.py)")
     found = info["columns"]
     # A dataset without labels (e.g. wikitext chunks) trains on input_ids shifted by the model.
     missing = [c for c in columns
                if c not in found and not (c == "labels" and "input_ids" in found)]
+    if missing and not found and info.get("keys"):
+        raise UserError(f"the records have keys {info['keys']}: neither token-id columns "
+                        f"({list(columns)}) nor a raw format petrun tokenizes (alpaca "
+                        "instruction/input/output or conversations, AdvertiseGen content/summary)",
+                        file=where, key=key,
+                        fix="convert them to one of those formats, or tokenize them yourself "
+                            "into input_ids/labels")
     if missing:
         raise UserError(f"column(s) {missing} not in the dataset, which has {found}",
                         file=where, key=key,
@@ -330,6 +378,8 @@ class DataSource:
                                   else math.ceil(per_shard / batch_size))
         self._arrays = (_json_arrays(records, columns, seq_length + extra_tokens, src.path, key)
                         if src.fmt == "json" else None)
+        if src.fmt == "arrays":   # a labels-less column set trains on input_ids, as MindRecord
+            self._arrays = {c: src.reader_arg.get(c, src.reader_arg["input_ids"]) for c in columns}
 
     def order(self, epoch: int) -> np.ndarray:
         return epoch_order(self.num_samples, epoch, seed=self.seed, shuffle=self.shuffle,
@@ -373,8 +423,11 @@ def open_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size:
                  columns: Sequence[str] = mr.DEFAULT_COLUMNS, shuffle: bool = False,
                  seed: int = 0, num_shards: int = 1, shard_id: int = 0,
                  drop_remainder: bool = True, num_parallel_workers: int | None = None,
-                 key: str = DATASET_DIR_KEY) -> DataSource:
+                 key: str = DATASET_DIR_KEY, raw=None) -> DataSource:
     """Check the dataset once (UserError on anything a user can get wrong) and return its DataSource.
+
+    raw: an ondemand.RawText (tokenizer + cache) lets dataset_dir be raw alpaca/AdvertiseGen JSON;
+    without it such data is refused with the command that prepares it.
 
     extra_tokens is 1 for families that shift labels inside the model (Llama2, GPT2: samples are
     seq_length + 1 long) and 0 for GLM2, whose data carries labels already shifted.
@@ -388,6 +441,8 @@ def open_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size:
     if not columns or len(set(columns)) != len(columns):
         raise ValueError(f"columns must be distinct and non-empty, got {columns}")
     src = _resolve(dataset_dir, key)
+    if raw is not None and src.fmt == "json":
+        src = _tokenize_raw(src, raw, seq_length, extra_tokens, key)
     info, records = _check(src, seq_length=seq_length, batch_size=batch_size, columns=columns,
                            extra_tokens=extra_tokens,
                            num_shards=num_shards, drop_remainder=drop_remainder, key=key,
@@ -403,7 +458,7 @@ def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size
                   columns: Sequence[str] = mr.DEFAULT_COLUMNS, shuffle: bool = False,
                   seed: int = 0, num_shards: int = 1, shard_id: int = 0,
                   drop_remainder: bool = True, num_parallel_workers: int | None = None,
-                  epoch: int = 1, skip_batches: int = 0, key: str = DATASET_DIR_KEY):
+                  epoch: int = 1, skip_batches: int = 0, key: str = DATASET_DIR_KEY, raw=None):
     """One epoch's mindspore.dataset pipeline of int32 batches [batch_size, seq_length + extra_tokens].
 
     Shorthand for open_dataset(...).epoch(epoch, skip_batches); see epoch_order for the order.
@@ -413,5 +468,5 @@ def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size
     return open_dataset(dataset_dir, seq_length=seq_length, batch_size=batch_size,
                         extra_tokens=extra_tokens, columns=columns, shuffle=shuffle, seed=seed,
                         num_shards=num_shards, shard_id=shard_id, drop_remainder=drop_remainder,
-                        num_parallel_workers=num_parallel_workers, key=key
+                        num_parallel_workers=num_parallel_workers, key=key, raw=raw
                         ).epoch(epoch, skip_batches)

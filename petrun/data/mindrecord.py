@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -70,24 +71,65 @@ def _rows(samples: Iterable[Mapping[str, Any]], columns: Sequence[str]):
         yield {c: _as_int32(sample[c], c, i) for c in columns}
 
 
+def file_writer_class():
+    """mindspore.mindrecord.FileWriter, with Ctrl-C held back during the import: MindSpore
+    interrupted halfway through its import aborts the interpreter at exit (core dump, no cleanup)."""
+    import signal
+    import threading
+
+    if "mindspore.mindrecord" in sys.modules or threading.current_thread() is not threading.main_thread():
+        from mindspore.mindrecord import FileWriter
+        return FileWriter
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
+    try:
+        from mindspore.mindrecord import FileWriter
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+    return FileWriter
+
+
+def shard_names(path: str, num_shards: int) -> list[str]:
+    """The data files FileWriter makes for `path`: itself, or path0..path{K-1} (MindFormers'
+    --file_partition naming)."""
+    return [path] if num_shards == 1 else [f"{path}{i}" for i in range(num_shards)]
+
+
+def existing_files(path: str) -> list[str]:
+    """Files of an earlier write of `path` (any shard count: path, pathN), with their indexes."""
+    folder, base = os.path.split(path)
+    pattern = re.compile(re.escape(base) + r"\d*(\.db)?$")
+    return [os.path.join(folder, f) for f in os.listdir(folder) if pattern.fullmatch(f)]
+
+
 def write_mindrecord(path: str | os.PathLike, samples: Iterable[Mapping[str, Any]], *,
                      columns: Sequence[str] = DEFAULT_COLUMNS, schema_name: str = "qa",
-                     overwrite: bool = False, chunk: int = 1000) -> int:
-    """Write samples to one MindRecord file (+ its `.db` index) atomically; returns the count."""
-    from mindspore.mindrecord import FileWriter
+                     overwrite: bool = False, chunk: int = 1000, num_shards: int = 1) -> int:
+    """Write samples to one MindRecord file (+ its `.db` index) atomically; returns the count.
 
+    With num_shards K > 1 the set is path0..path{K-1} (rows dealt round-robin, as FileWriter
+    does); overwrite then also removes files of an earlier set with another shard count.
+    """
+    FileWriter = file_writer_class()
     path = os.path.abspath(os.fspath(path))
     if not is_mindrecord_name(path):
         raise ValueError(f"{path}: a MindRecord file name must end in 'mindrecord' "
                          "(MindFormers only finds files named *mindrecord or *mindrecordN)")
-    if not overwrite and (os.path.exists(path) or os.path.exists(path + ".db")):
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be at least 1, got {num_shards}")
+    finals = shard_names(path, num_shards)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
+    if not overwrite:
+        clash = sorted(existing_files(path))
+        if clash:
+            raise FileExistsError(f"{clash[0]} already exists (pass overwrite=True to replace it)")
     tmpdir = tempfile.mkdtemp(prefix=".petrun-tmp-", dir=parent)
     try:
         tmp = os.path.join(tmpdir, os.path.basename(path))
-        writer = FileWriter(tmp, shard_num=1, overwrite=True)
+        writer = FileWriter(tmp, shard_num=num_shards, overwrite=True)
         writer.add_schema(schema_for(columns), schema_name)
         count, batch = 0, []
         for row in _rows(samples, columns):
@@ -101,11 +143,33 @@ def write_mindrecord(path: str | os.PathLike, samples: Iterable[Mapping[str, Any
         if count == 0:
             raise ValueError("no samples to write (an empty MindRecord file cannot be read back)")
         writer.commit()
-        os.replace(tmp + ".db", path + ".db")
-        os.replace(tmp, path)
+        stale = set(existing_files(path)) - set(finals) - {f + ".db" for f in finals}
+        # Indexes first, data files last: a data file under its final name has its index.
+        for final in finals:
+            os.replace(os.path.join(tmpdir, os.path.basename(final)) + ".db", final + ".db")
+        for final in finals:
+            os.replace(os.path.join(tmpdir, os.path.basename(final)), final)
+        for f in stale:
+            os.unlink(f)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return count
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a small file under a temporary name, then rename it into place."""
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".petrun-tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def write_jsonl(path: str | os.PathLike, samples: Iterable[Mapping[str, Any]], *,
@@ -136,11 +200,15 @@ def write_jsonl(path: str | os.PathLike, samples: Iterable[Mapping[str, Any]], *
 
 
 def write_samples(path: str | os.PathLike, samples: Iterable[Mapping[str, Any]], *,
-                  columns: Sequence[str] = DEFAULT_COLUMNS, overwrite: bool = False) -> int:
+                  columns: Sequence[str] = DEFAULT_COLUMNS, overwrite: bool = False,
+                  schema_name: str = "qa", num_shards: int = 1) -> int:
     """MindRecord for *.mindrecord names, JSON lines for *.jsonl / *.json."""
     name = os.fspath(path)
     if is_mindrecord_name(name):
-        return write_mindrecord(name, samples, columns=columns, overwrite=overwrite)
+        return write_mindrecord(name, samples, columns=columns, overwrite=overwrite,
+                                schema_name=schema_name, num_shards=num_shards)
+    if num_shards != 1:
+        raise ValueError("JSON lines output is one file; shards are for MindRecord output")
     if name.endswith((".jsonl", ".json")):
         return write_jsonl(name, samples, columns=columns, overwrite=overwrite)
     raise ValueError(f"{name}: output must end in .mindrecord, .jsonl or .json")

@@ -1,8 +1,9 @@
-"""Tokenizers: a small interface and the SentencePiece (Llama) implementation.
+"""Tokenizers: a small interface, the SentencePiece ones (Llama2, ChatGLM2) and load_tokenizer.
 
 Only local files are read; nothing is ever downloaded. The Llama convention
 (reference/mindformers.md §1.9, §7.1): unk 0 '<unk>', bos 1 '<s>', eos 2 '</s>', and pad is the
-unk token, so pad id 0.
+unk token, so pad id 0. ChatGLM2 (§7.2) puts its own specials ([MASK], [gMASK], [sMASK], sop, eop)
+after the SentencePiece pieces. tokenizer.json and GPT2 vocab.json + merges.txt live in bpe.py.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Mapping, Protocol, Sequence, runtime_checkable
 from petrun.errors import UserError
 
 VOCAB_FILE_KEY = "processor.tokenizer.vocab_file"
+TOKENIZER_FILE_KEY = "processor.tokenizer.tokenizer_file"
+MERGES_FILE_KEY = "processor.tokenizer.merges_file"
 TYPE_KEY = "processor.tokenizer.type"
 
 
@@ -23,6 +26,9 @@ class Tokenizer(Protocol):
     eos_id: int
     pad_id: int
     unk_id: int
+    family: str               # "llama", "glm2", "gpt2" or "hf": picks format conventions
+    prefix_ids: list[int]     # what add_special_tokens=True puts before a text
+    files: list[str]          # the files it was read from (cache keys hash them)
 
     @property
     def vocab_size(self) -> int: ...
@@ -39,6 +45,8 @@ class SentencePieceTokenizer:
     which is what `LlamaTokenizer(text)` produces for text without literal special-token strings.
     """
 
+    family = "llama"
+
     def __init__(self, model_file: str | os.PathLike, *, unk_token: str = "<unk>",
                  bos_token: str = "<s>", eos_token: str = "</s>", pad_token: str = "<unk>",
                  key: str = VOCAB_FILE_KEY):
@@ -50,6 +58,7 @@ class SentencePieceTokenizer:
                             fix="point it at a SentencePiece 'tokenizer.model' file "
                                 "(for the demo: data/demo/tokenizer.model)")
         self.model_file = path
+        self.files = [path]
         self._sp = spm.SentencePieceProcessor()
         try:
             self._sp.Load(path)
@@ -61,6 +70,7 @@ class SentencePieceTokenizer:
         self.bos_id = self._special_id(bos_token, "bos_token", key)
         self.eos_id = self._special_id(eos_token, "eos_token", key)
         self.pad_id = self._special_id(pad_token, "pad_token", key)
+        self.prefix_ids = [self.bos_id]
 
     def _special_id(self, piece: str, name: str, key: str) -> int:
         idx = self._sp.piece_to_id(piece)
@@ -95,23 +105,124 @@ class SentencePieceTokenizer:
         return f"SentencePieceTokenizer({self.model_file!r}, vocab_size={self.vocab_size})"
 
 
-# MindFormers tokenizer type names that are SentencePiece models with Llama special tokens.
-_SENTENCEPIECE_TYPES = {"LlamaTokenizer", "LlamaTokenizerFast"}
+class ChatGLM2Tokenizer(SentencePieceTokenizer):
+    """ChatGLM2's tokenizer: SentencePiece pieces, then five specials numbered after them.
+
+    As MindFormers' ChatGLM2Tokenizer: bos/eos are the SentencePiece ones (1/2), pad is unk (0)
+    whatever the YAML's '<sop>'/'<eop>' say, and add_special_tokens puts [gMASK], sop in front
+    (ids 64790, 64792 with the 64789-piece model).
+    """
+
+    family = "glm2"
+    SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
+
+    def __init__(self, model_file: str | os.PathLike, *, key: str = VOCAB_FILE_KEY):
+        super().__init__(model_file, key=key)
+        n = self._sp.get_piece_size()
+        self.special_ids = {name: n + i for i, name in enumerate(self.SPECIALS)}
+        self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+        self.unk_id = self.pad_id = self._sp.unk_id()
+        if min(self.bos_id, self.eos_id, self.unk_id) < 0:
+            raise UserError("the SentencePiece model has no bos/eos/unk pieces", file=self.model_file,
+                            key=key, fix="use ChatGLM2's tokenizer.model (unk 0, bos 1, eos 2)")
+        self.prefix_ids = [self.special_ids["[gMASK]"], self.special_ids["sop"]]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size() + len(self.SPECIALS)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        n = self._sp.get_piece_size()
+        return self._sp.decode([int(i) for i in ids if 0 <= int(i) < n])
+
+    def id_to_piece(self, idx: int) -> str:
+        names = {v: k for k, v in self.special_ids.items()}
+        return names.get(int(idx)) or self._sp.id_to_piece(int(idx))
 
 
-def load_tokenizer(tokenizer_cfg: Mapping) -> SentencePieceTokenizer:
-    """Build the tokenizer described by a MindFormers `processor.tokenizer` section."""
+# MindFormers tokenizer type names → how their files are read.
+_SENTENCEPIECE_TYPES = {"LlamaTokenizer", "LlamaTokenizerFast", "Llama2Tokenizer"}
+_GLM2_TYPES = {"ChatGLM2Tokenizer", "ChatGLM3Tokenizer"}
+_GPT2_TYPES = {"GPT2Tokenizer", "GPT2TokenizerFast"}
+_SPECIAL_KEYS = ("unk_token", "bos_token", "eos_token", "pad_token")
+
+
+def load_tokenizer(tokenizer_cfg: Mapping) -> Tokenizer:
+    """Build the tokenizer described by a MindFormers `processor.tokenizer` section.
+
+    tokenizer_file (a Hugging Face tokenizer.json) wins; otherwise the type decides how
+    vocab_file is read: GPT2Tokenizer → vocab.json + merges_file, ChatGLM2Tokenizer →
+    SentencePiece with GLM specials, anything Llama-like → SentencePiece.
+    """
     cfg = dict(tokenizer_cfg or {})
-    kind = cfg.get("type", "LlamaTokenizer")
-    if kind not in _SENTENCEPIECE_TYPES:
+    specials = {k: cfg[k] for k in _SPECIAL_KEYS if cfg.get(k) is not None}
+    if cfg.get("tokenizer_file"):
+        from petrun.data.bpe import HFTokenizer
+        return HFTokenizer.from_file(_local(cfg["tokenizer_file"]), family=_family(cfg.get("type")),
+                                     **specials)
+    kind = cfg.get("type") or "LlamaTokenizer"
+    known = _SENTENCEPIECE_TYPES | _GLM2_TYPES | _GPT2_TYPES
+    if kind not in known:
         raise UserError(f"tokenizer type '{kind}' is not supported by petrun's data pipeline",
                         key=TYPE_KEY,
-                        fix="use 'LlamaTokenizer' with vocab_file pointing at a tokenizer.model")
+                        fix=f"use one of {sorted(known)}, or set tokenizer_file to a Hugging Face "
+                            "tokenizer.json")
     vocab_file = cfg.get("vocab_file")
     if not vocab_file:
+        what = "vocab.json (with merges_file)" if kind in _GPT2_TYPES else "'tokenizer.model'"
         raise UserError("no tokenizer model given", key=VOCAB_FILE_KEY,
-                        fix="set processor.tokenizer.vocab_file to a SentencePiece "
-                            "'tokenizer.model' (petrun never downloads one)")
-    specials = {k: cfg[k] for k in ("unk_token", "bos_token", "eos_token", "pad_token")
-                if cfg.get(k) is not None}
-    return SentencePieceTokenizer(os.path.expanduser(str(vocab_file)), **specials)
+                        fix=f"set processor.tokenizer.vocab_file to a {what} or tokenizer_file to "
+                            "a tokenizer.json (petrun never downloads one)")
+    vocab_file = _local(vocab_file)
+    if kind in _GPT2_TYPES or cfg.get("merges_file"):
+        from petrun.data.bpe import HFTokenizer
+        merges = cfg.get("merges_file") or os.path.join(os.path.dirname(vocab_file), "merges.txt")
+        return HFTokenizer.from_bpe(vocab_file, _local(merges), **specials)
+    if kind in _GLM2_TYPES:
+        return ChatGLM2Tokenizer(vocab_file)
+    return SentencePieceTokenizer(vocab_file, **specials)
+
+
+def _local(path) -> str:
+    return os.path.expanduser(str(path))
+
+
+def _family(kind: str | None) -> str:
+    if kind in _GPT2_TYPES:
+        return "gpt2"
+    return "llama" if kind in _SENTENCEPIECE_TYPES else "hf"
+
+
+def tokenizer_config_for_path(path: str | os.PathLike, kind: str | None = None) -> dict:
+    """A processor.tokenizer section for a path given on the command line.
+
+    `path` may be a tokenizer.model, a tokenizer.json, a GPT2 vocab.json (merges.txt beside it) or
+    a folder holding one of them; `kind` is a MindFormers type name (default from the files).
+    """
+    path = _local(path)
+    if os.path.isdir(path):
+        for name in ("tokenizer.json", "vocab.json", "tokenizer.model"):
+            if os.path.isfile(os.path.join(path, name)):
+                return tokenizer_config_for_path(os.path.join(path, name), kind)
+        raise UserError("no tokenizer.json, vocab.json or tokenizer.model in this folder",
+                        file=path, fix="point --tokenizer at the tokenizer file itself")
+    if not os.path.isfile(path):
+        raise UserError("tokenizer file not found", file=path,
+                        fix="give a local tokenizer.model, tokenizer.json or vocab.json "
+                            "(petrun never downloads one)")
+    if path.endswith(".json") and os.path.basename(path) != "vocab.json" and _is_hf_json(path):
+        return {"tokenizer_file": path, **({"type": kind} if kind else {})}
+    if path.endswith(".json"):
+        return {"type": kind or "GPT2Tokenizer", "vocab_file": path,
+                "merges_file": os.path.join(os.path.dirname(path), "merges.txt")}
+    return {"type": kind or "LlamaTokenizer", "vocab_file": path}
+
+
+def _is_hf_json(path: str) -> bool:
+    import json
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "model" in data

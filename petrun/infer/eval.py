@@ -111,6 +111,7 @@ class Evaluator:
         Every rank evaluates the whole set (no sharding), so each reports the same number.
         """
         from petrun.data.loader import open_dataset
+        from petrun.data.ondemand import RawText
         from petrun.models.registry import arch_entry, build_config
 
         dataset_dir = cfg.get(EVAL_DIR_KEY)
@@ -127,7 +128,7 @@ class Evaluator:
                               batch_size=batch_size, extra_tokens=extra,
                               columns=["input_ids", "labels"], shuffle=False,
                               drop_remainder=bool(cfg.get("eval_dataset.drop_remainder", False)),
-                              key=EVAL_DIR_KEY)
+                              key=EVAL_DIR_KEY, raw=RawText.from_config(cfg, "eval_dataset"))
         return cls(source, extra_tokens=extra, pad_token_id=_pad_id(model_cfg),
                    max_batches=max_batches)
 

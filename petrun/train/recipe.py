@@ -231,6 +231,7 @@ class FinetuneRecipe:
     def setup_data(self) -> None:
         from petrun.ckpt.io import describe_file
         from petrun.data.loader import open_dataset
+        from petrun.data.ondemand import RawText
         from petrun.parallel.context import data_shard
         from petrun.models.registry import arch_entry
         cfg = self.cfg
@@ -255,7 +256,8 @@ class FinetuneRecipe:
             columns=["input_ids", "labels"], shuffle=bool(cfg.get("train_dataset.data_loader.shuffle")),
             seed=int(cfg.get("train_dataset.seed", self.seed) or 0),
             num_shards=self.num_shards, shard_id=self.shard_id,
-            drop_remainder=bool(cfg.get("train_dataset.drop_remainder", True)))
+            drop_remainder=bool(cfg.get("train_dataset.drop_remainder", True)),
+            raw=RawText.from_config(cfg, "train_dataset"))
         self.data_files = [describe_file(f) for f in self.data.files]
         self.batches_per_epoch = self.data.batches_per_epoch
         self.epochs = int(cfg.get("runner_config.epochs") or 1)

@@ -225,7 +225,7 @@ def test_error_raw_alpaca_json(tmp_path):
     path = tmp_path / "alpaca.json"
     path.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "hi"}]))
     err = raises_user_error(str(path), match="not tokenized")
-    assert "seq_length 7" in err.fix
+    assert "petrun data prepare alpaca" in err.fix and "--seq-length 7" in err.fix
 
 
 def test_error_missing_column(mindrecord_file):

@@ -53,7 +53,7 @@ def test_load_tokenizer_errors(tmp_path, demo_dir):
     assert e.value.file == str(corrupt) and e.value.key == "processor.tokenizer.vocab_file"
 
     with pytest.raises(UserError) as e:
-        load_tokenizer({"type": "GPT2Tokenizer", "vocab_file": "x"})
+        load_tokenizer({"type": "BertTokenizer", "vocab_file": "x"})
     assert e.value.key == "processor.tokenizer.type"
 
     with pytest.raises(UserError) as e:

@@ -1,0 +1,139 @@
+"""`petrun data prepare | train-tokenizer`: raw data → MindRecord, and small SentencePiece models.
+
+The work is in petrun.data.prepare and petrun.data.sp_train; this module parses, shows progress
+and prints the summary.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from petrun.cli.common import console, err_console
+
+app = typer.Typer(help="Prepare datasets (alpaca, AdvertiseGen, wikitext → MindRecord) and train "
+                       "tokenizers. Nothing is downloaded.", no_args_is_help=True)
+
+
+def _settings(fmt: str, config: Optional[str], tokenizer: Optional[str],
+              tokenizer_type: Optional[str], seq_length: Optional[int],
+              max_source_length: Optional[int], max_target_length: Optional[int]) -> dict:
+    """Tokenizer section, lengths and label shift from --config, overridden by the flags."""
+    from petrun.data.tokenizer import tokenizer_config_for_path
+    from petrun.errors import UserError
+
+    out = {"tokenizer": None, "seq_length": seq_length, "max_source_length": max_source_length,
+           "max_target_length": max_target_length, "shift_labels": False}
+    if config:
+        from petrun.config import load_config
+        from petrun.models.registry import arch_entry
+
+        cfg = load_config(config)
+        out["tokenizer"] = dict(cfg.get("train_dataset.tokenizer") or cfg.get("processor.tokenizer")
+                                or {}) or None
+        out["seq_length"] = seq_length or cfg.get("model.model_config.seq_length")
+        for name in ("max_source_length", "max_target_length"):
+            out[name] = out[name] if out[name] is not None else cfg.get(f"train_dataset.{name}")
+        arch = cfg.get("model.arch.type")
+        # GLM2 trains on labels already shifted: alpaca samples are shifted to seq_length tokens.
+        out["shift_labels"] = bool(arch) and arch_entry(arch).extra_tokens == 0
+    if tokenizer:
+        tok_cfg = tokenizer_config_for_path(tokenizer, tokenizer_type)
+        if fmt == "advertisegen" and not tokenizer_type and tok_cfg.get("type") == "LlamaTokenizer":
+            tok_cfg["type"] = "ChatGLM2Tokenizer"   # AdvertiseGen is ChatGLM2's dataset
+        out["tokenizer"] = tok_cfg
+    elif out["tokenizer"] and tokenizer_type:
+        out["tokenizer"]["type"] = tokenizer_type
+    if not out["tokenizer"]:
+        raise UserError("no tokenizer given", key="processor.tokenizer.vocab_file",
+                        fix="pass --tokenizer PATH (tokenizer.model, tokenizer.json, or GPT2 "
+                            "vocab.json with merges.txt beside it), or --config with "
+                            "processor.tokenizer.vocab_file set")
+    return out
+
+
+@app.command("prepare")
+def prepare(
+        fmt: str = typer.Argument(..., metavar="FORMAT", help="alpaca | advertisegen | wikitext"),
+        input: str = typer.Option(..., "--input", "-i", help="Raw data: alpaca JSON/JSONL, AdvertiseGen JSON lines, or wikitext raw text."),
+        output: str = typer.Option(..., "--output", "-o", help="x.mindrecord (MindFormers' format; with --num-shards K: x.mindrecord0..K-1) or x.jsonl."),
+        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="tokenizer.model, tokenizer.json, or vocab.json (merges.txt beside it), or their folder."),
+        tokenizer_type: Optional[str] = typer.Option(None, "--tokenizer-type", help="MindFormers tokenizer type (LlamaTokenizer, ChatGLM2Tokenizer, GPT2Tokenizer, ...)."),
+        config: Optional[str] = typer.Option(None, "--config", "-c", help="Take the tokenizer, seq_length and GLM2 lengths from this YAML."),
+        seq_length: Optional[int] = typer.Option(None, "--seq-length", help="The model's seq_length; samples get seq_length + 1 tokens (MindFormers' rule)."),
+        max_source_length: Optional[int] = typer.Option(None, "--max-source-length", help="advertisegen: prompt tokens."),
+        max_target_length: Optional[int] = typer.Option(None, "--max-target-length", help="advertisegen: answer tokens."),
+        num_shards: int = typer.Option(1, "--num-shards", help="MindRecord files to split the samples over."),
+        workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Tokenizing processes (default: 1 for small inputs, else up to 8)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+):
+    """Tokenize raw data into training samples, as MindFormers' preprocessing scripts do.
+
+    petrun data prepare alpaca -i alpaca_data.json -o alpaca_seq4096.mindrecord -t tokenizer.model --seq-length 4096
+    petrun data prepare alpaca -i data/demo/alpaca_demo.json -o out.mindrecord --config configs/llama2/lora_llama2_tiny.yaml
+    petrun data prepare advertisegen -i AdvertiseGen/train.json -o adgen.mindrecord -t tokenizer.model --max-source-length 64 --max-target-length 127
+    petrun data prepare wikitext -i wiki.train.tokens -o wiki.mindrecord -t gpt2/vocab.json --seq-length 1024
+    """
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from petrun.data.prepare import prepare as run
+
+    s = _settings(fmt, config, tokenizer, tokenizer_type, seq_length, max_source_length,
+                  max_target_length)
+    unit = "paragraphs" if fmt == "wikitext" else "records"
+    with Progress(TextColumn("[bold]tokenizing[/bold] " + unit), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                  transient=True) as bar:
+        task = {}
+        report = run(fmt, input, output, tokenizer=s["tokenizer"], seq_length=s["seq_length"],
+                     max_source_length=s["max_source_length"],
+                     max_target_length=s["max_target_length"], shift_labels=s["shift_labels"],
+                     num_shards=num_shards, workers=workers, overwrite=overwrite,
+                     on_start=lambda n: task.setdefault("id", bar.add_task("", total=n)),
+                     progress=lambda n: bar.advance(task["id"], n))
+    _summary(report)
+
+
+def _summary(r) -> None:
+    files = r.files[0] if len(r.files) == 1 else f"{r.files[0]} … ({len(r.files)} files)"
+    console.print(f"[green]wrote[/green] {r.written} samples × {r.sample_length} tokens "
+                  f"({', '.join(r.columns)}) to {files} in {r.seconds:.1f} s",
+                  highlight=False, soft_wrap=True)
+    if r.fmt == "wikitext":
+        console.print(f"  {r.records} paragraphs, {r.tokens} tokens; dropped {r.dropped_tokens} "
+                      f"tail tokens (less than one block)", highlight=False)
+        return
+    console.print(f"  records {r.records} · written {r.written} · truncated {r.truncated} · "
+                  f"dropped (bad records) {len(r.bad)}", highlight=False)
+    if r.bad:
+        err_console.print(f"[yellow]skipped {len(r.bad)} bad record(s)[/yellow] in {r.input}: "
+                          f"{r.bad_preview()}", highlight=False, soft_wrap=True)
+    if r.truncated:
+        console.print(f"  [dim]{r.truncated} sample(s) were longer than {r.sample_length} tokens "
+                      f"and were cut at the end[/dim]", highlight=False)
+    if r.fully_masked:
+        err_console.print(f"[yellow]{r.fully_masked} sample(s) have no supervised token[/yellow] "
+                          "(labels all -100: the prompt fills the sample, or the answer holds "
+                          "unknown tokens); they are kept, as MindFormers keeps them, but train "
+                          "nothing. A longer --seq-length helps with the first cause.",
+                          highlight=False, soft_wrap=True)
+
+
+@app.command("train-tokenizer")
+def train_tokenizer(
+        input: str = typer.Option(..., "--input", "-i", help="Corpus: a text file (one sentence per line) or alpaca JSON (its vicuna rounds are used)."),
+        vocab_size: int = typer.Option(..., "--vocab-size", help="Number of pieces (the demo uses 512)."),
+        output: str = typer.Option(..., "--output", "-o", help="Folder for tokenizer.model, or a path ending in .model."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing tokenizer.model."),
+):
+    """Train a small SentencePiece BPE model with Llama's conventions (unk 0, bos 1, eos 2, pad =
+    unk, byte fallback). Use it as processor.tokenizer.vocab_file.
+
+    petrun data train-tokenizer -i data/demo/alpaca_demo.json --vocab-size 512 -o my_tokenizer/
+    """
+    from petrun.data.sp_train import train_tokenizer_file
+
+    path, n = train_tokenizer_file(input, output, vocab_size, overwrite=overwrite)
+    console.print(f"[green]wrote[/green] {path}: {vocab_size} pieces from {n} training strings",
+                  highlight=False, soft_wrap=True)

@@ -1,0 +1,134 @@
+"""Raw JSON/JSONL records (alpaca, conversations, AdvertiseGen) tokenized when training starts,
+into a cache so the next run with the same inputs starts at once.
+
+The cache key is the hash of the data file's bytes, of the tokenizer's files and settings, the
+sample length and the format options: change any of them and the data is tokenized again. Entries
+are .npz files written atomically, so ranks starting together may race harmlessly. Location:
+$PETRUN_CACHE_DIR, else $XDG_CACHE_HOME/petrun/data, else ~/.cache/petrun/data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from petrun.data.tokenizer import load_tokenizer
+
+CACHE_VERSION = 1   # bump when the tokenized output of the same inputs changes
+
+
+@dataclass(frozen=True)
+class RawText:
+    """How to tokenize raw records met in a dataset_dir (None in open_dataset: refuse them)."""
+    tokenizer: Mapping | None                 # a processor.tokenizer section
+    cache_dir: str | None = None
+    max_source_length: int | None = None      # AdvertiseGen
+    max_target_length: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg, section: str = "train_dataset") -> "RawText":
+        """From a resolved Config: the dataset's own tokenizer (GLM2 style) or processor.tokenizer."""
+        tok = cfg.get(f"{section}.tokenizer") or cfg.get("processor.tokenizer") or {}
+        return cls(dict(tok), None, cfg.get(f"{section}.max_source_length"),
+                   cfg.get(f"{section}.max_target_length"))
+
+
+def default_cache_dir() -> str:
+    if os.environ.get("PETRUN_CACHE_DIR"):
+        return os.path.expanduser(os.environ["PETRUN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "petrun", "data")
+
+
+def raw_format(first: Any) -> str | None:
+    """'alpaca' or 'advertisegen' when the first record is raw text, else None."""
+    if not isinstance(first, dict):
+        return None
+    if "conversations" in first or {"instruction", "output"} <= set(first):
+        return "alpaca"
+    if {"content", "summary"} <= set(first):
+        return "advertisegen"
+    return None
+
+
+def _file_hash(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(path: str, fmt: str, tokenizer, sample_length: int, options: Mapping) -> str:
+    # The tokenizer as resolved (not the YAML spelling): same files + same ids = same tokens.
+    settings = {"class": type(tokenizer).__name__, "family": tokenizer.family,
+                "ids": [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.unk_id],
+                "prefix": list(tokenizer.prefix_ids), "vocab_size": tokenizer.vocab_size}
+    material = {
+        "version": CACHE_VERSION, "format": fmt, "data": _file_hash(path),
+        "tokenizer": [_file_hash(f) for f in tokenizer.files], "settings": settings,
+        "sample_length": sample_length, "options": dict(options),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def tokenized(path: str, fmt: str, raw: RawText, *, seq_length: int, extra_tokens: int,
+              key: str) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays int32 [n, seq_length + extra_tokens] by column, meta) for a raw data file.
+
+    meta: cache (path), reused (bool), records, bad (count), bad_preview, truncated.
+    """
+    from petrun.data import prepare as prep
+
+    tok = load_tokenizer(raw.tokenizer or {})
+    # Alpaca samples are seq_length + 1 long; with extra_tokens 0 (GLM2) they are shifted by one.
+    spec = prep.make_spec(fmt, raw.tokenizer or {}, tok,
+                          seq_length=seq_length if fmt == "alpaca" else seq_length + extra_tokens,
+                          max_source_length=raw.max_source_length,
+                          max_target_length=raw.max_target_length, shift_labels=extra_tokens == 0)
+    options = {"max_source_length": spec.max_source_length,
+               "max_target_length": spec.max_target_length, "shift": spec.shift_labels}
+    digest = cache_key(path, fmt, tok, spec.sample_length, options)
+    folder = os.path.expanduser(raw.cache_dir or default_cache_dir())
+    stem = os.path.splitext(os.path.basename(path))[0]
+    entry = os.path.join(folder, f"{stem}-{fmt}-{spec.sample_length}-{digest[:16]}.npz")
+    if os.path.isfile(entry):
+        try:
+            with np.load(entry, allow_pickle=False) as z:
+                arrays = {c: z[c] for c in spec.columns}
+                meta = json.loads(str(z["meta"]))
+            return arrays, {**meta, "cache": entry, "reused": True}
+        except (OSError, ValueError, KeyError):
+            pass   # unreadable (e.g. disk full when it was written): tokenize again
+
+    items, bad = prep.read_items(spec, path, key)
+    report = prep.Report(fmt, path, entry, spec.sample_length, spec.columns,
+                         records=len(items) + len(bad), bad=list(bad))
+    rows = list(prep.stream_samples(spec, tok, items, report))
+    if not rows:
+        raise prep._nothing_to_write(spec, report)
+    arrays = {c: np.stack([r[c] for r in rows]) for c in spec.columns}
+    report.bad.sort(key=lambda b: b.line)
+    meta = {"format": fmt, "records": report.records, "samples": report.written,
+            "bad": len(report.bad), "bad_preview": report.bad_preview(),
+            "truncated": report.truncated, "fully_masked": report.fully_masked}
+    _save(entry, arrays, meta)
+    return arrays, {**meta, "cache": entry, "reused": False}
+
+
+def _save(entry: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    os.makedirs(os.path.dirname(entry), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".petrun-tmp-", suffix=".npz", dir=os.path.dirname(entry))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        os.replace(tmp, entry)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,300 @@
+"""`petrun data prepare`: raw data → tokenized samples → MindRecord (or JSON lines), atomically.
+
+Formats (one module each): alpaca (alpaca.py), advertisegen (advertisegen.py), wikitext
+(wikitext.py). Records are tokenized in chunks, in worker processes when workers > 1 (spawned, not
+forked: the parent may already hold MindSpore's threads), and streamed in input order into the
+writer, so memory holds a few chunks, never the dataset. A bad record is skipped and reported with
+its line; it never stops the run and never vanishes silently.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from petrun.data import advertisegen, alpaca, wikitext
+from petrun.data import mindrecord as mr
+from petrun.data.records import BadRecord, Record, read_records, read_text
+from petrun.data.tokenizer import load_tokenizer
+from petrun.errors import UserError
+
+FORMATS = ("alpaca", "advertisegen", "wikitext")
+_SCHEMA = {"alpaca": "qa", "advertisegen": "adgen", "wikitext": "wiki"}
+AUTO_WORKERS_FROM = 5000   # records; below this one process is faster than starting workers
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to make; everything a worker process needs (picklable)."""
+    fmt: str
+    tokenizer: dict                  # a processor.tokenizer section
+    seq_length: int
+    max_source_length: int = 0       # advertisegen
+    max_target_length: int = 0
+    shift_labels: bool = False       # alpaca for GLM2: labels pre-shifted, seq_length tokens
+    gpt2_style: bool = False         # wikitext: GPT2's convention (see wikitext.py)
+
+    @property
+    def sample_length(self) -> int:
+        if self.fmt == "advertisegen":
+            return self.max_source_length + self.max_target_length + 1
+        return self.seq_length + (0 if self.shift_labels else 1)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        if self.fmt == "wikitext":
+            return wikitext.GPT2_COLUMNS if self.gpt2_style else wikitext.LLAMA_COLUMNS
+        return mr.DEFAULT_COLUMNS
+
+    @property
+    def schema_name(self) -> str:
+        return "lm-schema" if self.fmt == "wikitext" and self.gpt2_style else _SCHEMA[self.fmt]
+
+
+@dataclass
+class Report:
+    fmt: str
+    input: str
+    output: str
+    sample_length: int
+    columns: tuple[str, ...]
+    records: int = 0                 # records (wikitext: paragraphs/sections) read
+    written: int = 0
+    truncated: int = 0
+    fully_masked: int = 0            # samples without a single supervised label
+    bad: list[BadRecord] = field(default_factory=list)
+    tokens: int = 0                  # wikitext: tokens before cutting into blocks
+    dropped_tokens: int = 0          # wikitext: the tail shorter than one block
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def bad_preview(self, n: int = 5) -> str:
+        shown = "; ".join(f"line {b.line}: {b.reason}" for b in self.bad[:n])
+        return shown + (f"; ... ({len(self.bad) - n} more)" if len(self.bad) > n else "")
+
+
+# --------------------------------------------------------------------------- per record
+
+def _sample(spec: Spec, tok, obj: Any) -> tuple[dict | None, str | None, bool, bool]:
+    """(sample, reason, truncated, fully_masked) for one record."""
+    if spec.fmt == "alpaca":
+        s, reason = alpaca.record_to_sample(obj, 0, tok, spec.seq_length)
+        if reason:
+            return None, reason, False, False
+        ids, labels = s.input_ids, s.labels
+        if spec.shift_labels:
+            ids, labels = ids[:-1], labels[1:]
+    else:
+        reason = advertisegen.check_record(obj)
+        if reason:
+            return None, reason, False, False
+        s = advertisegen.tokenize_record(obj, tok, spec.max_source_length, spec.max_target_length)
+        ids, labels = s.input_ids, s.labels
+    labels = np.asarray(labels, np.int32)
+    # Counted whatever the cause (a prompt longer than the sample, or MindFormers' length check):
+    # such a sample trains nothing.
+    return ({"input_ids": np.asarray(ids, np.int32), "labels": labels}, None, s.truncated,
+            not (labels != alpaca.IGNORE_TOKEN_ID).any())
+
+
+def process_chunk(spec: Spec, tok, chunk: list[Record]) -> list[tuple]:
+    """[(line, sample or token ids, reason, truncated, fully_masked)] in chunk order."""
+    if spec.fmt == "wikitext":
+        return [(r.line, wikitext.encode_piece(r.obj, tok, spec.gpt2_style), None, False, False)
+                for r in chunk]
+    out = []
+    for r in chunk:
+        try:
+            out.append((r.line, *_sample(spec, tok, r.obj)))
+        except (TypeError, ValueError, AttributeError) as exc:   # odd shapes the checks missed
+            out.append((r.line, None, f"cannot tokenize ({exc})", False, False))
+    return out
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(spec: Spec) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
+    _WORKER["spec"], _WORKER["tok"] = spec, load_tokenizer(spec.tokenizer)
+
+
+def _work(chunk: list[Record]) -> list[tuple]:
+    return process_chunk(_WORKER["spec"], _WORKER["tok"], chunk)
+
+
+def _map_chunks(spec: Spec, tok, items: list[Record], workers: int) -> Iterator[list[tuple]]:
+    size = max(1, min(256, math.ceil(len(items) / max(1, workers * 8))))
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    if workers <= 1 or len(chunks) <= 1:
+        for c in chunks:
+            yield process_chunk(spec, tok, c)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    # Leaving the with-block (done, error, Ctrl-C) terminates the workers.
+    with ctx.Pool(min(workers, len(chunks)), initializer=_init_worker, initargs=(spec,)) as pool:
+        yield from pool.imap(_work, chunks)
+
+
+def stream_samples(spec: Spec, tok, items: list[Record], report: Report, *, workers: int = 1,
+                   progress: Callable[[int], None] | None = None) -> Iterator[dict]:
+    """Samples in input order; counts go into `report` as they pass."""
+    blocks = None
+    if spec.fmt == "wikitext":
+        sep = tok.encode("\n") if spec.gpt2_style else []
+        blocks = wikitext.Blocks(spec.sample_length, sep)
+    for results in _map_chunks(spec, tok, items, workers):
+        for line, sample, reason, truncated, masked in results:
+            if blocks is not None:
+                for block in blocks.add(sample):
+                    report.written += 1
+                    arr = np.asarray(block, np.int32)
+                    yield ({"input_ids": arr, "attention_mask": np.ones_like(arr)}
+                           if spec.gpt2_style else {"input_ids": arr})
+            elif reason:
+                report.bad.append(BadRecord(line, reason))
+            else:
+                report.written += 1
+                report.truncated += truncated
+                report.fully_masked += masked
+                yield sample
+        if progress:
+            progress(len(results))
+    if blocks is not None:
+        report.tokens, report.dropped_tokens = blocks.tokens, blocks.remainder
+
+
+# --------------------------------------------------------------------------- inputs and checks
+
+def read_items(spec: Spec, path: str,
+               key: str | None = None) -> tuple[list[Record], list[BadRecord]]:
+    """The units to tokenize: records, or (wikitext) paragraphs/sections numbered from 1."""
+    if spec.fmt == "wikitext":
+        parts = wikitext.pieces(read_text(path, key), spec.gpt2_style)
+        return [Record(i, p) for i, p in enumerate(parts, 1)], []
+    return read_records(path, key=key)
+
+
+def make_spec(fmt: str, tokenizer_cfg: Mapping, tok, *, seq_length: int | None,
+              max_source_length: int | None = None, max_target_length: int | None = None,
+              shift_labels: bool = False) -> Spec:
+    """Check the lengths (UserError naming the option) and build the Spec."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown data format '{fmt}'", fix=f"use one of {', '.join(FORMATS)}")
+    src, tgt = max_source_length, max_target_length
+    if fmt == "advertisegen":
+        if src is None and tgt is not None and seq_length:
+            src = seq_length - tgt - 1
+        if tgt is None and src is not None and seq_length:
+            tgt = seq_length - src - 1
+        if src is None or tgt is None:
+            raise UserError("advertisegen needs max_source_length and max_target_length",
+                            key="train_dataset.max_source_length",
+                            fix="pass --max-source-length and --max-target-length (seq_length = "
+                                "source + target + 1), or --config with a GLM2 config")
+        prefix = len(tok.prefix_ids)
+        if src <= prefix or tgt < 1:
+            raise UserError(f"max_source_length {src} / max_target_length {tgt} leave no room for "
+                            "text", key="train_dataset.max_source_length",
+                            fix=f"max_source_length must exceed {prefix} (the prompt prefix) and "
+                                "max_target_length be at least 1")
+        if seq_length and seq_length != src + tgt + 1:
+            raise UserError(f"seq_length {seq_length} != max_source_length {src} + "
+                            f"max_target_length {tgt} + 1", key="model.model_config.seq_length",
+                            fix="MindFormers' rule for GLM2 training data: make them agree")
+        seq_length = src + tgt + 1
+    elif not seq_length or seq_length < 1:
+        raise UserError("seq_length must be a positive number", key="model.model_config.seq_length",
+                        fix="pass --seq-length N (the model's seq_length; samples get N + 1 tokens)")
+    return Spec(fmt, dict(tokenizer_cfg), int(seq_length), int(src or 0), int(tgt or 0),
+                bool(shift_labels and fmt == "alpaca"),
+                fmt == "wikitext" and wikitext.is_gpt2_style(tok))
+
+
+def _output_kind(output: str, input_path: str, num_shards: int, overwrite: bool) -> str:
+    if mr.is_mindrecord_name(output):
+        kind = "mindrecord"
+        target = os.path.abspath(output)
+        existing = mr.existing_files(target) if os.path.isdir(os.path.dirname(target)) else []
+    elif output.endswith((".jsonl", ".json")):
+        kind = "jsonl"
+        if num_shards != 1:
+            raise UserError("--num-shards is for MindRecord output; JSON lines is one file",
+                            file=output, fix="drop --num-shards or name the output *.mindrecord")
+        existing = [output] if os.path.exists(output) else []
+    else:
+        raise UserError("the output name must end in .mindrecord (MindFormers' format) or .jsonl",
+                        file=output, fix="e.g. --output out/alpaca_seq4096.mindrecord")
+    if os.path.abspath(output) == os.path.abspath(input_path):
+        raise UserError("the output is the input file", file=output, fix="choose another --output")
+    if num_shards < 1:
+        raise UserError(f"--num-shards must be at least 1, got {num_shards}", fix="use 1 or more")
+    if existing and not overwrite:
+        raise UserError("the output already exists", file=sorted(existing)[0],
+                        fix="choose another --output or pass --overwrite")
+    return kind
+
+
+# --------------------------------------------------------------------------- driver
+
+def prepare(fmt: str, input_path: str, output: str, *, tokenizer: Mapping, seq_length: int | None,
+            max_source_length: int | None = None, max_target_length: int | None = None,
+            shift_labels: bool = False, num_shards: int = 1, workers: int | None = None,
+            overwrite: bool = False, on_start: Callable[[int], None] | None = None,
+            progress: Callable[[int], None] | None = None) -> Report:
+    """Tokenize `input_path` and write `output`; returns the Report. UserError on bad input.
+
+    workers None: one process for small inputs (starting workers costs about a second), else up
+    to 8. on_start(total) is called once the units to tokenize are counted; progress(n) after
+    each chunk of n units.
+    """
+    t0 = time.perf_counter()
+    tok = load_tokenizer(tokenizer)
+    spec = make_spec(fmt, tokenizer, tok, seq_length=seq_length,
+                     max_source_length=max_source_length, max_target_length=max_target_length,
+                     shift_labels=shift_labels)
+    kind = _output_kind(output, input_path, num_shards, overwrite)
+    if kind == "mindrecord":
+        mr.file_writer_class()   # import MindSpore (seconds) before workers start, not mid-stream
+    items, bad = read_items(spec, input_path)
+    report = Report(fmt, input_path, output, spec.sample_length, spec.columns,
+                    records=len(items) + len(bad), bad=list(bad))
+    if workers is None:
+        workers = 1 if len(items) < AUTO_WORKERS_FROM else min(8, os.cpu_count() or 1)
+    if on_start:
+        on_start(len(items))
+    samples = stream_samples(spec, tok, items, report, workers=workers, progress=progress)
+    try:
+        first = next(samples, None)
+        if first is None:
+            raise _nothing_to_write(spec, report)
+        mr.write_samples(output, itertools.chain([first], samples), columns=spec.columns,
+                         overwrite=overwrite, schema_name=spec.schema_name, num_shards=num_shards)
+    finally:
+        samples.close()
+    report.bad.sort(key=lambda b: b.line)
+    report.files = (mr.shard_names(os.path.abspath(output), num_shards) if kind == "mindrecord"
+                    else [os.path.abspath(output)])
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _nothing_to_write(spec: Spec, report: Report) -> UserError:
+    if spec.fmt == "wikitext":
+        return UserError(f"the text gives {report.tokens} tokens, less than one block of "
+                         f"{spec.sample_length}", file=report.input,
+                         fix="use more text or a smaller --seq-length")
+    report.bad.sort(key=lambda b: b.line)
+    what = (f"all {report.records} records are unusable: {report.bad_preview()}" if report.bad
+            else "the input has no records")
+    fields = ("{instruction, input, output}" if spec.fmt == "alpaca" else "{content, summary}")
+    return UserError(what, file=report.input,
+                     fix=f"the {spec.fmt} input must hold {fields} objects (a JSON list or one per "
+                         "line)")
