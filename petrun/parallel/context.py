@@ -55,10 +55,19 @@ def setup_context(cfg) -> str:
     ms.set_context(**kwargs)
     # Under msrun the device follows the local rank (MindFormers drops device_id there).
     device_id = ctx.get("device_id") if target != "CPU" and "MS_ROLE" not in os.environ else None
-    if device_id is not None:
-        ms.set_device(target, int(device_id))
-    else:
-        ms.set_device(target)
+    try:
+        if device_id is not None:
+            ms.set_device(target, int(device_id))
+        else:
+            ms.set_device(target)
+    except RuntimeError as e:
+        # In-process use (Python API, tests): an earlier kernel fixed the device. Same target:
+        # nothing to change. Another target cannot be had in this process.
+        if "has been initialized" not in str(e) or ms.get_context("device_target") != target:
+            raise UserError(f"this process already runs MindSpore on "
+                            f"{ms.get_context('device_target')}; it cannot switch to {target}",
+                            key="context.device_target", file=cfg.origin("context.device_target"),
+                            fix="run the job in a fresh process (the petrun CLI does)") from None
     if ctx.get("max_call_depth"):
         ms.set_recursion_limit(int(ctx["max_call_depth"]))
     init_distributed(cfg)
