@@ -311,8 +311,9 @@ DATASET = Section({
     "num_parallel_workers": POS_INT, "python_multiprocessing": BOOL,
     "tokenizer": DICT, "max_source_length": POS_INT, "max_target_length": POS_INT,
     "ignore_pad_token_for_loss": BOOL,
-    # petrun-only: pack short samples (block-diagonal attention).
-    "packing": BOOL,
+    # petrun-only: pack short samples (block-diagonal attention), or batch samples of similar
+    # length and trim each batch's padding (bucket widths are multiples of bucket_multiple).
+    "packing": BOOL, "bucketing": BOOL, "bucket_multiple": POS_INT,
 }, ignored=frozenset({"numa_enable", "prefetch_size", "column_order", "tokenizer_path",
                      "eos_reset", "text_transforms"}))
 DATASET_TASK = Section({"type": STR, "dataset_config": ANY})

@@ -353,6 +353,20 @@ class _NoBatches:
         return 0
 
 
+class _NumpyBatches:
+    """Prepared numpy batches behind the create_tuple_iterator the recipe uses."""
+
+    def __init__(self, batches: list[tuple]):
+        self.batches = batches
+
+    def create_tuple_iterator(self, *args, **kwargs):
+        from mindspore import Tensor
+        return (tuple(Tensor(a) for a in b) for b in self.batches)
+
+    def get_dataset_size(self) -> int:
+        return len(self.batches)
+
+
 class DataSource:
     """A validated dataset and its batching: one mindspore.dataset pipeline per epoch.
 
@@ -363,7 +377,9 @@ class DataSource:
     def __init__(self, src: _Source, info: dict, records: list[Any], *, columns: list[str],
                  seq_length: int, extra_tokens: int, batch_size: int, shuffle: bool, seed: int,
                  num_shards: int, shard_id: int, drop_remainder: bool,
-                 num_parallel_workers: int | None, key: str):
+                 num_parallel_workers: int | None, key: str, packing: bool = False,
+                 bucketing: bool = False, bucket_multiple: int | None = None,
+                 pad_id: int | None = None):
         self.src, self.info = src, info
         self.columns = columns
         self.batch_size = batch_size
@@ -373,24 +389,87 @@ class DataSource:
         self.num_parallel_workers = num_parallel_workers
         self.num_samples = int(info["num_samples"])
         self.files = list(src.files)
-        per_shard = math.ceil(self.num_samples / num_shards)
-        self.batches_per_epoch = (per_shard // batch_size if drop_remainder
-                                  else math.ceil(per_shard / batch_size))
+        self.sample_length = seq_length + extra_tokens
+        self.extra_tokens = extra_tokens
         self._arrays = (_json_arrays(records, columns, seq_length + extra_tokens, src.path, key)
                         if src.fmt == "json" else None)
         if src.fmt == "arrays":   # a labels-less column set trains on input_ids, as MindRecord
             self._arrays = {c: src.reader_arg.get(c, src.reader_arg["input_ids"]) for c in columns}
+        self.packed = None
+        self.bucketing = bool(bucketing) and not packing
+        self.pad_id = pad_id
+        if packing or self.bucketing:
+            from petrun.data.packing import pack, real_length
+            arrays = self._arrays if self._arrays is not None else self._read_all()
+            if packing:
+                self.packed = pack(arrays["input_ids"], arrays["labels"], pad_id=pad_id,
+                                   shift_in_model=extra_tokens == 1)
+                self._arrays = {"input_ids": self.packed.input_ids, "labels": self.packed.labels,
+                                "position_ids": self.packed.position_ids,
+                                "segment_ids": self.packed.segment_ids}
+                self.columns = list(self._arrays)
+                self.num_samples = self.packed.rows
+            else:
+                self._arrays = arrays
+                self.lengths = [real_length(arrays["input_ids"][i], arrays["labels"][i], pad_id)
+                                for i in range(self.num_samples)]
+                self.bucket_multiple = int(bucket_multiple or max(64, seq_length // 8))
+        if self.bucketing:   # whole batches are dealt to ranks: every rank gets the same count
+            self.batches_per_epoch = (self.num_samples // batch_size) // num_shards
+        else:
+            per_shard = math.ceil(self.num_samples / num_shards)
+            self.batches_per_epoch = (per_shard // batch_size if drop_remainder
+                                      else math.ceil(per_shard / batch_size))
+
+    def _read_all(self) -> dict[str, np.ndarray]:
+        """Every sample of a MindRecord source as int32 arrays (packing and bucketing need the
+        lengths of all samples up front)."""
+        import mindspore.dataset as ds
+        read = [c for c in ("input_ids", "labels") if c in self.info["columns"]]
+        data = ds.MindDataset(self.src.reader_arg, columns_list=read, shuffle=False)
+        rows = {c: [] for c in read}
+        for item in data.create_dict_iterator(num_epochs=1, output_numpy=True):
+            for c in read:
+                rows[c].append(np.asarray(item[c], np.int32))
+        out = {c: np.stack(v) for c, v in rows.items()}
+        out.setdefault("labels", out["input_ids"].copy())
+        return out
 
     def order(self, epoch: int) -> np.ndarray:
         return epoch_order(self.num_samples, epoch, seed=self.seed, shuffle=self.shuffle,
                            num_shards=self.num_shards, shard_id=self.shard_id)
 
+    def bucketed_batches(self, epoch: int) -> list[np.ndarray]:
+        """This shard's batches (sample indices) of `epoch` under bucketing; a function of
+        (seed, epoch) like epoch_order, so resume cursors count these batches."""
+        from petrun.data.packing import bucket_order
+        rng = np.random.Generator(np.random.PCG64([self.seed % 2 ** 63, int(epoch)]))
+        order = bucket_order(self.lengths, self.batch_size, rng)
+        full = len(order) // self.batch_size
+        batches = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(full)]
+        return batches[self.shard_id::self.num_shards][:self.batches_per_epoch]
+
+    def _bucketed(self, epoch: int, skip_batches: int):
+        batches = self.bucketed_batches(epoch)[skip_batches:]
+        m = self.bucket_multiple
+        out = []
+        for idx in batches:
+            longest = max(self.lengths[i] for i in idx)
+            # model inputs (width - extra_tokens) are a multiple of m: few shapes to compile
+            e = self.extra_tokens
+            width = min(self.sample_length, -(-max(longest - e, 1) // m) * m + e)
+            out.append(tuple(self._arrays[c][idx, :width] for c in self.columns))
+        return _NumpyBatches(out)
+
     def epoch(self, epoch: int = 1, skip_batches: int = 0):
-        """Batches [batch_size, seq_length + extra_tokens] of `epoch`, after its first skip_batches."""
+        """Batches [batch_size, seq_length + extra_tokens] of `epoch`, after its first skip_batches
+        (under bucketing, each batch trimmed to its longest sample, rounded up to a bucket)."""
         import mindspore as ms
         import mindspore.dataset as ds
         from mindspore.dataset.transforms import Duplicate, TypeCast
 
+        if self.bucketing:
+            return self._bucketed(epoch, skip_batches)
         indices = self.order(epoch)[skip_batches * self.batch_size:]
         if len(indices) == 0 or (self.drop_remainder and len(indices) < self.batch_size):
             return _NoBatches()   # MindSpore refuses an empty source; the epoch is used up
@@ -423,7 +502,9 @@ def open_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size:
                  columns: Sequence[str] = mr.DEFAULT_COLUMNS, shuffle: bool = False,
                  seed: int = 0, num_shards: int = 1, shard_id: int = 0,
                  drop_remainder: bool = True, num_parallel_workers: int | None = None,
-                 key: str = DATASET_DIR_KEY, raw=None) -> DataSource:
+                 key: str = DATASET_DIR_KEY, raw=None, packing: bool = False,
+                 bucketing: bool = False, bucket_multiple: int | None = None,
+                 pad_id: int | None = None) -> DataSource:
     """Check the dataset once (UserError on anything a user can get wrong) and return its DataSource.
 
     raw: an ondemand.RawText (tokenizer + cache) lets dataset_dir be raw alpaca/AdvertiseGen JSON;
@@ -450,7 +531,8 @@ def open_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size:
     return DataSource(src, info, records, columns=columns, seq_length=seq_length,
                       extra_tokens=extra_tokens, batch_size=batch_size, shuffle=shuffle, seed=seed,
                       num_shards=num_shards, shard_id=shard_id, drop_remainder=drop_remainder,
-                      num_parallel_workers=num_parallel_workers, key=key)
+                      num_parallel_workers=num_parallel_workers, key=key, packing=packing,
+                      bucketing=bucketing, bucket_multiple=bucket_multiple, pad_id=pad_id)
 
 
 def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int,

@@ -344,13 +344,17 @@ class ChatGLM2Model(nn.Cell):
         self.encoder = ChatGLM2Transformer(config, dtypes)
         self.output_layer = _linear(config, dtypes, config.hidden_size, config.vocab, False)
 
-    def construct(self, input_ids, prefix_key_values=None, prompt_embeds=None):
+    def construct(self, input_ids, prefix_key_values=None, prompt_embeds=None, position_ids=None,
+                  segment_ids=None):
         # Causal only: MindFormers' GLM2 training builds no padding mask (padding is right-hand
-        # and its labels are -100).
-        mask = causal_mask(input_ids)
+        # and its labels are -100). Packed rows: block-diagonal by segment_ids.
+        mask = causal_mask(input_ids, segment_ids=segment_ids)
         x = ops.cast(self.embedding(input_ids), self.residual_dtype)
         if prompt_embeds is None:
-            cos, sin = self.rotary_pos_emb(input_ids.shape[1])
+            if position_ids is None:
+                cos, sin = self.rotary_pos_emb(input_ids.shape[1])
+            else:
+                cos, sin = self.rotary_pos_emb.at(position_ids)
             return self.encoder(x, cos, sin, mask, prefix_key_values)
         x, mask = prepend_prompt(x, mask, prompt_embeds)
         cos, sin = self.rotary_pos_emb(x.shape[1])
@@ -366,7 +370,8 @@ class ChatGLM2Model(nn.Cell):
 class ChatGLM2ForConditionalGeneration(nn.Cell):
     """ChatGLM2 with its output layer.
 
-    construct(input_ids, labels=None, prefix_key_values=None, prompt_embeds=None):
+    construct(input_ids, labels=None, prefix_key_values=None, prompt_embeds=None,
+              position_ids=None, segment_ids=None):
       labels None  → fp32 logits (batch, seq, vocab) for every position of input_ids.
       labels given → scalar fp32 mean cross-entropy of logits[:, i] against labels[:, i]
                      (labels arrive shifted, as MindFormers' GLM2 datasets make them; rows are
@@ -374,6 +379,10 @@ class ChatGLM2ForConditionalGeneration(nn.Cell):
       prefix_key_values: None or one (2, B, multi_query_group_num, P, kv_channels) per layer.
       prompt_embeds: None or (B, P, hidden) virtual-token embeddings put before the tokens
                      (positions 0..P-1; they yield no logits and no loss).
+      position_ids, segment_ids: None, or int32 (B, S) as long as input_ids (used as they are:
+                     labels are pre-shifted) — packed rows (petrun.data.packing): rotary at
+                     position_ids, attention only inside a segment (segment_causal_mask). Not
+                     for use with prompt_embeds.
     """
 
     def __init__(self, config: ChatGLM2Config, device_target: str | None = None):
@@ -386,8 +395,10 @@ class ChatGLM2ForConditionalGeneration(nn.Cell):
         self.transformer = ChatGLM2Model(config, self.dtypes)
         self.loss = MaskedCrossEntropy(IGNORE_INDEX)
 
-    def construct(self, input_ids, labels=None, prefix_key_values=None, prompt_embeds=None):
-        hidden = self.transformer(input_ids, prefix_key_values, prompt_embeds)
+    def construct(self, input_ids, labels=None, prefix_key_values=None, prompt_embeds=None,
+                  position_ids=None, segment_ids=None):
+        hidden = self.transformer(input_ids, prefix_key_values, prompt_embeds, position_ids,
+                                  segment_ids)
         logits = ops.cast(self.transformer.output_layer(hidden), ms.float32)
         if labels is None:
             return logits

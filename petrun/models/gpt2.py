@@ -126,12 +126,19 @@ class GPT2Embedding(nn.Cell):
         self.add = ops.Add()
         self.dropout = Dropout(config.embedding_dropout_prob)
 
-    def construct(self, input_ids, prompt_embeds=None):
+    def construct(self, input_ids, prompt_embeds=None, position_ids=None):
         x = self.word_embedding(input_ids)
         if prompt_embeds is not None:   # virtual tokens take positions 0..P-1
             x = ops.cat((ops.cast(prompt_embeds, x.dtype), x), 1)
-        positions = ops.arange(0, x.shape[1], 1, dtype=ms.int32)
-        x = self.add(x, ops.expand_dims(self.position_embedding(positions), 0))
+        if position_ids is None:
+            positions = ops.arange(0, x.shape[1], 1, dtype=ms.int32)
+            x = self.add(x, ops.expand_dims(self.position_embedding(positions), 0))
+        else:
+            # Packed rows: per-sample positions (B, S), looked up flat so the lookup keeps the
+            # rank of the plain range it is declared for ("positions").
+            batch, seq = position_ids.shape
+            table = self.position_embedding(ops.reshape(position_ids, (-1,)))
+            x = self.add(x, ops.reshape(table, (batch, seq, -1)))
         return self.dropout(x)
 
     def decode(self, input_ids, positions):
@@ -241,12 +248,14 @@ class GPT2Model(nn.Cell):
         self.layernorm = LayerNorm(config.hidden_size, LAYERNORM_EPS,
                                    dtypes["layernorm_compute_type"])
 
-    def construct(self, tokens, prefix_key_values=None, prompt_embeds=None):
+    def construct(self, tokens, prefix_key_values=None, prompt_embeds=None, position_ids=None,
+                  segment_ids=None):
         # Causal, pad keys hidden: MindFormers masks pad (= eos for GPT-2) tokens the same way.
-        mask = causal_mask(tokens, self.pad_token_id)
+        # Packed rows: block-diagonal by segment_ids.
+        mask = causal_mask(tokens, self.pad_token_id, segment_ids=segment_ids)
         if prompt_embeds is not None:
             mask = widen_mask(mask, prompt_embeds.shape[1])
-        x = ops.cast(self.embedding(tokens, prompt_embeds), self.compute_dtype)
+        x = ops.cast(self.embedding(tokens, prompt_embeds, position_ids), self.compute_dtype)
         for i in range(self.num_layers):
             if prefix_key_values is None:
                 x = self.blocks[i](x, mask)
@@ -270,7 +279,8 @@ class GPT2Model(nn.Cell):
 class GPT2LMHeadModel(nn.Cell):
     """GPT-2 with the tied LM head.
 
-    construct(input_ids, labels=None, prefix_key_values=None, prompt_embeds=None):
+    construct(input_ids, labels=None, prefix_key_values=None, prompt_embeds=None,
+              position_ids=None, segment_ids=None):
       labels None  → fp32 logits (batch, seq, vocab) for every position of input_ids.
       labels given → scalar fp32 mean cross-entropy; rows are seq_length + 1 long: tokens =
                      input_ids[:, :-1], targets = labels[:, 1:]; positions whose token is pad or
@@ -278,6 +288,10 @@ class GPT2LMHeadModel(nn.Cell):
       prefix_key_values: None or one (2, B, num_heads, P, head_dim) entry per layer.
       prompt_embeds: None or (B, P, hidden) virtual-token embeddings put before the tokens
                      (positions 0..P-1; they yield no logits and no loss).
+      position_ids, segment_ids: None, or int32 (B, S) as long as input_ids (and cut like it
+                     when labels are given) — packed rows (petrun.data.packing): learned
+                     positions gathered at position_ids, attention only inside a segment
+                     (segment_causal_mask). Not for use with prompt_embeds.
     Dropouts act only in training (set_train(True)); logits for evaluation need set_train(False).
     """
 
@@ -299,12 +313,19 @@ class GPT2LMHeadModel(nn.Cell):
         table = self.backbone.embedding.word_embedding.embedding_table
         return ops.cast(self.head(hidden, table), ms.float32)
 
-    def construct(self, input_ids, labels=None, prefix_key_values=None, prompt_embeds=None):
+    def construct(self, input_ids, labels=None, prefix_key_values=None, prompt_embeds=None,
+                  position_ids=None, segment_ids=None):
         if labels is None:
-            return self.logits(self.backbone(input_ids, prefix_key_values, prompt_embeds))
+            return self.logits(self.backbone(input_ids, prefix_key_values, prompt_embeds,
+                                             position_ids, segment_ids))
         tokens = input_ids[:, :-1]
         targets = labels[:, 1:]
-        logits = self.logits(self.backbone(tokens, prefix_key_values, prompt_embeds))
+        if position_ids is not None:
+            position_ids = position_ids[:, :-1]
+        if segment_ids is not None:
+            segment_ids = segment_ids[:, :-1]
+        logits = self.logits(self.backbone(tokens, prefix_key_values, prompt_embeds, position_ids,
+                                           segment_ids))
         loss_mask = ops.logical_and(ops.not_equal(tokens, self.pad_token_id),
                                     ops.not_equal(targets, IGNORE_INDEX))
         return self.loss(logits, targets, loss_mask)

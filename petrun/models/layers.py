@@ -246,18 +246,39 @@ def extend_cache(past, key, value, write_at=None):
 # Attention
 
 
-def causal_mask(tokens, pad_token_id=None, dtype=ms.float32):
+def causal_mask(tokens, pad_token_id=None, dtype=ms.float32, segment_ids=None):
     """(batch, 1, seq, seq) mask, 1 = may attend: lower triangle, and pad keys hidden.
 
     Hiding pad keys follows MindFormers' Llama mask; with right padding it changes only the
     outputs at pad positions, which the loss mask drops anyway.
+    segment_ids (batch, seq) int, for packed rows: the triangle becomes segment_causal_mask's
+    block-diagonal one (pad keys are still hidden, so a packed sample sees what it sees alone).
     """
     batch, seq = tokens.shape
-    mask = ops.reshape(ops.tril(ops.ones((seq, seq), dtype)), (1, 1, seq, seq))
+    if segment_ids is None:
+        mask = ops.reshape(ops.tril(ops.ones((seq, seq), dtype)), (1, 1, seq, seq))
+    else:
+        mask = segment_causal_mask(segment_ids, dtype)
     if pad_token_id is not None:
         keep = ops.cast(ops.not_equal(tokens, pad_token_id), dtype)
         mask = mask * ops.reshape(keep, (batch, 1, 1, seq))
     return mask
+
+
+def segment_causal_mask(segment_ids, dtype=ms.float32):
+    """(batch, 1, seq, seq) mask for packed rows (train_dataset.packing), 1 = may attend: query q
+    sees key k iff both carry the same segment id and k <= q, so attention stays inside each
+    sample; segment 0 (padding) sees only itself. petrun.data.packing.block_causal_mask is the
+    numpy statement of the same rule."""
+    batch, seq = segment_ids.shape
+    causal = ops.tril(ops.ones((seq, seq), dtype))
+    same = ops.equal(ops.reshape(segment_ids, (batch, seq, 1)),
+                     ops.reshape(segment_ids, (batch, 1, seq)))
+    mask = ops.cast(same, dtype) * causal
+    pad_query = ops.broadcast_to(ops.reshape(ops.equal(segment_ids, 0), (batch, seq, 1)),
+                                 (batch, seq, seq))
+    itself = ops.broadcast_to(ops.eye(seq, seq, dtype), (batch, seq, seq))
+    return ops.reshape(ops.select(pad_query, itself, mask), (batch, 1, seq, seq))
 
 
 def prepend_prompt(x, mask, prompt_embeds):

@@ -165,12 +165,16 @@ class LlamaModel(nn.Cell):
                                       config.extend_method, config.scaling_factor,
                                       dtypes["rotary_dtype"])
 
-    def construct(self, tokens, prefix_key_values=None, prompt_embeds=None):
-        mask = causal_mask(tokens, self.pad_token_id)
+    def construct(self, tokens, prefix_key_values=None, prompt_embeds=None, position_ids=None,
+                  segment_ids=None):
+        mask = causal_mask(tokens, self.pad_token_id, segment_ids=segment_ids)
         x = ops.cast(self.tok_embeddings(tokens), self.residual_dtype)
         if prompt_embeds is not None:
             x, mask = prepend_prompt(x, mask, prompt_embeds)
-        cos, sin = self.rotary(x.shape[1])
+        if position_ids is None:
+            cos, sin = self.rotary(x.shape[1])
+        else:
+            cos, sin = self.rotary.at(position_ids)
         for i in range(self.num_layers):
             if prefix_key_values is None:
                 x = self.layers[i](x, cos, sin, mask)
@@ -196,7 +200,8 @@ class LlamaModel(nn.Cell):
 class LlamaForCausalLM(nn.Cell):
     """Llama 2 with an LM head.
 
-    construct(input_ids, labels=None, prefix_key_values=None, prompt_embeds=None):
+    construct(input_ids, labels=None, prefix_key_values=None, prompt_embeds=None,
+              position_ids=None, segment_ids=None):
       labels None  → fp32 logits (batch, seq, vocab) for every position of input_ids.
       labels given → scalar fp32 mean cross-entropy, MindFormers style: rows are seq_length + 1
                      long; tokens = input_ids[:, :-1], targets = labels[:, 1:], positions whose
@@ -204,6 +209,10 @@ class LlamaForCausalLM(nn.Cell):
       prefix_key_values: None or one (2, B, n_kv_heads, P, head_dim) entry per layer.
       prompt_embeds: None or (B, P, hidden) virtual-token embeddings put before the tokens
                      (positions 0..P-1; they yield no logits and no loss).
+      position_ids, segment_ids: None, or int32 (B, S) as long as input_ids (and cut like it
+                     when labels are given) — packed rows (petrun.data.packing): RoPE at
+                     position_ids, attention only inside a segment (segment_causal_mask). Not
+                     for use with prompt_embeds.
     """
 
     def __init__(self, config: LlamaConfig, device_target: str | None = None):
@@ -236,12 +245,19 @@ class LlamaForCausalLM(nn.Cell):
             out = self.lm_head(hidden)
         return ops.cast(out, ms.float32)
 
-    def construct(self, input_ids, labels=None, prefix_key_values=None, prompt_embeds=None):
+    def construct(self, input_ids, labels=None, prefix_key_values=None, prompt_embeds=None,
+                  position_ids=None, segment_ids=None):
         if labels is None:
-            return self.logits(self.model(input_ids, prefix_key_values, prompt_embeds))
+            return self.logits(self.model(input_ids, prefix_key_values, prompt_embeds,
+                                          position_ids, segment_ids))
         tokens = input_ids[:, :-1]
         targets = labels[:, 1:]
-        logits = self.logits(self.model(tokens, prefix_key_values, prompt_embeds))
+        if position_ids is not None:
+            position_ids = position_ids[:, :-1]
+        if segment_ids is not None:
+            segment_ids = segment_ids[:, :-1]
+        logits = self.logits(self.model(tokens, prefix_key_values, prompt_embeds, position_ids,
+                                        segment_ids))
         loss_mask = ops.logical_and(ops.not_equal(tokens, self.pad_token_id),
                                     ops.not_equal(targets, self.ignore_token_id))
         return self.loss(logits, targets, loss_mask)

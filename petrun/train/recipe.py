@@ -257,7 +257,15 @@ class FinetuneRecipe:
             seed=int(cfg.get("train_dataset.seed", self.seed) or 0),
             num_shards=self.num_shards, shard_id=self.shard_id,
             drop_remainder=bool(cfg.get("train_dataset.drop_remainder", True)),
-            raw=RawText.from_config(cfg, "train_dataset"))
+            raw=RawText.from_config(cfg, "train_dataset"), packing=self._packing(),
+            bucketing=bool(cfg.get("train_dataset.bucketing")),
+            bucket_multiple=cfg.get("train_dataset.bucket_multiple"),
+            pad_id=int(cfg.get("model.model_config.pad_token_id") or 0))
+        if self.data.packed is not None:
+            self.say(self.data.packed.summary())
+        elif self.data.bucketing:
+            self.say(f"bucketing: batches of similar length, trimmed to multiples of "
+                     f"{self.data.bucket_multiple} tokens")
         self.data_files = [describe_file(f) for f in self.data.files]
         self.batches_per_epoch = self.data.batches_per_epoch
         self.epochs = int(cfg.get("runner_config.epochs") or 1)
@@ -275,6 +283,27 @@ class FinetuneRecipe:
                  f"{self.seq_length + self.extra_tokens} tokens per epoch; {self.total_steps} optimizer steps"
                  + (f" (gradient accumulation {self.accum})" if self.accum > 1 else ""))
         self.setup_eval()
+
+    def _packing(self) -> bool:
+        cfg = self.cfg
+        if not cfg.get("train_dataset.packing"):
+            return False
+        pet = (cfg.get("model.model_config.pet_config") or {}).get("pet_type")
+        if pet in ("ptuning2", "prefixtuning", "prompt_tuning", "ptuning") or \
+                "Ptuning2" in str(cfg.get("model.arch.type")):
+            raise UserError(f"packing is not supported with pet_type {pet}: its virtual tokens or "
+                            "key/value prefix belong to one sample, not to a packed row",
+                            key="train_dataset.packing", file=cfg.origin("train_dataset.packing"),
+                            fix="set train_dataset.packing: False (or use LoRA, IA3, adapters or "
+                                "a full finetune), or train_dataset.bucketing: True instead")
+        from petrun.parallel.context import parallel_mode
+        if cfg.get("use_parallel") and parallel_mode(cfg) != "DATA_PARALLEL":
+            # per-batch rotary tables / position embeddings have no semi-auto strategies yet
+            raise UserError("packing is not built for semi-auto/auto parallel yet",
+                            key="train_dataset.packing", file=cfg.origin("train_dataset.packing"),
+                            fix="set train_dataset.packing: False (data parallel and single-device "
+                                "runs support it)")
+        return True
 
     def setup_eval(self) -> None:
         """do_eval: eval_dataset opened and checked now, evaluated every eval_step_interval steps
@@ -351,15 +380,16 @@ class FinetuneRecipe:
         from petrun.parallel.context import grad_reducer
         reducer = grad_reducer(self.optimizer.parameters)  # None unless data parallel
         self.model.set_train(True)
+        net = steps.PackedInputs(self.model) if self.data.packed is not None else self.model
         if self.accum == 1:
-            self.step_cell = steps.TrainStep(self.model, self.optimizer, scale, update, clip, use_clip,
+            self.step_cell = steps.TrainStep(net, self.optimizer, scale, update, clip, use_clip,
                                              grad_reducer=reducer)
             self.step_cell.set_train(True)
             self.skips_overflow = self.step_cell.skip_on_overflow
             self.train_cell = self.step_cell
         else:
             buffers = steps.make_buffers(self.trainable)
-            self.acc_cell = steps.AccumulateStep(self.model, self.optimizer.parameters, buffers, scale, update)
+            self.acc_cell = steps.AccumulateStep(net, self.optimizer.parameters, buffers, scale, update)
             self.apply_cell = steps.ApplyAccumulated(self.acc_cell, self.optimizer, self.accum, clip, use_clip,
                                                      grad_reducer=reducer)
             self.acc_cell.set_train(True)
@@ -535,10 +565,9 @@ class FinetuneRecipe:
     def one_step(self, batches) -> tuple[float, bool, float, float]:
         """One optimizer step over `accum` micro-batches → (loss, overflow, loss_scale, grad_norm)."""
         if self.accum == 1:
-            ids, labels = batches[0]
-            loss, overflow, scale, norm = self.step_cell(ids, labels)
+            loss, overflow, scale, norm = self.step_cell(*batches[0])
             return float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy()), float(norm.asnumpy())
-        losses = [float(self.acc_cell(ids, labels)[0].asnumpy()) for ids, labels in batches]
+        losses = [float(self.acc_cell(*batch)[0].asnumpy()) for batch in batches]
         overflow, scale, norm = self.apply_cell()
         return float(np.mean(losses)), bool(overflow.asnumpy()), float(scale.asnumpy()), float(norm.asnumpy())
 
@@ -563,7 +592,7 @@ class FinetuneRecipe:
             # Records after this line supersede the killed run's records for the same steps.
             metrics.write({"event": "resume", "step": self.start_step,
                            "checkpoint": str(self.resume_from.adapter)})
-        tokens_per_step = self.batch_size * self.seq_length * self.accum
+        token_counts: list[int] = []
         step, times, start = self.start_step, [], time.perf_counter()
         epoch = step_in_epoch = 0
         try:
@@ -575,6 +604,10 @@ class FinetuneRecipe:
                         group.append(batch)
                         if len(group) < self.accum:
                             continue
+                        # model input tokens (bucketing trims batches, so count each one)
+                        step_tokens = sum(int(b[0].shape[0]) * (int(b[0].shape[1]) - self.extra_tokens)
+                                          for b in group)
+                        token_counts.append(step_tokens)
                         t0 = time.perf_counter()
                         loss, overflow, scale, norm = self.one_step(group)
                         dt = time.perf_counter() - t0
@@ -592,11 +625,12 @@ class FinetuneRecipe:
                                                 "a dynamic loss scale for float16")
                         lr = float(self.lr[min(step - 1, len(self.lr) - 1)])
                         self.summary["losses"].append(loss)
-                        progress.update(step, epoch, loss, lr, tokens_per_step / dt, norm, overflow)
+                        progress.update(step, epoch, loss, lr, step_tokens / dt, norm, overflow)
                         metrics.write({"step": step, "total_steps": self.total_steps, "epoch": epoch,
                                        "loss": loss, "lr": lr, "grad_norm": norm, "overflow": overflow,
                                        "loss_scale": scale, "step_time_s": round(dt, 4),
-                                       "tokens_per_second": round(tokens_per_step / dt, 1),
+                                       "tokens": step_tokens,
+                                       "tokens_per_second": round(step_tokens / dt, 1),
                                        "elapsed_s": round(time.perf_counter() - start, 2)})
                         if save_every and step % save_every == 0:
                             self.save(epoch, step_in_epoch, step)
@@ -627,7 +661,8 @@ class FinetuneRecipe:
         median = statistics.median(steady) if steady else 0.0
         self.summary.update(steps=step, wall_s=time.perf_counter() - start,
                             first_step_s=times[0] if times else 0.0, median_step_s=median,
-                            tokens_per_second=tokens_per_step / median if median else 0.0)
+                            tokens_per_second=(float(np.mean(token_counts)) / median
+                                               if median and token_counts else 0.0))
         last = self.summary["checkpoints"][-1]["path"] if self.summary["checkpoints"] else "-"
         losses = self.summary["losses"]
         # Single-batch losses are noisy; compare means over the first and last few steps.

@@ -56,10 +56,11 @@ class _GradCore(nn.Cell):
         self.clip_norm = float(clip_norm)
         self.use_clip = bool(use_clip)
 
-    def scaled_grads(self, input_ids, labels):
-        loss = self.network(input_ids, labels)
+    def scaled_grads(self, *inputs):
+        # inputs: (input_ids, labels) or, packed, (input_ids, labels, position_ids, segment_ids)
+        loss = self.network(*inputs)
         sens = ops.cast(self.loss_scale, loss.dtype)
-        grads = self.grad(self.network, self.weights)(input_ids, labels, sens)
+        grads = self.grad(self.network, self.weights)(*inputs, sens)
         inv = ops.cast(1.0 / self.loss_scale, ms.float32)
         grads = tuple(ops.cast(g, ms.float32) * inv for g in grads)
         return loss, grads
@@ -95,8 +96,8 @@ class TrainStep(_GradCore):
         self.reduce = grad_reducer is not None
         self.skip_on_overflow = scale_update is not None or float(scale_value) != 1.0
 
-    def construct(self, input_ids, labels):
-        loss, grads = self.scaled_grads(input_ids, labels)
+    def construct(self, *inputs):
+        loss, grads = self.scaled_grads(*inputs)
         if self.reduce:
             grads = self.grad_reducer(grads)
         norm = self.global_norm(grads)
@@ -120,8 +121,8 @@ class AccumulateStep(_GradCore):
         # float32, not bool: MindSpore cannot Load a bool Parameter inside a graph.
         self.seen_overflow = Parameter(Tensor(0.0, ms.float32), name="seen_overflow", requires_grad=False)
 
-    def construct(self, input_ids, labels):
-        loss, grads = self.scaled_grads(input_ids, labels)
+    def construct(self, *inputs):
+        loss, grads = self.scaled_grads(*inputs)
         overflow = self.overflow(self.global_norm(grads))
         for buf, g in zip(self.buffers, grads):
             ops.assign_add(buf, g)
@@ -173,3 +174,16 @@ def make_buffers(params) -> ms.ParameterTuple:
     import numpy as np
     return ms.ParameterTuple([Parameter(Tensor(np.zeros(p.shape, np.float32)), name=f"accu_grads.{p.name}",
                                         requires_grad=False) for p in params])
+
+
+class PackedInputs(nn.Cell):
+    """Packed rows carry positions and segment ids: (input_ids, labels, position_ids,
+    segment_ids) → the causal LM's keyword slots (no prefix, no prompt embeddings)."""
+
+    def __init__(self, network):
+        super().__init__(auto_prefix=False)   # parameter names stay the model's
+        self.network = network
+
+    def construct(self, input_ids, labels, position_ids, segment_ids):
+        return self.network(input_ids, labels, None, None, position_ids, segment_ids)
+
