@@ -281,6 +281,34 @@ def data_shard(cfg=None) -> tuple[int, int]:
     return dims.dp, (state.rank % dims.stage_devices) // dims.mp
 
 
+def loader_batch(cfg, batch_size: int) -> int:
+    """Samples one rank's loader yields per micro-step. Semi-auto with full_batch feeds every rank
+    the whole global batch (batch_size × data_parallel, × micro_batch_num with pipeline stages),
+    which MindSpore slices, as MindFormers builds its dataset; otherwise batch_size."""
+    state = distributed()
+    if state.world == 1 or state.mode == "DATA_PARALLEL" or not state.context.get("full_batch", True):
+        return batch_size
+    from petrun.parallel.strategy import ParallelDims
+    dims = ParallelDims.from_config(cfg)
+    return batch_size * dims.dp * (dims.micro_batch_num if dims.pp > 1 else 1)
+
+
+def pipeline_wrap(cfg, network, params):
+    """(network, gradient reducer) for pipeline stages under semi-auto parallel (Ascend):
+    MindSpore's Pipeline cell splits each batch into micro_batch_num micro-batches and
+    PipelineGradReducer accumulates and reduces their gradients. (network, None) otherwise.
+    Never runs on CPU, where setup_context refuses semi-auto parallel first."""
+    state = distributed()
+    if state.world == 1 or state.context.get("pipeline_stages", 1) <= 1:
+        return network, None
+    from mindspore.parallel.nn import Pipeline, PipelineGradReducer
+    from petrun.parallel.strategy import ParallelDims
+    dims = ParallelDims.from_config(cfg)
+    wrapped = Pipeline(network, micro_size=dims.micro_batch_num)
+    reducer = PipelineGradReducer(params, opt_shard=bool(state.context.get("enable_parallel_optimizer")))
+    return wrapped, reducer
+
+
 def gather_ints(values: list[int]) -> list[list[int]]:
     """Every rank's `values`, indexed by rank (AllGather; int32 AllReduce has no CPU kernel)."""
     state = distributed()

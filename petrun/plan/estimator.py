@@ -389,7 +389,9 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
     per_layer = layer_inventory(dims, pet, pet.params, lay, batch * layer_seq, kv_len, lora_dropout)
     if not training:                 # forward only: no saved tensors, one layer's at a time
         per_layer = {k: v for k, v in per_layer.items() if k != "weight-grad inputs"}
-    layers_per_stage = math.ceil(dims.num_layers / lay.pp)
+    from petrun.parallel.strategy import layers_per_stage as stage_layers
+    # MindFormers' split is not always even (6 layers on 4 stages: 1, 1, 1, 3)
+    stage_counts = stage_layers(dims.num_layers, lay.pp, cfg.get("model.model_config.offset") or 0)
     recompute_layer = batch * layer_seq * dims.hidden * DTYPE_BYTES[dims.residual_dtype] / (
         lay.mp if lay.seq_parallel else 1)
     head = head_bytes(dims, lay, tokens, training)
@@ -403,6 +405,7 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
 
     best = None
     for st in range(lay.pp):
+        layers_per_stage = stage_counts[st]
         if not training:
             n_scores, n_other = scores_layer, other_layer      # one layer at a time
         elif lay.recompute:
@@ -419,6 +422,7 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
         if best is None or total > best[0]:
             best = (total, st, act, hd, n_scores, n_other)
     _, stage, act, hd, n_scores, n_other = best
+    layers_per_stage = stage_counts[stage]
     runtime = (CPU_RUNTIME + CPU_PER_LAYER * layers_per_stage) if cpu else ASCEND_RUNTIME
     peak = best[0] + runtime
     terms = {"fixed": w[stage] + kv_cache, "state": g[stage] + o[stage], "layers": layers_per_stage,

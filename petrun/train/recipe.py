@@ -248,6 +248,8 @@ class FinetuneRecipe:
         self.accum = int(cfg.get("runner_config.gradient_accumulation_steps") or 1)
         # Data parallel splits samples over ranks; semi-auto full_batch gives each rank all of them.
         self.num_shards, self.shard_id = data_shard(cfg)
+        from petrun.parallel.context import loader_batch
+        self.batch_size = loader_batch(cfg, self.batch_size)
         self.extra_tokens = arch_entry(cfg.get("model.arch.type")).extra_tokens
         self.data = open_dataset(
             dataset_dir, seq_length=self.seq_length, batch_size=self.batch_size,
@@ -381,6 +383,9 @@ class FinetuneRecipe:
         reducer = grad_reducer(self.optimizer.parameters)  # None unless data parallel
         self.model.set_train(True)
         net = steps.PackedInputs(self.model) if self.data.packed is not None else self.model
+        from petrun.parallel.context import pipeline_wrap
+        net, pipeline_reducer = pipeline_wrap(cfg, net, self.optimizer.parameters)
+        reducer = pipeline_reducer or reducer
         if self.accum == 1:
             self.step_cell = steps.TrainStep(net, self.optimizer, scale, update, clip, use_clip,
                                              grad_reducer=reducer)
@@ -684,7 +689,7 @@ class FinetuneRecipe:
         manifest = {
             "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
             "batches_in_epoch": step_in_epoch * self.accum,
-            "consumed_samples": step * self.accum * self.batch_size * self.world_size,
+            "consumed_samples": step * self.accum * self.batch_size * self.num_shards,
             "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
             "rank": self.rank, "world_size": self.world_size, "run_id": self.run_id,
             "loss_scale": self.scale,

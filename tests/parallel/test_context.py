@@ -94,3 +94,19 @@ def test_cli_use_parallel_without_launcher_exits_2():
     r = run_cli("finetune", "--config", TINY, "--use_parallel", "True", "runner_config.epochs=1")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "petrun launch" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_loader_batch_follows_mindformers_global_batch(monkeypatch):
+    """Semi-auto full_batch: every rank reads batch × dp (× micro_batch_num with pipeline
+    stages) samples per step and MindSpore slices them; data parallel reads its own batch."""
+    cfg = load_config(B7, ["parallel_config.data_parallel=2", "parallel_config.model_parallel=2",
+                           "parallel_config.pipeline_stage=2", "parallel_config.micro_batch_num=4",
+                           "output_dir=/o"])
+    kw, _ = C.parallel_context(cfg, 8, 3)
+    monkeypatch.setattr(C, "_STATE", C.Distributed(3, 8, "SEMI_AUTO_PARALLEL", kw))
+    assert C.loader_batch(cfg, 2) == 2 * 2 * 4
+    assert C.data_shard(cfg) == (1, 0)
+    monkeypatch.setattr(C, "_STATE", C.Distributed(3, 8, "DATA_PARALLEL", {"full_batch": False}))
+    assert C.loader_batch(cfg, 2) == 2
+    monkeypatch.setattr(C, "_STATE", C.Distributed())
+    assert C.loader_batch(cfg, 2) == 2 and C.pipeline_wrap(cfg, "net", [])[1] is None

@@ -194,3 +194,11 @@ def test_plan_cli_table(cli):
     assert res.returncode == 0, res.stderr
     for word in ("Parameters", "Memory per device", "peak", "Activations of one layer", "Compute"):
         assert word in res.stdout
+
+
+def test_uneven_pipeline_split_counts_the_heaviest_stage():
+    """MindFormers puts 6 layers on 4 stages as 1, 1, 1, 3: the last stage holds 3 layers'
+    activations (ceil(6/4) = 2 would under-count it)."""
+    est = estimate(cfg(L7B, "model.model_config.num_layers=6", "parallel_config.pipeline_stage=4",
+                       "parallel_config.data_parallel=2"))
+    assert est.layout.pp == 4 and est.stage == 3 and est.terms["layers"] == 3
