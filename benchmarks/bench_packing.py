@@ -42,7 +42,7 @@ def useful_tokens(path: Path, pad_id: int = 0) -> int:
 
 def run(mode: str, data: Path, out: Path) -> dict:
     cmd = [sys.executable, "-m", "petrun", "finetune", "--config", str(CONFIG), "--output_dir", str(out),
-           "--train_dataset_dir", str(data), "runner_config.epochs=1", "callbacks.1.save_checkpoint_steps=0",
+           "--train_dataset_dir", str(data), "runner_config.epochs=1", "callbacks.1.save_checkpoint_steps=1000",
            *MODES[mode]]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "GLOG_v": "3"})
     if r.returncode != 0:
