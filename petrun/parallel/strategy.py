@@ -315,6 +315,15 @@ def plan_layouts(params: dict[str, tuple[int, ...]], dims: ParallelDims, family:
     if dims.pp > num_layers:
         raise UserError(f"pipeline_stage {dims.pp} is more than the model's {num_layers} layers",
                         key="parallel_config.pipeline_stage", fix=f"use at most {num_layers} stages")
+    tied = family == "gpt2" or (family == "llama2" and "lm_head.weight" not in params)
+    if dims.pp > 1 and tied:
+        # The head computes on the last stage with a table stage 0 owns; sharing a parameter
+        # across stages cannot be verified here without Ascend, so it is refused, not guessed.
+        raise UserError("pipeline stages with a tied embedding/output table are not supported yet "
+                        f"({'GPT2 always ties it' if family == 'gpt2' else 'tie_word_embeddings'})",
+                        key="parallel_config.pipeline_stage",
+                        fix="use pipeline_stage: 1 with model_parallel/data_parallel, or untie the "
+                            "head (Llama2: tie_word_embeddings: False)")
     trainable = set(trainable)
     notes: list[str] = []
     unknown, bad = [], []

@@ -251,10 +251,11 @@ def test_every_parameter_of_each_real_model_has_a_layout(config):
     path = ROOT / "configs" / config
     if not path.exists():
         pytest.skip(f"{config} not in this checkout")
+    pp = 1 if "gpt2" in config else 2      # GPT2's tied head: no pipeline stages (refused)
     cfg = load_config(str(path), ["parallel.parallel_mode=1", "parallel_config.data_parallel=1",
-                                  "parallel_config.model_parallel=2", "parallel_config.pipeline_stage=2"])
+                                  "parallel_config.model_parallel=2", f"parallel_config.pipeline_stage={pp}"])
     plan = plan_for_config(cfg)
-    assert plan.layouts and set(plan.stage(0)) and set(plan.stage(1))
+    assert plan.layouts and set(plan.stage(0)) and (pp == 1 or set(plan.stage(1)))
     lora_b = [l for n, l in plan.layouts.items() if n.endswith("lora_b")]
     assert lora_b and all(l.tensor_map in (COL, WHOLE) for l in lora_b)
     assert any(l.is_split() for l in plan.layouts.values())
