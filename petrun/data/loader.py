@@ -155,6 +155,9 @@ def _json_arrays(records: list[Any], columns: Sequence[str], length: int, path: 
 
 # --------------------------------------------------------------------------- raw JSON
 
+_WARNED_BAD: set = set()
+
+
 def _tokenize_raw(src: _Source, raw, seq_length: int, extra_tokens: int, key: str) -> _Source:
     """A raw-text JSON source tokenized (or found in the cache) as arrays; others unchanged."""
     from petrun.data import ondemand
@@ -169,7 +172,10 @@ def _tokenize_raw(src: _Source, raw, seq_length: int, extra_tokens: int, key: st
         return src
     arrays, meta = ondemand.tokenized(src.path, fmt, raw, seq_length=seq_length,
                                       extra_tokens=extra_tokens, key=key)
-    if meta["bad"]:   # skipped, but never silently (the recipe may not print info["raw"])
+    # skipped, but never silently (the recipe may not print info["raw"]); once per process, as
+    # pre-flight and the recipe open the same file
+    if meta["bad"] and (src.path, meta.get("cache")) not in _WARNED_BAD:
+        _WARNED_BAD.add((src.path, meta.get("cache")))
         import logging
         logging.getLogger("petrun").warning(
             "%s: skipped %d bad record(s) of %d: %s", src.path, meta["bad"], meta["records"],
