@@ -7,7 +7,7 @@ import typer
 
 from petrun.cli.common import console
 
-app = typer.Typer(help="Checkpoint tools: convert between Hugging Face and MindSpore layouts.",
+app = typer.Typer(help="Checkpoint tools: HF conversion, resharding, strategy files, adapter merge, PEFT format.",
                   no_args_is_help=True)
 
 
