@@ -22,10 +22,10 @@ import json
 import os
 import random
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from petrun.ckpt.io import write_bytes_atomic  # noqa: E402
 from petrun.data import alpaca  # noqa: E402
 from petrun.data.mindrecord import write_jsonl  # noqa: E402
 from petrun.data.sp_train import train_sentencepiece  # noqa: E402
@@ -184,27 +184,14 @@ def train_tokenizer(texts: list[str]) -> bytes:
     return train_sentencepiece(texts, VOCAB_SIZE)
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".petrun-tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main() -> int:
     os.makedirs(OUT_DIR, exist_ok=True)
     records = make_records()
-    write_atomic(os.path.join(OUT_DIR, "alpaca_demo.json"),
+    write_bytes_atomic(os.path.join(OUT_DIR, "alpaca_demo.json"),
                  (json.dumps(records, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
     model_path = os.path.join(OUT_DIR, "tokenizer.model")
-    write_atomic(model_path, train_tokenizer(training_text(records)))
+    write_bytes_atomic(model_path, train_tokenizer(training_text(records)))
     tok = SentencePieceTokenizer(model_path)
     assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2, 0)
 

@@ -156,22 +156,6 @@ def write_mindrecord(path: str | os.PathLike, samples: Iterable[Mapping[str, Any
     return count
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a small file under a temporary name, then rename it into place."""
-    path = os.path.abspath(os.fspath(path))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".petrun-tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_jsonl(path: str | os.PathLike, samples: Iterable[Mapping[str, Any]], *,
                 columns: Sequence[str] = DEFAULT_COLUMNS, overwrite: bool = False) -> int:
     """Write samples as JSON lines ({"input_ids": [...], "labels": [...]}) atomically."""

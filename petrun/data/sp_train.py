@@ -67,7 +67,7 @@ def train_tokenizer_file(corpus: str, output: str, vocab_size: int, *,
 
     Returns (path written, number of training strings).
     """
-    from petrun.data.mindrecord import atomic_write_bytes
+    from petrun.ckpt.io import write_bytes_atomic
 
     if not os.path.isfile(corpus):
         raise UserError("corpus file not found", file=corpus, fix="give a text or alpaca JSON file")
@@ -90,5 +90,6 @@ def train_tokenizer_file(corpus: str, output: str, vocab_size: int, *,
         else:
             fix = "lower --vocab-size (a small corpus supports only a small vocabulary) or give more text"
         raise UserError(f"SentencePiece could not train: {msg}", file=corpus, fix=fix) from None
-    atomic_write_bytes(target, data)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    write_bytes_atomic(target, data)
     return target, len(texts)
