@@ -113,7 +113,7 @@ def tokenized(path: str, fmt: str, raw: RawText, *, seq_length: int, extra_token
     if not rows:
         raise prep._nothing_to_write(spec, report)
     arrays = {c: np.stack([r[c] for r in rows]) for c in spec.columns}
-    report.bad.sort(key=lambda b: b.line)
+    report.bad.sort(key=lambda b: b.order)
     meta = {"format": fmt, "records": report.records, "samples": report.written,
             "bad": len(report.bad), "bad_preview": report.bad_preview(),
             "truncated": report.truncated, "fully_masked": report.fully_masked}

@@ -76,7 +76,7 @@ class Report:
     seconds: float = 0.0
 
     def bad_preview(self, n: int = 5) -> str:
-        shown = "; ".join(f"line {b.line}: {b.reason}" for b in self.bad[:n])
+        shown = "; ".join(f"{b.where}: {b.reason}" for b in self.bad[:n])
         return shown + (f"; ... ({len(self.bad) - n} more)" if len(self.bad) > n else "")
 
 
@@ -105,16 +105,16 @@ def _sample(spec: Spec, tok, obj: Any) -> tuple[dict | None, str | None, bool, b
 
 
 def process_chunk(spec: Spec, tok, chunk: list[Record]) -> list[tuple]:
-    """[(line, sample or token ids, reason, truncated, fully_masked)] in chunk order."""
+    """[((line, index), sample or token ids, reason, truncated, fully_masked)] in chunk order."""
     if spec.fmt == "wikitext":
-        return [(r.line, wikitext.encode_piece(r.obj, tok, spec.gpt2_style), None, False, False)
-                for r in chunk]
+        return [((r.line, r.index), wikitext.encode_piece(r.obj, tok, spec.gpt2_style), None,
+                 False, False) for r in chunk]
     out = []
     for r in chunk:
         try:
-            out.append((r.line, *_sample(spec, tok, r.obj)))
+            out.append(((r.line, r.index), *_sample(spec, tok, r.obj)))
         except (TypeError, ValueError, AttributeError) as exc:   # odd shapes the checks missed
-            out.append((r.line, None, f"cannot tokenize ({exc})", False, False))
+            out.append(((r.line, r.index), None, f"cannot tokenize ({exc})", False, False))
     return out
 
 
@@ -151,7 +151,7 @@ def stream_samples(spec: Spec, tok, items: list[Record], report: Report, *, work
         sep = tok.encode("\n") if spec.gpt2_style else []
         blocks = wikitext.Blocks(spec.sample_length, sep)
     for results in _map_chunks(spec, tok, items, workers):
-        for line, sample, reason, truncated, masked in results:
+        for place, sample, reason, truncated, masked in results:
             if blocks is not None:
                 for block in blocks.add(sample):
                     report.written += 1
@@ -159,7 +159,7 @@ def stream_samples(spec: Spec, tok, items: list[Record], report: Report, *, work
                     yield ({"input_ids": arr, "attention_mask": np.ones_like(arr)}
                            if spec.gpt2_style else {"input_ids": arr})
             elif reason:
-                report.bad.append(BadRecord(line, reason))
+                report.bad.append(BadRecord(place[0], reason, place[1]))
             else:
                 report.written += 1
                 report.truncated += truncated
@@ -279,7 +279,7 @@ def prepare(fmt: str, input_path: str, output: str, *, tokenizer: Mapping, seq_l
                          overwrite=overwrite, schema_name=spec.schema_name, num_shards=num_shards)
     finally:
         samples.close()
-    report.bad.sort(key=lambda b: b.line)
+    report.bad.sort(key=lambda b: b.order)
     report.files = (mr.shard_names(os.path.abspath(output), num_shards) if kind == "mindrecord"
                     else [os.path.abspath(output)])
     report.seconds = time.perf_counter() - t0
@@ -291,7 +291,7 @@ def _nothing_to_write(spec: Spec, report: Report) -> UserError:
         return UserError(f"the text gives {report.tokens} tokens, less than one block of "
                          f"{spec.sample_length}", file=report.input,
                          fix="use more text or a smaller --seq-length")
-    report.bad.sort(key=lambda b: b.line)
+    report.bad.sort(key=lambda b: b.order)
     what = (f"all {report.records} records are unusable: {report.bad_preview()}" if report.bad
             else "the input has no records")
     fields = ("{instruction, input, output}" if spec.fmt == "alpaca" else "{content, summary}")

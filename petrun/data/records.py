@@ -1,4 +1,4 @@
-"""Raw records with the line each one starts on, so a bad record can be reported by line.
+"""Raw records with where each one starts, so a bad record can be reported by place.
 
 A file is a JSON list of records (alpaca_data.json), one JSON object, or JSON lines (AdvertiseGen's
 train.json). In JSON lines an invalid line is a bad record (counted, reported, skipped); a JSON list
@@ -16,16 +16,35 @@ from typing import Any
 from petrun.errors import UserError
 
 
+def _where(line: int, index: int | None) -> str:
+    # A JSON list may sit on one line, where "line 1" would name every record alike.
+    return f"line {line}" if index is None else f"record {index} (line {line})"
+
+
 @dataclass(frozen=True)
 class Record:
-    line: int      # 1-based line the record starts on
+    line: int                 # 1-based line the record starts on
     obj: Any
+    index: int | None = None  # 1-based position in a JSON list; None in JSON lines
+
+    @property
+    def where(self) -> str:
+        return _where(self.line, self.index)
 
 
 @dataclass(frozen=True)
 class BadRecord:
     line: int
     reason: str
+    index: int | None = None
+
+    @property
+    def where(self) -> str:
+        return _where(self.line, self.index)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return self.line, self.index or 0
 
 
 def read_text(path: str, key: str | None = None) -> str:
@@ -85,7 +104,7 @@ def _json_list(text: str, path: str, key: str | None) -> list[Record]:
                 obj, end = decoder.raw_decode(text, i)
             except json.JSONDecodeError as exc:
                 raise broken(exc.pos, f"invalid JSON ({exc.msg})") from None
-            out.append(Record(line_of(i), obj))
+            out.append(Record(line_of(i), obj, len(out) + 1))
             i = _skip_ws(text, end)
             if text.startswith(",", i):
                 i = _skip_ws(text, i + 1)

@@ -147,6 +147,18 @@ def test_bad_records_are_skipped_and_reported_by_line(tmp_path, tok_cfg):
                           seq_length=SEQ)
     assert [(b.line, b.reason) for b in report.bad] == [
         (3, "missing field 'output'"), (4, "field 'output' is empty")]
+    assert "record 2 (line 3):" in report.bad_preview()
+
+    # A list on one line: records are told apart by their position, not by "line 1".
+    one_line = tmp_path / "one.json"
+    one_line.write_text(json.dumps([RECORDS[0], {"instruction": "A"}, RECORDS[1],
+                                    {"output": "b"}]))
+    report = prep.prepare("alpaca", str(one_line), str(tmp_path / "o.jsonl"), tokenizer=tok_cfg,
+                          seq_length=SEQ)
+    assert report.written == 2
+    assert [b.where for b in report.bad] == ["record 2 (line 1)", "record 4 (line 1)"]
+    assert report.bad_preview().startswith("record 2 (line 1): missing field 'output'; "
+                                           "record 4 (line 1): missing field")
 
 
 def test_unusable_input_is_a_user_error_and_writes_nothing(tmp_path, tok_cfg):
