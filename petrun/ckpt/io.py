@@ -16,8 +16,9 @@ import hashlib
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable, Iterator
 
 from petrun.errors import UserError
 
@@ -83,19 +84,29 @@ def is_leftover_tmp(name: str) -> bool:
     return name.startswith(".") and ".partial-" in name
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "wb", **open_kw) -> Iterator[IO]:
+    """Open a temporary file next to `path`; on a clean exit it is fsynced and renamed over
+    `path`, on any error (Ctrl-C included) it is removed and `path` is left as it was.
+    OSErrors propagate as they are; callers choose how to word them."""
     path = Path(path)
     tmp = _tmp_name(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, mode, **open_kw) as f:
+            yield f
         _commit(tmp, path)
-    except OSError as e:
-        raise write_error(e, path) from None
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    try:
+        with atomic_file(path) as f:
+            f.write(data)
+    except OSError as e:
+        raise write_error(e, path) from None
+    return Path(path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from petrun.ckpt.io import atomic_file
+
 DEFAULT_COLUMNS = ("input_ids", "labels")
 # MindFormers' dataset walk: data files end in "mindrecord" plus an optional shard number.
 MINDRECORD_NAME = re.compile(r"mindrecord\d*$")
@@ -164,22 +166,11 @@ def write_jsonl(path: str | os.PathLike, samples: Iterable[Mapping[str, Any]], *
         raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".petrun-tmp-", suffix=".jsonl", dir=parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in _rows(samples, columns):
-                f.write(json.dumps({c: row[c].tolist() for c in columns},
-                                   separators=(",", ":")) + "\n")
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)   # mkstemp makes 0600; a data file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        for row in _rows(samples, columns):
+            f.write(json.dumps({c: row[c].tolist() for c in columns}, separators=(",", ":")) + "\n")
+            count += 1
     return count
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
+from petrun.ckpt.io import atomic_file
 from petrun.data.tokenizer import load_tokenizer
 
 CACHE_VERSION = 1   # bump when the tokenized output of the same inputs changes
@@ -123,12 +123,5 @@ def tokenized(path: str, fmt: str, raw: RawText, *, seq_length: int, extra_token
 
 def _save(entry: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
     os.makedirs(os.path.dirname(entry), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".petrun-tmp-", suffix=".npz", dir=os.path.dirname(entry))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, entry)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(entry) as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)

@@ -92,7 +92,7 @@ def test_cache_key_follows_data_tokenizer_and_length(raw_alpaca, raw, demo_dir):
     assert loader.open_dataset(raw_alpaca, seq_length=SEQ, batch_size=4,
                                raw=same_bytes).info["raw"]["reused"] is False
     assert len(os.listdir(cache)) == 5
-    assert not any(f.startswith(".petrun-tmp") for f in os.listdir(cache))
+    assert not any(f.startswith(".") for f in os.listdir(cache))   # no temporary leftovers
 
 
 def test_raw_json_without_a_tokenizer_is_refused(raw_alpaca):
