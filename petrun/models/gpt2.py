@@ -29,9 +29,9 @@ from mindspore.common.initializer import Normal, initializer
 from petrun.errors import UserError
 from petrun.models.configs import GPT2Config
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.layers import (DotProductAttention, Dropout, LayerNorm, Linear,
+from petrun.models.layers import (DenseBase, DotProductAttention, Dropout, LayerNorm, Linear,
                                   MaskedCrossEntropy, Residual, TiedHead, causal_mask, extend_cache,
-                                  widen_mask)
+                                  next_token_inputs, widen_mask)
 
 _KEY = "model.model_config"
 IGNORE_INDEX = -100
@@ -65,34 +65,16 @@ def _check(config: GPT2Config) -> None:
                         fix="leave it unset (= seq_length) or make it at least seq_length")
 
 
-class LinearInOut(nn.Cell):
+class LinearInOut(DenseBase):
     """y = x @ weight (+ bias) with weight stored [in, out] (MindFormers' transpose_b=False
     layers; the same layout as HF's GPT-2 Conv1D, so those weights load untransposed)."""
     shard_kind = "linear_in_out"
+    weight_in_out = True
 
     def __init__(self, in_channels: int, out_channels: int, has_bias: bool = True,
                  compute_dtype=ms.float32, param_init_type=ms.float32):
-        super().__init__()
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
-        self.has_bias = bool(has_bias)
-        self.compute_dtype = compute_dtype
-        self.weight = Parameter(initializer(Normal(sigma=_INIT_STD, mean=0.0),
-                                            [self.in_channels, self.out_channels],
-                                            param_init_type), name="weight")
-        self.bias = (Parameter(initializer("zeros", [self.out_channels], param_init_type),
-                               name="bias") if self.has_bias else None)
-        self.matmul = ops.MatMul()
-        if self.has_bias:
-            self.bias_add = ops.Add()
-
-    def construct(self, x):
-        out_shape = x.shape[:-1] + (self.out_channels,)
-        x = ops.reshape(ops.cast(x, self.compute_dtype), (-1, self.in_channels))
-        y = self.matmul(x, ops.cast(self.weight, self.compute_dtype))
-        if self.has_bias:
-            y = self.bias_add(y, ops.cast(self.bias, self.compute_dtype))
-        return ops.reshape(y, out_shape)
+        super().__init__(in_channels, out_channels, has_bias, compute_dtype, param_init_type,
+                         weight_init=Normal(sigma=_INIT_STD, mean=0.0))
 
 
 class TableEmbedding(nn.Cell):
@@ -318,12 +300,8 @@ class GPT2LMHeadModel(nn.Cell):
         if labels is None:
             return self.logits(self.backbone(input_ids, prefix_key_values, prompt_embeds,
                                              position_ids, segment_ids))
-        tokens = input_ids[:, :-1]
-        targets = labels[:, 1:]
-        if position_ids is not None:
-            position_ids = position_ids[:, :-1]
-        if segment_ids is not None:
-            segment_ids = segment_ids[:, :-1]
+        tokens, targets, position_ids, segment_ids = next_token_inputs(
+            input_ids, labels, position_ids, segment_ids)
         logits = self.logits(self.backbone(tokens, prefix_key_values, prompt_embeds, position_ids,
                                            segment_ids))
         loss_mask = ops.logical_and(ops.not_equal(tokens, self.pad_token_id),

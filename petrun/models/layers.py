@@ -26,13 +26,13 @@ from petrun.errors import UserError
 EXTEND_METHODS = ("None", "PI", "NTK")
 
 
-class Linear(nn.Cell):
-    """y = x @ weight^T (+ bias), computed in `compute_dtype`; weight is [out, in] like torch.
+class DenseBase(nn.Cell):
+    """y = x @ W (+ bias) computed in `compute_dtype`; subclasses fix how `weight` is stored.
 
-    No activation lives here: PET wrappers replace a Linear by a cell that reuses `weight`/`bias`
+    No activation lives here: PET wrappers replace a layer by a cell that reuses `weight`/`bias`
     and must reproduce this exact computation.
     """
-    shard_kind = "linear"
+    weight_in_out = False   # True: weight is [in, out] (x @ W); False: [out, in] (x @ W^T)
 
     def __init__(self, in_channels: int, out_channels: int, has_bias: bool = False,
                  compute_dtype=ms.float32, param_init_type=ms.float32, weight_init="normal",
@@ -42,12 +42,12 @@ class Linear(nn.Cell):
         self.out_channels = int(out_channels)
         self.has_bias = bool(has_bias)
         self.compute_dtype = compute_dtype
-        self.weight = Parameter(
-            initializer(weight_init, [self.out_channels, self.in_channels], param_init_type),
-            name="weight")
+        shape = ([self.in_channels, self.out_channels] if self.weight_in_out
+                 else [self.out_channels, self.in_channels])
+        self.weight = Parameter(initializer(weight_init, shape, param_init_type), name="weight")
         self.bias = (Parameter(initializer(bias_init, [self.out_channels], param_init_type),
                                name="bias") if self.has_bias else None)
-        self.matmul = ops.MatMul(transpose_b=True)
+        self.matmul = ops.MatMul(transpose_b=not self.weight_in_out)
         if self.has_bias:
             self.bias_add = ops.Add()
 
@@ -63,6 +63,12 @@ class Linear(nn.Cell):
     def extend_repr(self):
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
                 f"has_bias={self.has_bias}, compute_dtype={self.compute_dtype}")
+
+
+class Linear(DenseBase):
+    """Weight [out, in] like torch and MindFormers' default Linear (transpose_b=True); the class
+    PET patterns target."""
+    shard_kind = "linear"
 
 
 class Dropout(nn.Dropout):
@@ -244,6 +250,16 @@ def extend_cache(past, key, value, write_at=None):
 
 # ---------------------------------------------------------------------------------------------
 # Attention
+
+
+def next_token_inputs(input_ids, labels, position_ids=None, segment_ids=None):
+    """(tokens, targets, position_ids, segment_ids) of next-token prediction: the model reads
+    positions 0..S-2 and is scored on labels 1..S-1; packed rows' ids are cut like the tokens."""
+    if position_ids is not None:
+        position_ids = position_ids[:, :-1]
+    if segment_ids is not None:
+        segment_ids = segment_ids[:, :-1]
+    return input_ids[:, :-1], labels[:, 1:], position_ids, segment_ids
 
 
 def causal_mask(tokens, pad_token_id=None, dtype=ms.float32, segment_ids=None):

@@ -24,7 +24,8 @@ from petrun.models.configs import LlamaConfig
 from petrun.models.dtypes import resolve_dtypes
 from petrun.models.layers import (ApplyRotary, DotProductAttention, Embedding, Linear,
                                   MaskedCrossEntropy, Residual, RMSNorm, RotaryEmbedding, SwiGLU,
-                                  TiedHead, causal_mask, extend_cache, prepend_prompt)
+                                  TiedHead, causal_mask, extend_cache, next_token_inputs,
+                                  prepend_prompt)
 
 _KEY = "model.model_config"
 
@@ -250,12 +251,8 @@ class LlamaForCausalLM(nn.Cell):
         if labels is None:
             return self.logits(self.model(input_ids, prefix_key_values, prompt_embeds,
                                           position_ids, segment_ids))
-        tokens = input_ids[:, :-1]
-        targets = labels[:, 1:]
-        if position_ids is not None:
-            position_ids = position_ids[:, :-1]
-        if segment_ids is not None:
-            segment_ids = segment_ids[:, :-1]
+        tokens, targets, position_ids, segment_ids = next_token_inputs(
+            input_ids, labels, position_ids, segment_ids)
         logits = self.logits(self.model(tokens, prefix_key_values, prompt_embeds, position_ids,
                                         segment_ids))
         loss_mask = ops.logical_and(ops.not_equal(tokens, self.pad_token_id),
