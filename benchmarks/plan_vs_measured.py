@@ -164,8 +164,8 @@ def measure(run: Run, config: Path, work: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{run.name} exited {proc.returncode}:\n{out[-3000:]}")
     metrics = work / run.name / "log" / "rank_0" / "metrics.jsonl"
-    steps = [json.loads(line)["step_time_s"] for line in metrics.read_text().splitlines()
-             if line.strip()]
+    steps = [r["step_time_s"] for r in map(json.loads, metrics.read_text().splitlines())
+             if "loss" in r]
     return {"peak_rss": usage.ru_maxrss * 1024, "wall_s": round(wall, 1),
             "median_step_s": statistics.median(steps[1:] or steps)}
 

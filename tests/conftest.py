@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "tests" / "assets"
+
+
+def step_records(out, rank: int = 0) -> list[dict]:
+    """The per-step records of a run's metrics.jsonl (its eval, resume and memory events left
+    out)."""
+    path = Path(out) / "log" / f"rank_{rank}" / "metrics.jsonl"
+    return [r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600):

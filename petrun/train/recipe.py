@@ -659,6 +659,7 @@ class FinetuneRecipe:
                         break
                 if self.last_saved_step != step:
                     self.save(epoch, step_in_epoch, step)
+            memory = self._memory(metrics)
         finally:
             progress.close()
             metrics.close()
@@ -677,6 +678,23 @@ class FinetuneRecipe:
                  f"{self.summary['tokens_per_second']:,.0f} tok/s "
                  f"(median step {median * 1000:.0f} ms, first step {self.summary['first_step_s']:.1f} s "
                  f"incl. compile); adapter: {last}")
+        if memory:
+            from petrun.plan.measure import describe
+            self.say(describe(memory))
+
+    def _memory(self, metrics) -> dict:
+        """Measured peak memory beside the planner's estimate, into metrics.jsonl and the summary
+        (on an accelerator this is the measurement that calibrates the planner there)."""
+        import mindspore as ms
+        from petrun.plan.measure import memory_record
+        try:
+            rec = memory_record(self.cfg, ms.get_context("device_target"))
+        except Exception as e:   # noqa: BLE001  a report never fails a finished run
+            self.say(f"memory: not measured ({type(e).__name__}: {e})")
+            return {}
+        metrics.write(rec)
+        self.summary["memory"] = rec
+        return rec
 
     # ------------------------------------------------------------------ save
     def save(self, epoch: int, step_in_epoch: int, step: int) -> Path:

@@ -1,16 +1,15 @@
 """Issue 6 acceptance: the tiny demo finetune runs from the bundled alpaca-style data through
 `petrun data prepare` (what scripts/demo.sh does), and trains exactly as the bundled JSON lines."""
-import json
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, step_records
 
 CONFIG = ROOT / "configs" / "llama2" / "lora_llama2_tiny.yaml"
 
 
 def _losses(out):
-    return [json.loads(line)["loss"] for line in (out / "log" / "rank_0" / "metrics.jsonl").open()]
+    return [r["loss"] for r in step_records(out)]
 
 
 def test_prepare_then_finetune_matches_bundled_jsonl(tmp_path):

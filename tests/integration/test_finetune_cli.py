@@ -5,14 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, step_records
 
 CONFIG = ROOT / "configs" / "llama2" / "lora_llama2_tiny.yaml"
 BASE = ROOT / "data" / "demo" / "llama2_tiny_base.ckpt"
 
 
 def _losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "log" / "rank_0" / "metrics.jsonl").open()]
+    return [r["loss"] for r in step_records(out)]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,27 @@ def test_loss_falls_and_progress_is_reported(full_run):
     assert "trainable params: 7,168 || all params: 171,328 || trainable%: 4.1838" in r.stdout
     assert "loaded" in r.stdout and "llama2_tiny_base.ckpt" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
-    record = json.loads((out / "log" / "rank_0" / "metrics.jsonl").read_text().splitlines()[-1])
+    record = step_records(out)[-1]
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_second", "elapsed_s"} <= set(record)
+
+
+def test_measured_peak_memory_is_recorded_beside_the_plan(full_run):
+    """The run's last record sets its real peak (ru_maxrss) beside the planner's estimate."""
+    import resource
+    out, r = full_run
+    memory = json.loads((out / "log" / "rank_0" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert memory["event"] == "memory" and memory["device_target"] == "CPU"
+    assert memory["measure"] == "peak RSS of this process"
+    # A real process measurement: more than the weights and MindSpore itself, less than what
+    # the child processes of this test session peaked at together.
+    children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    assert 200 * 2 ** 20 < memory["measured_peak"] <= children_peak
+    parts = memory["planned_parts"]
+    assert memory["planned_peak"] >= sum(parts.values()) * 0.99 > 0
+    assert abs(memory["plan_error"]) < 0.25   # the planner's CPU accuracy (benchmarks/RESULTS.md)
+    assert memory["plan_error"] == round(memory["planned_peak"] / memory["measured_peak"] - 1, 4)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("memory: peak "))
+    assert "(peak RSS of this process); planned" in line and "%)" in line
 
 
 def test_adapter_checkpoints_follow_mindformers_layout(full_run):

@@ -1,12 +1,11 @@
 """LoRA trains on every family's tiny config through the real CLI (issue 4's acceptance):
 `petrun finetune --config configs/<family>/lora_<family>_tiny.yaml`, a few steps, from a base
 checkpoint written here; the loss falls and only the LoRA parameters change."""
-import json
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, step_records
 
 FAMILIES = {
     # config, LoRA layers per transformer layer, the pattern (for the record)
@@ -43,8 +42,7 @@ def test_lora_trains_only_adapters(family, tmp_path):
     assert "Traceback" not in r.stdout + r.stderr
     assert f"loaded {len(base)} tensors" in r.stdout
 
-    metrics = (tmp_path / "out" / "log" / "rank_0" / "metrics.jsonl").read_text().splitlines()
-    losses = [json.loads(line)["loss"] for line in metrics]
+    losses = [r["loss"] for r in step_records(tmp_path / "out")]
     assert len(losses) == STEPS and np.all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
 

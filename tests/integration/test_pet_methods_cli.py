@@ -1,12 +1,11 @@
 """Every PET method trains through the real CLI (issue 5): P-Tuning v2 on the tiny ChatGLM2
 config (arch ChatGLM2WithPtuning2, as MindFormers' GLM2 recipe), and — marked slow — each
 method's tiny Llama2 config for two epochs on the bundled data and pretrained demo base."""
-import json
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, step_records
 from tests.integration.test_lora_families_cli import _write_base
 
 GLM2_PTUNING2 = "configs/glm2/ptuning2_glm2_tiny.yaml"
@@ -14,8 +13,7 @@ PREFIX = "prefix_encoder.mindpet_delta_ptuning2_embedding.embedding_table"
 
 
 def _losses(out) -> list[float]:
-    return [json.loads(line)["loss"]
-            for line in (out / "log" / "rank_0" / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in step_records(out)]
 
 
 def test_ptuning2_glm2_tiny_trains_only_the_prefix(tmp_path):
