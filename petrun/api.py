@@ -8,13 +8,12 @@
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from petrun.config import Config, load_config
+from petrun.config import Config, load_config, with_overrides
 from petrun.errors import UserError
 
 from petrun.ckpt.io import ADAPTER_PATTERN as PET_PATTERN  # noqa: E402 (pure python module)
@@ -32,14 +31,8 @@ def _as_config(config: Config | str | Path, overrides: Iterable[str] = ()) -> Co
 
 
 def load_config_from(cfg: Config, overrides: Iterable[str]) -> Config:
-    from petrun.config.overrides import apply_overrides, parse_args
-    from petrun.config.schema import ConfigError, validate
-    data, origins = copy.deepcopy(cfg.data), dict(cfg.origins)
-    apply_overrides(data, origins, parse_args(list(overrides)))
-    result = validate(data, origins)
-    if result.problems:
-        raise ConfigError(result.problems, file=cfg.source)
-    return Config(data=data, source=cfg.source, origins=origins, ignored=result.ignored)
+    """`cfg` with `overrides` applied and validated again (the original is unchanged)."""
+    return with_overrides(cfg, overrides)
 
 
 def build_model(cfg: Config | str | Path, *, device_target: str | None = None, report=None):

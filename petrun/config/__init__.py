@@ -73,18 +73,29 @@ def load_config(path: str | Path, overrides: Iterable[str | Override] = (), *,
     Override objects. Raises UserError (ConfigError) naming file, dotted key and a fix.
     """
     data, origins = load_layered(path)
+    return _resolve(data, origins, str(path), overrides, validate)
+
+
+def with_overrides(cfg: Config, overrides: Iterable[str | Override]) -> Config:
+    """`cfg` with more overrides applied and validated again; `cfg` itself is left as it was."""
+    return _resolve(copy.deepcopy(cfg.data), dict(cfg.origins), cfg.source, overrides, True)
+
+
+def _resolve(data: dict, origins: dict[str, str], source: str,
+             overrides: Iterable[str | Override], validate: bool) -> Config:
+    overrides = list(overrides)
     words = [o for o in overrides if isinstance(o, str)]
     parsed = [o for o in overrides if isinstance(o, Override)] + parse_args(words)
     apply_overrides(data, origins, parsed)
     _relink_dataset_tasks(data)
-    cfg = Config(data=data, source=str(path), origins=origins)
+    cfg = Config(data=data, source=source, origins=origins)
     if validate:
         from petrun.config.schema import ConfigError, validate as run_schema
         result = run_schema(data, origins)
         if result.problems:
-            raise ConfigError(result.problems, file=str(path))
+            raise ConfigError(result.problems, file=source)
         cfg.ignored = result.ignored
     return cfg
 
 
-__all__ = ["Config", "load_config", "UserError"]
+__all__ = ["Config", "load_config", "with_overrides", "UserError"]

@@ -75,19 +75,9 @@ def _candidates(cfg, est: Estimate) -> list[tuple[str, list[str], str]]:
 
 
 def _variant(cfg, overrides: list[str]):
-    """cfg with `overrides` applied and re-validated (petrun.api.load_config_from, without
-    importing the API module and its dependencies)."""
-    import copy
-
-    from petrun.config import Config
-    from petrun.config.overrides import apply_overrides, parse_args
-    from petrun.config.schema import ConfigError, validate
-    data, origins = copy.deepcopy(cfg.data), dict(cfg.origins)
-    apply_overrides(data, origins, parse_args(list(overrides)))
-    result = validate(data, origins)
-    if result.problems:
-        raise ConfigError(result.problems, file=cfg.source)
-    return Config(data=data, source=cfg.source, origins=origins, ignored=result.ignored)
+    """cfg with `overrides` applied and re-validated."""
+    from petrun.config import with_overrides
+    return with_overrides(cfg, overrides)
 
 
 def levers(cfg, est: Estimate, **kwargs) -> list[Lever]:
