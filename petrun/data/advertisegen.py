@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from petrun.data.alpaca import IGNORE_TOKEN_ID, TokenizedSample
+from petrun.data.alpaca import IGNORE_TOKEN_ID, TokenizedSample, text_fields_problem
 from petrun.data.tokenizer import Tokenizer
 
 PROMPT = "[Round 1]\n\n问：{content}\n\n答："   # ChatGLM2Tokenizer.build_prompt with no history
@@ -24,16 +24,7 @@ FIELDS = ("content", "summary")
 
 def check_record(record: Any) -> str | None:
     """Why `record` cannot be used, or None (MindFormers' ADGenDataLoader drops the same ones)."""
-    if not isinstance(record, Mapping):
-        return f"expected an object with content/summary, got {type(record).__name__}"
-    for name in FIELDS:
-        if name not in record:
-            return f"missing field '{name}'"
-        if not isinstance(record[name], str):
-            return f"field '{name}' must be a string, got {type(record[name]).__name__}"
-        if not record[name].strip():
-            return f"field '{name}' is empty"
-    return None
+    return text_fields_problem(record, FIELDS, "content/summary")
 
 
 def tokenize_record(record: Mapping[str, str], tokenizer: Tokenizer, max_source_length: int,

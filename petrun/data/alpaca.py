@@ -96,17 +96,25 @@ class PreparedData:
 
 # --------------------------------------------------------------------------- alpaca → conversation
 
-def check_alpaca_record(record: Any) -> str | None:
-    """Why `record` cannot be used, or None when it is fine."""
+def text_fields_problem(record: Any, required: tuple[str, ...], shape: str) -> str | None:
+    """Why `record` is not an object whose `required` fields are non-empty strings, or None."""
     if not isinstance(record, Mapping):
-        return f"expected an object with instruction/input/output, got {type(record).__name__}"
-    for name in ("instruction", "output"):
+        return f"expected an object with {shape}, got {type(record).__name__}"
+    for name in required:
         if name not in record:
             return f"missing field '{name}'"
         if not isinstance(record[name], str):
             return f"field '{name}' must be a string, got {type(record[name]).__name__}"
         if not record[name].strip():
             return f"field '{name}' is empty"
+    return None
+
+
+def check_alpaca_record(record: Any) -> str | None:
+    """Why `record` cannot be used, or None when it is fine."""
+    reason = text_fields_problem(record, ("instruction", "output"), "instruction/input/output")
+    if reason:
+        return reason
     if record.get("input") is not None and not isinstance(record["input"], str):
         return f"field 'input' must be a string, got {type(record['input']).__name__}"
     return None
