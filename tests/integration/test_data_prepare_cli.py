@@ -12,6 +12,7 @@ def _losses(out):
     return [r["loss"] for r in step_records(out)]
 
 
+@pytest.mark.slow   # long single-process CLI run (CI runs it)
 def test_prepare_then_finetune_matches_bundled_jsonl(tmp_path):
     data = tmp_path / "demo_data" / "alpaca_demo_seq256.mindrecord"
     r = run_cli("data", "prepare", "alpaca", "--input", ROOT / "data/demo/alpaca_demo.json",
@@ -30,13 +31,7 @@ def test_prepare_then_finetune_matches_bundled_jsonl(tmp_path):
     assert runs["mindrecord"] == runs["jsonl"]
 
 
-def _recipe_passes_raw() -> bool:
-    # The hook lives in petrun/train/recipe.py (the lead's): open_dataset(..., raw=RawText...).
-    return "RawText" in (ROOT / "petrun" / "train" / "recipe.py").read_text()
-
-
-@pytest.mark.skipif(not _recipe_passes_raw(),
-                    reason="recipe does not pass raw=RawText.from_config(cfg) to open_dataset yet")
+@pytest.mark.slow   # long single-process CLI run (CI runs it)
 def test_finetune_on_raw_alpaca_json_uses_a_cache(tmp_path):
     cache = tmp_path / "cache"
     env = {"PETRUN_CACHE_DIR": str(cache)}

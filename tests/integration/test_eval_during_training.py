@@ -18,6 +18,7 @@ def eval_data(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow   # long single-process CLI run (CI runs it)
 def test_eval_every_n_steps_matches_petrun_eval_on_the_saved_adapter(tmp_path, eval_data):
     out = tmp_path / "out"
     r = run_cli("finetune", "--config", CONFIG, "--output_dir", out, "--do_eval", "True",

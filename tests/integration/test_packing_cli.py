@@ -21,6 +21,7 @@ def losses(out):
     return {r["step"]: r["loss"] for r in records(out) if "loss" in r}
 
 
+@pytest.mark.slow   # long single-process CLI run (CI runs it)
 def test_packed_finetune_reports_and_learns(tmp_path):
     out = tmp_path / "packed"
     r = run_cli("finetune", "--config", CONFIG, "--output_dir", out, "train_dataset.packing=True",
@@ -41,6 +42,7 @@ def test_packed_finetune_reports_and_learns(tmp_path):
     assert eval_loss("--adapter", adapter) < eval_loss() - 0.1
 
 
+@pytest.mark.slow   # long single-process CLI run (CI runs it)
 def test_packed_run_resumes_exactly(tmp_path):
     common = ["train_dataset.packing=True", "runner_config.epochs=2", "callbacks.1.save_checkpoint_steps=4"]
     full = tmp_path / "full"
@@ -57,6 +59,7 @@ def test_packed_run_resumes_exactly(tmp_path):
     assert max(abs(a[s] - b[s]) for s in a) <= 1e-6
 
 
+@pytest.mark.slow   # long single-process CLI run (CI runs it)
 def test_bucketing_trims_batches_to_bucket_widths(tmp_path):
     out = tmp_path / "bucketed"
     r = run_cli("finetune", "--config", CONFIG, "--output_dir", out, "train_dataset.bucketing=True",

@@ -17,10 +17,7 @@ from tests.conftest import ROOT, run_cli
 from tests.parallel.strategy_helpers import load
 
 TINY = "configs/llama2/lora_llama2_tiny.yaml"
-INTEGRATED = ("grad_reducer" in (ROOT / "petrun/train/step.py").read_text()
-              and "init_distributed" in (ROOT / "petrun/train/recipe.py").read_text())
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not INTEGRATED, reason="recipe not rank-aware yet (issue 7 lead step)")]
+pytestmark = pytest.mark.slow
 
 
 def uniform_data(path: Path, n: int) -> Path:
