@@ -389,10 +389,19 @@ def _check_dataset(cfg, verb: str, path: str, out: list[Finding], cheap_only: bo
     try:
         loader.check_dataset(path, seq_length=seq, batch_size=batch,
                              extra_tokens=arch_entry(cfg.get("model.arch.type")).extra_tokens,
-                             columns=["input_ids", "labels"], drop_remainder=drop, key=key, raw=raw)
+                             columns=["input_ids", "labels"], drop_remainder=drop, key=key, raw=raw,
+                             vocab_size=_vocab_size(cfg))
     except UserError as e:
         out.append(_finding("dataset", e))
     return None
+
+
+def _vocab_size(cfg) -> int | None:
+    from petrun.models.registry import build_config, embedding_rows
+    try:
+        return embedding_rows(build_config(cfg.get("model")))
+    except UserError:
+        return None   # reported by the model check
 
 
 # -------------------------------------------------------------------------------------- entry

@@ -21,7 +21,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -254,7 +254,8 @@ def dataset_size(dataset_dir: str | os.PathLike, *, batch_size: int | None = Non
 def check_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int = 1,
                   extra_tokens: int = 1,
                   columns: Sequence[str] = mr.DEFAULT_COLUMNS, num_shards: int = 1,
-                  drop_remainder: bool = True, key: str = DATASET_DIR_KEY, raw=None) -> dict:
+                  drop_remainder: bool = True, key: str = DATASET_DIR_KEY, raw=None,
+                  vocab_size: int | None = None) -> dict:
     """inspect_dataset plus every check build_dataset makes; raises UserError, returns the info.
 
     With `raw` (ondemand.RawText), raw JSON is tokenized (or taken from the cache) to be checked.
@@ -265,13 +266,13 @@ def check_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size
     return _check(src, seq_length=seq_length, batch_size=batch_size,
                   extra_tokens=extra_tokens,
                   columns=columns, num_shards=num_shards, drop_remainder=drop_remainder,
-                  key=key, first_only=True)[0]
+                  key=key, first_only=True, vocab_size=vocab_size)[0]
 
 
 def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[str],
            extra_tokens: int,
            num_shards: int, drop_remainder: bool, key: str,
-           first_only: bool) -> tuple[dict, list[Any]]:
+           first_only: bool, vocab_size: int | None = None) -> tuple[dict, list[Any]]:
     if src.fmt == "mindrecord":
         info, records = _mindrecord_info(src, key), []
     elif src.fmt == "arrays":
@@ -326,7 +327,35 @@ def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[
                         f"{batch_size}; with drop_remainder nothing would be trained",
                         file=where, key=key,
                         fix=f"lower batch_size to at most {per_shard}, or use more data")
+    if src.fmt == "arrays":
+        check_token_ids({c: src.reader_arg[c] for c in columns if c in src.reader_arg},
+                        vocab_size, where, key)
+    elif src.fmt == "json":
+        check_token_ids({c: np.concatenate([np.asarray(r[c]).ravel() for r in records]
+                                           or [np.zeros(0)])
+                         for c in columns if records and isinstance(records[0], dict)
+                         and c in records[0]}, vocab_size, where, key)
+    # MindRecord: read batch by batch (DataSource.check_batch), as a full pass would be slow.
     return info, records
+
+
+def check_token_ids(columns: Mapping[str, np.ndarray], vocab_size: int | None, where: str,
+                    key: str, at: str = "") -> None:
+    """Every id (labels' negative ignore marks aside) is a row of the embedding table: outside
+    it the lookup fails on CPU after the compile, and silently reads garbage on Ascend."""
+    if not vocab_size:
+        return
+    for name, ids in columns.items():
+        ids = np.asarray(ids)
+        if name == "labels":
+            ids = ids[ids >= 0]
+        top = int(ids.max()) if ids.size else -1
+        if top >= vocab_size:
+            raise UserError(f"{name}{at} holds token id {top}, outside the model's vocabulary "
+                            f"of {vocab_size} (ids 0..{vocab_size - 1})", file=where, key=key,
+                            fix="tokenize the data with the model's tokenizer "
+                                "(processor.tokenizer.vocab_file); if the data is right, "
+                                "model.model_config.vocab_size is too small for it")
 
 
 # --------------------------------------------------------------------------- order and pipeline
@@ -385,8 +414,9 @@ class DataSource:
                  num_shards: int, shard_id: int, drop_remainder: bool,
                  num_parallel_workers: int | None, key: str, packing: bool = False,
                  bucketing: bool = False, bucket_multiple: int | None = None,
-                 pad_id: int | None = None):
+                 pad_id: int | None = None, vocab_size: int | None = None):
         self.src, self.info = src, info
+        self.key = key
         self.columns = columns
         self.batch_size = batch_size
         self.shuffle, self.seed = shuffle, int(seed)
@@ -403,10 +433,16 @@ class DataSource:
             self._arrays = {c: src.reader_arg.get(c, src.reader_arg["input_ids"]) for c in columns}
         self.packed = None
         self.bucketing = bool(bucketing) and not packing
+        if packing or self.bucketing:   # read whole now: check it whole, not batch by batch
+            self._arrays = self._arrays if self._arrays is not None else self._read_all()
+            check_token_ids({c: self._arrays[c] for c in ("input_ids", "labels")},
+                            vocab_size, src.path, key)
+        # MindRecord streamed batch by batch: check_batch looks at each one before its step.
+        self.vocab_to_check = vocab_size if self._arrays is None else None
         self.pad_id = pad_id
         if packing or self.bucketing:
             from petrun.data.packing import pack, real_length
-            arrays = self._arrays if self._arrays is not None else self._read_all()
+            arrays = self._arrays
             if packing:
                 self.packed = pack(arrays["input_ids"], arrays["labels"], pad_id=pad_id,
                                    shift_in_model=extra_tokens == 1)
@@ -440,6 +476,14 @@ class DataSource:
         out = {c: np.stack(v) for c, v in rows.items()}
         out.setdefault("labels", out["input_ids"].copy())
         return out
+
+    def check_batch(self, batch, at: str) -> None:
+        """Token ids of one streamed batch (input_ids, labels first) against the vocabulary."""
+        if self.vocab_to_check:
+            check_token_ids({c: np.asarray(b.asnumpy() if hasattr(b, "asnumpy") else b)
+                             for c, b in zip(("input_ids", "labels"), batch)},
+                            self.vocab_to_check, self.src.path, self.key,
+                            at=f" ({at})")
 
     def order(self, epoch: int) -> np.ndarray:
         return epoch_order(self.num_samples, epoch, seed=self.seed, shuffle=self.shuffle,
@@ -510,7 +554,7 @@ def open_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size:
                  drop_remainder: bool = True, num_parallel_workers: int | None = None,
                  key: str = DATASET_DIR_KEY, raw=None, packing: bool = False,
                  bucketing: bool = False, bucket_multiple: int | None = None,
-                 pad_id: int | None = None) -> DataSource:
+                 pad_id: int | None = None, vocab_size: int | None = None) -> DataSource:
     """Check the dataset once (UserError on anything a user can get wrong) and return its DataSource.
 
     raw: an ondemand.RawText (tokenizer + cache) lets dataset_dir be raw alpaca/AdvertiseGen JSON;
@@ -533,12 +577,13 @@ def open_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size:
     info, records = _check(src, seq_length=seq_length, batch_size=batch_size, columns=columns,
                            extra_tokens=extra_tokens,
                            num_shards=num_shards, drop_remainder=drop_remainder, key=key,
-                           first_only=False)
+                           first_only=False, vocab_size=vocab_size)
     return DataSource(src, info, records, columns=columns, seq_length=seq_length,
                       extra_tokens=extra_tokens, batch_size=batch_size, shuffle=shuffle, seed=seed,
                       num_shards=num_shards, shard_id=shard_id, drop_remainder=drop_remainder,
                       num_parallel_workers=num_parallel_workers, key=key, packing=packing,
-                      bucketing=bucketing, bucket_multiple=bucket_multiple, pad_id=pad_id)
+                      bucketing=bucketing, bucket_multiple=bucket_multiple, pad_id=pad_id,
+                      vocab_size=vocab_size)
 
 
 def build_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size: int,

@@ -112,7 +112,7 @@ class Evaluator:
         """
         from petrun.data.loader import open_dataset
         from petrun.data.ondemand import RawText
-        from petrun.models.registry import arch_entry, build_config
+        from petrun.models.registry import arch_entry, build_config, embedding_rows
 
         dataset_dir = cfg.get(EVAL_DIR_KEY)
         if not dataset_dir:
@@ -128,12 +128,15 @@ class Evaluator:
                               batch_size=batch_size, extra_tokens=extra,
                               columns=["input_ids", "labels"], shuffle=False,
                               drop_remainder=bool(cfg.get("eval_dataset.drop_remainder", False)),
-                              key=EVAL_DIR_KEY, raw=RawText.from_config(cfg, "eval_dataset"))
+                              key=EVAL_DIR_KEY, raw=RawText.from_config(cfg, "eval_dataset"),
+                              vocab_size=embedding_rows(model_cfg))
         return cls(source, extra_tokens=extra, pad_token_id=_pad_id(model_cfg),
                    max_batches=max_batches)
 
     def batches(self):
-        for input_ids, labels in self.source.epoch(1).create_tuple_iterator(output_numpy=True):
+        for i, (input_ids, labels) in enumerate(
+                self.source.epoch(1).create_tuple_iterator(output_numpy=True)):
+            self.source.check_batch((input_ids, labels), f"eval batch {i + 1}")
             yield input_ids, labels
 
     def run(self, model) -> EvalResult:

@@ -54,6 +54,11 @@ def arch_entry(arch: str) -> ArchEntry:
     return entry
 
 
+def embedding_rows(model_cfg: ModelConfigBase) -> int:
+    """Token ids the model can embed (GLM2: padded_vocab_size)."""
+    return int(getattr(model_cfg, "vocab", None) or model_cfg.vocab_size)
+
+
 def build_config(model_section: Mapping[str, Any]) -> ModelConfigBase:
     """The typed model config for a `model:` section ({"arch": {"type"}, "model_config": {...}})."""
     arch = _get(_get(model_section, "arch", {}) or {}, "type", None)
