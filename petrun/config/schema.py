@@ -290,8 +290,8 @@ OPTIMIZER = Section({
     "learning_rate": NONNEG_NUM, "weight_decay": NONNEG_NUM,
 }, ignored=frozenset({"swap", "use_fused"}))
 
-LR_TYPES = ("CosineWithWarmUpLR", "constant", "ConstantWarmUpLR", "linear", "LinearWithWarmUpLR",
-            "polynomial", "PolynomialWithWarmUpLR")
+LR_TYPES = ("CosineWithWarmUpLR", "cosine", "constant", "ConstantWarmUpLR", "linear",
+            "LinearWithWarmUpLR", "polynomial", "PolynomialWithWarmUpLR")
 LR_SCHEDULE = Section({
     "type": T((str,), check=_one_of(*LR_TYPES)),
     "learning_rate": NONNEG_NUM, "lr_end": NONNEG_NUM, "warmup_ratio": T((int, float), none=True, check=_unit),

@@ -12,7 +12,7 @@ import numpy as np
 
 from petrun.errors import UserError
 
-ALIASES = {"ConstantWarmUpLR": "constant", "LinearWithWarmUpLR": "linear",
+ALIASES = {"cosine": "CosineWithWarmUpLR", "ConstantWarmUpLR": "constant", "LinearWithWarmUpLR": "linear",
            "PolynomialWithWarmUpLR": "polynomial"}
 
 
@@ -52,5 +52,5 @@ def schedule(cfg: Mapping, total_steps: int) -> np.ndarray:
             out[step] = (lr - lr_end) * (1 - frac) ** power + lr_end
         else:
             raise UserError(f"unknown lr_schedule type {cfg.get('type')!r}", key="lr_schedule.type",
-                            fix="use CosineWithWarmUpLR, constant, linear or polynomial")
+                            fix="use cosine (CosineWithWarmUpLR), constant, linear or polynomial")
     return out.astype(np.float32)

@@ -42,3 +42,12 @@ def test_total_steps_from_config_wins_over_run_length():
 def test_unknown_type_is_a_user_error():
     with pytest.raises(UserError, match="lr_schedule.type"):
         schedule({"type": "exponential"}, 3)
+
+
+def test_lowercase_cosine_is_mindformers_cosine_and_passes_the_schema():
+    from petrun.config import load_config
+    from tests.conftest import ROOT
+    cfg = {"type": "CosineWithWarmUpLR", "learning_rate": 1e-3, "warmup_ratio": 0.1}
+    np.testing.assert_array_equal(schedule({**cfg, "type": "cosine"}, 20), schedule(cfg, 20))
+    loaded = load_config(ROOT / "configs/llama2/lora_llama2_tiny.yaml", ["lr_schedule.type=cosine"])
+    assert loaded.get("lr_schedule.type") == "cosine"
