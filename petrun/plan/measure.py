@@ -54,12 +54,14 @@ def memory_record(cfg, device_target: str, run_mode: str = "finetune") -> dict:
 
 
 def describe(rec: dict) -> str:
-    """One line for the console: 'memory: peak 1.23 GiB (…); planned 1.10 GiB (-10.6%)'."""
-    text = f"memory: peak {_gib(rec['measured_peak'])} ({rec['measure']})"
+    """One line for the console: 'memory: measured peak 1.23 GiB (…); planned 1.10 GiB, 10.6%
+    low'."""
+    text = f"memory: measured peak {_gib(rec['measured_peak'])} ({rec['measure']})"
     if rec.get("planned_peak"):
         text += f"; planned {_gib(rec['planned_peak'])}"
         if "plan_error" in rec:
-            text += f" ({rec['plan_error'] * 100:+.1f}%)"
+            err = rec["plan_error"]
+            text += f", {abs(err) * 100:.1f}% {'high' if err > 0 else 'low'}" if err else ", exact"
     return text
 
 

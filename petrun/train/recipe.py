@@ -95,13 +95,17 @@ class _StopOnSignal:
     def __init__(self, note):
         self.note = note
         self.signum: int | None = None
+        self.in_step = False   # set around a compiled step, where MindSpore owns SIGINT
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
         if self.signum is None:
             self.signum = signum
-            self.note(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then "
-                      "stopping (Ctrl-C again to abort without saving)")
+            name = signal.Signals(signum).name
+            if signum == signal.SIGTERM and self.in_step:
+                name += " (or Ctrl-C: during a step MindSpore turns it into SIGTERM)"
+            self.note(f"{name}: saving a checkpoint after this step, then stopping (Ctrl-C again "
+                      "to abort without saving)")
         else:
             raise KeyboardInterrupt
 
@@ -233,7 +237,7 @@ class FinetuneRecipe:
         from petrun.data.loader import open_dataset
         from petrun.data.ondemand import RawText
         from petrun.parallel.context import data_shard
-        from petrun.models.registry import arch_entry
+        from petrun.models.registry import arch_entry, build_config, embedding_rows
         cfg = self.cfg
         key = "train_dataset.data_loader.dataset_dir"
         dataset_dir = cfg.get(key)
@@ -262,7 +266,8 @@ class FinetuneRecipe:
             raw=RawText.from_config(cfg, "train_dataset"), packing=self._packing(),
             bucketing=bool(cfg.get("train_dataset.bucketing")),
             bucket_multiple=cfg.get("train_dataset.bucket_multiple"),
-            pad_id=int(cfg.get("model.model_config.pad_token_id") or 0))
+            pad_id=int(cfg.get("model.model_config.pad_token_id") or 0),
+            vocab_size=embedding_rows(build_config(cfg.get("model"))))
         if self.data.packed is not None:
             self.say(self.data.packed.summary())
         elif self.data.bucketing:
@@ -613,13 +618,17 @@ class FinetuneRecipe:
                         step_tokens = sum(int(b[0].shape[0]) * (int(b[0].shape[1]) - self.extra_tokens)
                                           for b in group)
                         token_counts.append(step_tokens)
+                        for b in group:
+                            self.data.check_batch(b, f"a batch of step {step + 1}")
                         t0 = time.perf_counter()
+                        stop.in_step = True
                         loss, overflow, scale, norm = self.one_step(group)
                         dt = time.perf_counter() - t0
                         group = []
                         step += 1
                         step_in_epoch += 1
                         stop.reclaim()   # between steps, Ctrl-C reaches us as SIGINT
+                        stop.in_step = False
                         times.append(dt)
                         self.scale = scale
                         if not np.isfinite(loss) or (overflow and not self.skips_overflow):
@@ -670,6 +679,7 @@ class FinetuneRecipe:
                             tokens_per_second=(float(np.mean(token_counts)) / median
                                                if median and token_counts else 0.0))
         last = self.summary["checkpoints"][-1]["path"] if self.summary["checkpoints"] else "-"
+        what = "adapter" if self.cfg.get("model.model_config.pet_config") else "checkpoint"
         losses = self.summary["losses"]
         # Single-batch losses are noisy; compare means over the first and last few steps.
         k = max(1, min(10, len(losses) // 5))
@@ -677,7 +687,7 @@ class FinetuneRecipe:
                  f"{np.mean(losses[:k]):.4f} → {np.mean(losses[-k:]):.4f}, "
                  f"{self.summary['tokens_per_second']:,.0f} tok/s "
                  f"(median step {median * 1000:.0f} ms, first step {self.summary['first_step_s']:.1f} s "
-                 f"incl. compile); adapter: {last}")
+                 f"incl. compile); {what}: {last}")
         if memory:
             from petrun.plan.measure import describe
             self.say(describe(memory))

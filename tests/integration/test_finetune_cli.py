@@ -52,8 +52,9 @@ def test_measured_peak_memory_is_recorded_beside_the_plan(full_run):
     assert memory["planned_peak"] >= sum(parts.values()) * 0.99 > 0
     assert abs(memory["plan_error"]) < 0.25   # the planner's CPU accuracy (benchmarks/RESULTS.md)
     assert memory["plan_error"] == round(memory["planned_peak"] / memory["measured_peak"] - 1, 4)
-    line = next(x for x in r.stdout.splitlines() if x.startswith("memory: peak "))
-    assert "(peak RSS of this process); planned" in line and "%)" in line
+    line = next(x for x in r.stdout.splitlines() if x.startswith("memory: measured peak "))
+    assert "(peak RSS of this process); planned" in line
+    assert line.endswith("% high" if memory["plan_error"] > 0 else "% low")
 
 
 def test_adapter_checkpoints_follow_mindformers_layout(full_run):

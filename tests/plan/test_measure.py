@@ -35,10 +35,11 @@ def test_record_sets_the_plan_beside_the_measurement():
 def test_console_line():
     rec = {"measured_peak": 2 * 2 ** 30, "measure": "peak RSS of this process",
            "planned_peak": int(1.5 * 2 ** 30), "plan_error": -0.25}
-    assert measure.describe(rec) == ("memory: peak 2.00 GiB (peak RSS of this process); "
-                                     "planned 1.50 GiB (-25.0%)")
+    assert measure.describe(rec) == ("memory: measured peak 2.00 GiB (peak RSS of this process); "
+                                     "planned 1.50 GiB, 25.0% low")
+    assert measure.describe({**rec, "plan_error": 0.125}).endswith("planned 1.50 GiB, 12.5% high")
     assert measure.describe({"measured_peak": 50 * 2 ** 20, "measure": "m"}) == \
-        "memory: peak 50 MiB (m)"
+        "memory: measured peak 50 MiB (m)"
 
 
 def test_a_config_the_planner_cannot_size_gives_no_plan_not_an_error():
