@@ -59,11 +59,11 @@ class PreflightError(UserError):
     """Every problem the pre-flight found; the CLI prints it and exits 2."""
     key_in_message = False
 
-    def __init__(self, findings: list[Finding], seconds: float):
+    def __init__(self, findings: list[Finding], seconds: float, head: str | None = None):
         self.findings = sorted(findings, key=lambda f: _ORDER.index(f.check))
         n = len(self.findings)
-        head = (f"pre-flight found {n} problem{'s' if n > 1 else ''} in {seconds:.2f} s, before "
-                "building anything (--skip-preflight runs anyway):")
+        head = head or (f"pre-flight found {n} problem{'s' if n > 1 else ''} in {seconds:.2f} s, "
+                        "before building anything (--skip-preflight runs anyway):")
         body = "\n".join(f"  {i}. {f.render()}" for i, f in enumerate(self.findings, 1))
         first = self.findings[0]
         super().__init__(f"{head}\n{body}", key=first.key, file=None)
@@ -404,6 +404,30 @@ def _vocab_size(cfg) -> int | None:
         return None   # reported by the model check
 
 
+def _check_parallel(cfg, warnings: list[str]) -> None:
+    """A layout written into the config but switched off by use_parallel runs on one device;
+    MindFormers says nothing either, and users wonder why one card is busy."""
+    if cfg.get("use_parallel"):
+        return
+    set_ = [f"{k}={cfg.get(f'parallel_config.{k}')}" for k in
+            ("data_parallel", "model_parallel", "pipeline_stage")
+            if int(cfg.get(f"parallel_config.{k}") or 1) > 1]
+    if set_:
+        warnings.append(f"parallel_config {', '.join(set_)} has no effect with use_parallel "
+                        "False: this runs on one device (launch with `petrun launch` or "
+                        "scripts/msrun_launcher.sh and --use_parallel True to use them)")
+
+
+def config_findings(cfg, verb: str = "finetune") -> tuple[list[Finding], list[str]]:
+    """(problems, warnings) a config has wherever it runs: the model and PET transform it
+    describes (target_modules included), and settings that do nothing. No paths, no memory."""
+    findings: list[Finding] = []
+    warnings: list[str] = []
+    _check_model(cfg, verb, findings)
+    _check_parallel(cfg, warnings)
+    return findings, warnings
+
+
 # -------------------------------------------------------------------------------------- entry
 def run_preflight(cfg, verb: str, *, device_memory: int | None = None) -> PreflightReport:
     """All checks for `petrun <verb>` on the resolved `cfg`; raises PreflightError listing every
@@ -413,6 +437,7 @@ def run_preflight(cfg, verb: str, *, device_memory: int | None = None) -> Prefli
     report = PreflightReport(0.0)
     model = _check_model(cfg, verb, findings)
     report.checked.append("model")
+    _check_parallel(cfg, report.warnings)
     if model is not None:
         try:
             report.estimate = _check_memory(cfg, verb, findings, device_memory, report.warnings)

@@ -35,7 +35,20 @@ def show(ctx: typer.Context,
 @app.command("validate", context_settings=OVERRIDE_CONTEXT)
 def validate(ctx: typer.Context,
              config: str = typer.Option(..., "--config", "-c", help="YAML file to check.")):
-    """Check a config strictly (unknown keys, types, impossible values); exit 2 on problems."""
+    """Check a config strictly (unknown keys, types, impossible values, PET target_modules that
+    adapt no layer of the model); exit 2 on problems. Overrides (a.b=1) may follow. Paths, data
+    and memory are checked by the pre-flight of each run (and `petrun plan`)."""
+    import time
+
+    from petrun.preflight import PreflightError, config_findings
+    t0 = time.perf_counter()
     cfg = load_config(config, parse_args(ctx.args))
+    findings, warnings = config_findings(cfg)
+    if findings:
+        raise PreflightError(findings, time.perf_counter() - t0,
+                             head=f"{config}: well-formed, but the model it describes does not "
+                                  "build:")
     console.print(f"[green]ok[/green] {config}: valid"
                   + (f" ({len(cfg.ignored)} MindFormers keys ignored)" if cfg.ignored else ""))
+    for warning in warnings:
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)

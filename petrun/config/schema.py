@@ -261,10 +261,18 @@ def _arch_types() -> list[str]:
     return known_archs()
 
 
+def _known_arch(v: str) -> str | None:
+    known = _arch_types()
+    if v in known:
+        return None
+    close = difflib.get_close_matches(v, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown model arch{hint}; known: {', '.join(known)}"
+
+
 MODEL = Section({
     "model_config": ByType("type", model_config_sections, "model_config type"),
-    "arch": Section({"type": T((str,), check=lambda v: None if v in _arch_types() else
-                               f"unknown model arch; known: {', '.join(_arch_types())}")}),
+    "arch": Section({"type": T((str,), check=_known_arch)}),
 })
 
 # ---------------------------------------------------------------- run sections
@@ -544,6 +552,10 @@ def _cross_checks(data: Mapping, v: Validation, origins: Mapping[str, str]) -> N
         for i, cb in enumerate(callbacks):
             if isinstance(cb, dict) and cb.get("type") in IGNORED_CALLBACK_TYPES:
                 v.ignored.append(f"callbacks.{i} ({cb['type']})")
+    train = data.get("train_dataset")
+    if isinstance(train, dict) and train.get("packing") is True and train.get("bucketing") is True:
+        add("train_dataset.bucketing", "cannot be combined with train_dataset.packing, which "
+            "already fills every row; set one of them to False")
     if "model" not in data:
         add("model", "missing section: petrun needs model.model_config and model.arch")
     elif isinstance(data["model"], dict):

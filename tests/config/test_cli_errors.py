@@ -105,6 +105,26 @@ def _case_dropout_range(tmp):
     return [_variant(tmp, "lora_dropout: 0.05", "lora_dropout: 1.5")], ["lora_dropout", "[0, 1)"]
 
 
+def _case_invalid_target_regex(tmp):
+    return [MF, "model.model_config.pet_config.target_modules=(wq"], [
+        "target_modules", "is not a valid regular expression", "Fix:"]
+
+
+def _case_target_regex_adapts_nothing(tmp):
+    return [MF, "model.model_config.pet_config.target_modules=.*wzz"], [
+        "'.*wzz' matches no linear layer", "wq (x32)", "Fix: use local layer names"]
+
+
+def _case_arch_typo(tmp):
+    return [MF, "model.arch.type=LlamaForCausalLMM"], [
+        "model.arch.type", "did you mean 'LlamaForCausalLM'"]
+
+
+def _case_packing_with_bucketing(tmp):
+    return [MF, "train_dataset.packing=True", "train_dataset.bucketing=True"], [
+        "train_dataset.bucketing", "cannot be combined with train_dataset.packing"]
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("_case_")]
 
 
@@ -142,6 +162,15 @@ def test_valid_config_validates_and_show_prints_resolved_yaml():
     r = run_cli("config", "show", "--config", MF, "--json")
     import json
     assert json.loads(r.stdout)["lr_schedule"]["learning_rate"] == 1e-05
+
+
+def test_validate_warns_about_a_layout_use_parallel_switches_off():
+    r = run_cli("config", "validate", "--config", MF, "use_parallel=False")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning: parallel_config data_parallel=8 has no effect with use_parallel False" \
+        in " ".join(r.stdout.split())
+    r = run_cli("config", "validate", "--config", MF)          # use_parallel True: no warning
+    assert r.returncode == 0 and "warning" not in r.stdout
 
 
 def test_version():
