@@ -277,6 +277,7 @@ def _check_checkpoint(cfg, path: Path, model, out: list[Finding]) -> None:
     every weight but the adapters."""
     from petrun.ckpt import io as ckpt_io
     from petrun.ckpt.index import checkpoint_index
+    from petrun.ckpt.diagnose import names_fix, shapes_fix
     _, specs, _, pet = model
     key = "load_checkpoint"
     try:
@@ -309,9 +310,7 @@ def _check_checkpoint(cfg, path: Path, model, out: list[Finding]) -> None:
             lines.append(f"{len(unexpected)} checkpoint entries match no model parameter, e.g. "
                          + ", ".join(unexpected[:3]))
         out.append(Finding("checkpoint", "checkpoint does not match the model: " + "; ".join(lines),
-                           "check that the checkpoint is for this model family and size "
-                           "(MindFormers names such as model.layers.0.attention.wq.weight); "
-                           "convert HF weights with `petrun ckpt convert`", key, where))
+                           names_fix(list(weights), list(params)), key, where))
         return
     bad = [(n, t.shape, params[n].shape) for n, t in weights.items()
            if tuple(t.shape) != tuple(params[n].shape)]
@@ -319,9 +318,7 @@ def _check_checkpoint(cfg, path: Path, model, out: list[Finding]) -> None:
         n, got, want = bad[0]
         out.append(Finding("checkpoint", f"shape mismatch for {n}: checkpoint {tuple(got)}, model "
                            f"{tuple(want)}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
-                           "the checkpoint is from another model size; match model.model_config "
-                           "(hidden_size, num_layers, vocab_size, n_kv_heads) to the checkpoint",
-                           key, where))
+                           shapes_fix([(n, tuple(g), tuple(w)) for n, g, w in bad]), key, where))
 
 
 def _is_sharded(path: Path) -> bool:
@@ -429,7 +426,8 @@ def config_findings(cfg, verb: str = "finetune") -> tuple[list[Finding], list[st
 
 
 # -------------------------------------------------------------------------------------- entry
-def run_preflight(cfg, verb: str, *, device_memory: int | None = None) -> PreflightReport:
+def run_preflight(cfg, verb: str, *, device_memory: int | None = None,
+                  adapter: str | None = None) -> PreflightReport:
     """All checks for `petrun <verb>` on the resolved `cfg`; raises PreflightError listing every
     problem, or returns what was checked and the memory estimate."""
     t0 = time.perf_counter()
@@ -445,6 +443,10 @@ def run_preflight(cfg, verb: str, *, device_memory: int | None = None) -> Prefli
         except UserError as e:
             findings.append(_finding("memory", e, cfg))
     paths = _check_paths(cfg, verb, findings)
+    if adapter and not os.path.exists(os.path.expanduser(str(adapter))):
+        findings.append(Finding("paths", "adapter path does not exist",
+                                "pass the adapter .ckpt, or the checkpoint folder a finetune wrote "
+                                "(output_dir/checkpoint/rank_0)", "--adapter", str(adapter)))
     report.checked.append("paths")
     if "checkpoint" in paths and model is not None:
         if cfg.get("auto_trans_ckpt") and _is_sharded(paths["checkpoint"]):

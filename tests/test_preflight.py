@@ -162,3 +162,11 @@ def test_skip_preflight_reaches_the_run(cli, tmp_path):
     skipped = cli(*args, "--skip-preflight", timeout=120)
     assert skipped.returncode == 2 and "pre-flight" not in skipped.stderr
     assert "does not exist" in skipped.stderr
+
+
+def test_adapter_of_eval_and_predict_must_exist(tmp_path):
+    cfg = load_config(TINY, [f"eval_dataset.data_loader.dataset_dir={DATA}", "load_checkpoint="])
+    (f,) = findings(cfg, "eval", adapter=str(tmp_path / "nope"))
+    assert f.check == "paths" and f.key == "--adapter" and "does not exist" in f.message
+    assert "checkpoint/rank_0" in f.fix
+    assert "paths" in run_preflight(cfg, "eval", adapter=str(DATA)).checked   # an existing path

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
+from petrun.ckpt.diagnose import names_fix, shapes_fix
 from petrun.errors import UserError
 
 # Entries a MindSpore/MindFormers training checkpoint carries besides network weights.
@@ -255,18 +256,14 @@ def load_into(net, path: str | Path, *, strict: bool = True, allow_missing: Iter
             lines.append(f"{len(unexpected)} checkpoint entries match no model parameter, e.g. "
                          + ", ".join(unexpected[:4]))
         raise UserError("checkpoint does not match the model: " + "; ".join(lines), file=str(path),
-                        key=key, fix="check that the checkpoint is for this model family and size "
-                                     "(MindFormers names such as model.layers.0.attention.wq.weight); "
-                                     "convert HF weights with `petrun ckpt convert`")
+                        key=key, fix=names_fix(list(weights), list(params)))
     bad_shapes = [(n, tuple(v.shape), tuple(params[n].shape)) for n, v in weights.items()
                   if n in params and tuple(v.shape) != tuple(params[n].shape)]
     if bad_shapes:
         n, got, want = bad_shapes[0]
         raise UserError(f"shape mismatch for {n}: checkpoint {got}, model {want}"
                         + (f" (and {len(bad_shapes) - 1} more)" if len(bad_shapes) > 1 else ""),
-                        file=str(path), key=key,
-                        fix="the checkpoint is from another model size; match model.model_config "
-                            "(hidden_size, num_layers, vocab_size, n_kv_heads) to the checkpoint")
+                        file=str(path), key=key, fix=shapes_fix(bad_shapes))
     to_load = {n: v for n, v in weights.items() if n in params}
     # Cast to the network's dtype (e.g. bf16 files into an fp32 CPU model).
     for n, v in to_load.items():

@@ -8,7 +8,8 @@ def run_job(cfg, verb: str, console, preflight: bool = True, options: dict | Non
     """options: the verb-only CLI options (predict/eval: petrun.cli.infer_cmd)."""
     if preflight:  # seconds-fast checks before anything heavy is imported or built
         from petrun.preflight import run_preflight
-        console.print(run_preflight(cfg, verb).line(), style="dim", markup=False, highlight=False)
+        report = run_preflight(cfg, verb, adapter=(options or {}).get("adapter"))
+        console.print(report.line(), style="dim", markup=False, highlight=False)
     if verb in ("finetune", "train"):
         from petrun.train.recipe import FinetuneRecipe
         return FinetuneRecipe(cfg, console=console).run()
