@@ -52,6 +52,20 @@ def _settings(fmt: str, config: Optional[str], tokenizer: Optional[str],
     return out
 
 
+def _check_counts(workers: Optional[int], seq_length: Optional[int]) -> None:
+    from petrun.errors import UserError
+
+    if workers is not None and workers < 1:
+        raise UserError(f"must be at least 1, got {workers}", key="--workers",
+                        fix="give the number of tokenizing processes, e.g. --workers 4, or leave "
+                            "it out to choose by input size")
+    # 0 would otherwise read as "not given" and the config's seq_length would be used silently
+    if seq_length is not None and seq_length < 1:
+        raise UserError(f"must be at least 1, got {seq_length}", key="--seq-length",
+                        fix="give the model's seq_length, e.g. --seq-length 4096, or leave it out "
+                            "to take model.model_config.seq_length from --config")
+
+
 @app.command("prepare")
 def prepare(
         fmt: str = typer.Argument(..., metavar="FORMAT", help="alpaca | advertisegen | wikitext"),
@@ -79,6 +93,7 @@ def prepare(
 
     from petrun.data.prepare import prepare as run
 
+    _check_counts(workers, seq_length)
     s = _settings(fmt, config, tokenizer, tokenizer_type, seq_length, max_source_length,
                   max_target_length)
     unit = "paragraphs" if fmt == "wikitext" else "records"

@@ -65,6 +65,67 @@ def _check_output(output: str) -> None:
                         fix="use --output text or --output json")
 
 
+# How to correct each sampling knob; {} is "--top-p " for a flag, or "model.model_config.top_p="
+# when the value came from the config.
+_SAMPLING_FIX = {
+    "top_k": "use 0 (off) or a positive number of tokens, e.g. {}50",
+    "top_p": "use a value in (0, 1], e.g. {}0.9 (1.0 turns it off)",
+    "temperature": "use a value > 0, e.g. {}0.7; for deterministic output decode greedily "
+                   "(--greedy)",
+    "repetition_penalty": "use a value > 0, e.g. {}1.1 (1.0 turns it off)",
+}
+
+
+def _check_prompt_source(prompt, prompt_file, prompt_ids) -> None:
+    given = [n for n, v in (("--prompt", prompt), ("--prompt-file", prompt_file),
+                            ("--prompt-ids", prompt_ids)) if v]
+    if len(given) != 1:
+        raise UserError("nothing to generate from" if not given else
+                        f"{' and '.join(given)} given together; choose one", key="--prompt",
+                        fix="give --prompt TEXT, --prompt-file FILE or --prompt-ids 1,2,3")
+    if prompt_file:
+        _check_prompt_path(prompt_file)
+
+
+def _check_prompt_path(path: str) -> None:
+    if os.path.isdir(path):
+        raise UserError("is a directory, not a prompt file", file=path, key="--prompt-file",
+                        fix="pass the file inside it (one prompt per line, or alpaca "
+                            ".json/.jsonl)")
+    if not os.path.isfile(path):
+        raise UserError("prompt file not found", file=path, key="--prompt-file",
+                        fix="give a text file with one prompt per line, or alpaca JSON")
+
+
+def _check_flags(max_new_tokens, top_k, top_p, temperature, repetition_penalty) -> None:
+    """The values given on the command line, on their own (config defaults are checked later,
+    in _sampling, once the config is read)."""
+    from petrun.infer.sampling import SamplingConfig
+
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UserError(f"must be at least 1, got {max_new_tokens}", key="--max-new-tokens",
+                        fix="pass a positive number of tokens, or leave --max-new-tokens out to "
+                            "generate up to max_decode_length")
+    given = {"top_k": top_k, "top_p": top_p, "temperature": temperature,
+             "repetition_penalty": repetition_penalty}
+    probe = SamplingConfig(**{k: v for k, v in given.items() if v is not None})
+    for field, problem in probe.check():
+        if given[field] is not None:
+            flag = f"--{field.replace('_', '-')}"
+            raise UserError(problem, key=flag, fix=_SAMPLING_FIX[field].format(flag + " "))
+
+
+def check_options(mode: str, options: dict) -> None:
+    """Mistakes in eval/predict's own options, found before the config is read or anything is
+    built (run.py calls this first; run_predict/run_eval check again for direct callers)."""
+    _check_output(options.get("output", "text"))
+    if mode == "predict":
+        _check_prompt_source(options.get("prompt"), options.get("prompt_file"),
+                             options.get("prompt_ids"))
+        _check_flags(options.get("max_new_tokens"), options.get("top_k"), options.get("top_p"),
+                     options.get("temperature"), options.get("repetition_penalty"))
+
+
 def _runtime(cfg) -> str:
     """MindSpore context for inference; returns the device target."""
     import mindspore as ms
@@ -129,9 +190,7 @@ def _say(console):
 def _read_prompt_file(path: str) -> list:
     from petrun.data.alpaca import load_alpaca_records
 
-    if not os.path.isfile(path):
-        raise UserError("prompt file not found", file=path, key="--prompt-file",
-                        fix="give a text file with one prompt per line, or alpaca JSON")
+    _check_prompt_path(path)
     if path.endswith((".json", ".jsonl")):
         records = load_alpaca_records(path, key="--prompt-file")
         bad = [i for i, r in enumerate(records)
@@ -189,7 +248,8 @@ def _sampling(model_cfg, do_sample, top_k, top_p, temperature, repetition_penalt
              "repetition_penalty": repetition_penalty}
     for field, problem in cfg.check():
         key = f"--{field.replace('_', '-')}" if flags[field] is not None else f"{MC}.{field}"
-        raise UserError(problem, key=key)
+        setting = f"{key} " if key.startswith("--") else f"{key}="
+        raise UserError(problem, key=key, fix=_SAMPLING_FIX[field].format(setting))
     return cfg
 
 
@@ -205,12 +265,8 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
     from petrun.models.registry import build_config
 
     _check_output(output)
-    given = [n for n, v in (("--prompt", prompt), ("--prompt-file", prompt_file),
-                            ("--prompt-ids", prompt_ids)) if v]
-    if len(given) != 1:
-        raise UserError("nothing to generate from" if not given else
-                        f"{' and '.join(given)} given together; choose one", key="--prompt",
-                        fix="give --prompt TEXT, --prompt-file FILE or --prompt-ids 1,2,3")
+    _check_prompt_source(prompt, prompt_file, prompt_ids)
+    _check_flags(max_new_tokens, top_k, top_p, temperature, repetition_penalty)
     model_cfg = build_config(cfg.get("model"))
     sampling = _sampling(model_cfg, do_sample, top_k, top_p, temperature, repetition_penalty)
     arch = cfg.get("model.arch.type")

@@ -34,7 +34,7 @@ def _count(n: int) -> str:
 
 def plan(ctx: typer.Context,
          config: str = typer.Option(..., "--config", "-c", help="YAML file (MindFormers schema)."),
-         devices: Optional[int] = typer.Option(None, "--devices", min=1,
+         devices: Optional[int] = typer.Option(None, "--devices",
                                                help="Number of devices; data_parallel = devices / (model_parallel × pipeline_stage)."),
          device_memory: Optional[str] = typer.Option(None, "--device-memory",
                                                      help="Memory of one device, e.g. 64GB (default: context.max_device_memory, or free RAM on CPU)."),
@@ -53,13 +53,16 @@ def plan(ctx: typer.Context,
     from petrun.plan.estimator import estimate, with_budget
     from petrun.plan.levers import levers, path_to_fit
 
-    if output not in ("table", "json"):
-        raise UserError(f"--output must be table or json, got {output!r}")
-    if device_target and device_target not in ("CPU", "Ascend", "GPU"):
-        raise UserError(f"--device-target must be CPU, Ascend or GPU, got {device_target!r}")
-    budget_bytes = dev.parse_size(device_memory) if device_memory else None
-    if device_memory and budget_bytes is None:
+    _check_options(output, device_target, devices, peak_tflops, mfu)
+    budget_bytes = dev.parse_size(device_memory) if device_memory is not None else None
+    if device_memory is not None and budget_bytes is None:
         raise UserError(f"--device-memory {device_memory!r} is not a size", fix="e.g. 64GB or 512MB")
+    if budget_bytes is not None and budget_bytes <= 0:
+        # 0 would read as "not given" further down and the config's budget would be used instead
+        raise UserError(f"{device_memory!r} is not a positive size",
+                        key="--device-memory",
+                        fix="give the memory of one device, e.g. --device-memory 64GB, or leave "
+                            "it out to use context.max_device_memory")
     cfg = load_config(config, parse_args(ctx.args))
     kw = {"devices": devices, "peak_tflops": peak_tflops, "mfu": mfu}
     est = estimate(cfg, run_mode=run_mode, device_target=device_target, **kw)
@@ -74,6 +77,26 @@ def plan(ctx: typer.Context,
         print(json.dumps(data, indent=2))
         return
     _render(cfg, est, options, route)
+
+
+def _check_options(output, device_target, devices, peak_tflops, mfu) -> None:
+    if output not in ("table", "json"):
+        raise UserError(f"must be table or json, got {output!r}", key="--output",
+                        fix="use --output table or --output json")
+    if device_target and device_target not in ("CPU", "Ascend", "GPU"):
+        raise UserError(f"must be CPU, Ascend or GPU, got {device_target!r}",
+                        key="--device-target", fix="e.g. --device-target Ascend")
+    # Checked here rather than with typer's min=, so the message has petrun's form and a Fix.
+    if devices is not None and devices < 1:
+        raise UserError(f"must be at least 1, got {devices}", key="--devices",
+                        fix="give the number of devices of the job, e.g. --devices 8")
+    if peak_tflops is not None and not peak_tflops > 0:
+        raise UserError(f"must be positive, got {peak_tflops}", key="--peak-tflops",
+                        fix="give one device's peak TFLOP/s, e.g. --peak-tflops 256, or leave it "
+                            "out to use the documented figure")
+    if mfu is not None and not 0 < mfu <= 1:
+        raise UserError(f"must be in (0, 1], got {mfu}", key="--mfu",
+                        fix="give the fraction of peak a step reaches, e.g. --mfu 0.4")
 
 
 def _render(cfg, est, options, route) -> None:

@@ -9,6 +9,14 @@ import typer
 from petrun.cli.common import OVERRIDE_CONTEXT, collect_overrides, console, err_console
 from petrun.config import load_config
 from petrun.config.overrides import Override
+from petrun.errors import UserError
+
+TRAIN_VERBS = ("finetune", "train")
+# Only the training verbs continue a run; --resume (optional value, parsed by _take_resume) and
+# this option are therefore theirs alone.
+TRAIN_OPTIONS = [inspect.Parameter(
+    "resume_training", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+    default=typer.Option(None, "--resume_training", help="True/False or a checkpoint name."))]
 
 
 def _take_resume(args: list[str]) -> tuple[list[str], list[Override]]:
@@ -30,6 +38,18 @@ def _take_resume(args: list[str]) -> tuple[list[str], list[Override]]:
     return rest, out
 
 
+def _refuse_resume(args: list[str], mode: str) -> None:
+    """eval/predict start from weights, not from a run: a --resume there would be ignored (it
+    lands in the config as resume_training, which only the training recipe reads)."""
+    for word in args:
+        flag = word.partition("=")[0]
+        if flag in ("--resume", "--resume_training"):
+            raise UserError(f"unknown option for petrun {mode}: only finetune and train continue "
+                            "a run", key=flag,
+                            fix=f"drop {flag}; petrun {mode} takes its weights from "
+                                "--load_checkpoint and --adapter")
+
+
 def _flags(run_mode, load_checkpoint, auto_trans_ckpt, use_parallel, train_dataset_dir,
            eval_dataset_dir, src_strategy_path_or_dir, output_dir, device_id, seed,
            resume_training):
@@ -42,7 +62,8 @@ def _flags(run_mode, load_checkpoint, auto_trans_ckpt, use_parallel, train_datas
 
 def _make_verb(mode: str, summary: str, extra: tuple = ()):
     """The verb with the shared flags; `extra` (inspect.Parameters with typer.Option defaults)
-    adds verb-only options, passed through to run_job as `options`."""
+    adds verb-only options, passed through to run_job as `options` (except the training verbs'
+    resume_training, which becomes an override like the other MindFormers flags)."""
     def verb(ctx: typer.Context,
              config: str = typer.Option(..., "--config", "-c", help="YAML file (MindFormers schema)."),
              run_mode: Optional[str] = typer.Option(None, "--run_mode", help="train|finetune|eval|predict"),
@@ -55,10 +76,16 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
              output_dir: Optional[str] = typer.Option(None, "--output_dir", help="Where checkpoints, logs and strategies go."),
              device_id: Optional[str] = typer.Option(None, "--device_id", help="Sets context.device_id."),
              seed: Optional[str] = typer.Option(None, "--seed", help="Global seed."),
-             resume_training: Optional[str] = typer.Option(None, "--resume_training", help="True/False or a checkpoint name."),
              skip_preflight: bool = typer.Option(False, "--skip-preflight", help="Start without the pre-flight checks (memory, paths, checkpoint, data)."),
              **options):
-        args, resume = _take_resume(ctx.args)
+        resume_training = options.pop("resume_training", None)
+        if mode in TRAIN_VERBS:
+            args, resume = _take_resume(ctx.args)
+        else:
+            _refuse_resume(ctx.args, mode)
+            args, resume = ctx.args, []
+            from petrun.cli.infer_cmd import check_options
+            check_options(mode, options)   # option mistakes before the config is even read
         overrides = collect_overrides(args, _flags(
             run_mode or (None if mode == "finetune" else mode), load_checkpoint, auto_trans_ckpt,
             use_parallel, train_dataset_dir, eval_dataset_dir, src_strategy_path_or_dir,
@@ -73,9 +100,10 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
         except Interrupted as stop:  # SIGTERM/SIGINT: checkpoint saved, message printed
             raise SystemExit(stop.exit_code) from None
 
-    verb.__doc__ = summary + ("\n\nExtra words are overrides: a.b.c=value, ~a.b, or --a.b.c value."
-                              "\n\n--resume [PATH] continues a run from its newest intact checkpoint "
-                              "(in output_dir, or PATH: an output_dir, a checkpoint folder or file).")
+    verb.__doc__ = summary + "\n\nExtra words are overrides: a.b.c=value, ~a.b, or --a.b.c value."
+    if mode in TRAIN_VERBS:
+        verb.__doc__ += ("\n\n--resume [PATH] continues a run from its newest intact checkpoint "
+                         "(in output_dir, or PATH: an output_dir, a checkpoint folder or file).")
     sig = inspect.signature(verb)
     params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
     verb.__signature__ = sig.replace(parameters=params + list(extra))
@@ -85,8 +113,9 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
 def register(app: typer.Typer) -> None:
     from petrun.cli.infer_cmd import EVAL_OPTIONS, PREDICT_OPTIONS
     for mode, summary, extra in (
-        ("finetune", "Finetune a model with the PET method in model.model_config.pet_config.", ()),
-        ("train", "Train (same recipe as finetune; MindFormers' run_mode train).", ()),
+        ("finetune", "Finetune a model with the PET method in model.model_config.pet_config.",
+         TRAIN_OPTIONS),
+        ("train", "Train (same recipe as finetune; MindFormers' run_mode train).", TRAIN_OPTIONS),
         ("eval", "Evaluate loss and perplexity on eval_dataset.", EVAL_OPTIONS),
         ("predict", "Generate text (KV cache, left-padded batches, streamed to the terminal).",
          PREDICT_OPTIONS),

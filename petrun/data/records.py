@@ -48,6 +48,10 @@ class BadRecord:
 
 
 def read_text(path: str, key: str | None = None) -> str:
+    if os.path.isdir(path):
+        raise UserError("is a directory, not an input file", file=path, key=key,
+                        fix="pass the file inside it (alpaca JSON, AdvertiseGen JSON lines or "
+                            "wikitext text)")
     if not os.path.isfile(path):
         raise UserError("input file not found", file=path, key=key, fix="check the path")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Iterable
 
 from petrun.errors import UserError
@@ -69,6 +70,9 @@ def train_tokenizer_file(corpus: str, output: str, vocab_size: int, *,
     """
     from petrun.ckpt.io import write_bytes_atomic
 
+    if os.path.isdir(corpus):
+        raise UserError("is a directory, not a corpus file", file=corpus, key="--input",
+                        fix="pass the file inside it (a text file or alpaca JSON)")
     if not os.path.isfile(corpus):
         raise UserError("corpus file not found", file=corpus, fix="give a text or alpaca JSON file")
     if vocab_size < 1:
@@ -85,6 +89,11 @@ def train_tokenizer_file(corpus: str, output: str, vocab_size: int, *,
     except RuntimeError as exc:
         msg = str(exc).strip().splitlines()[-1].split("] ")[-1]
         if "smaller than required" in msg:
+            # SentencePiece's own advice names its trainer flags (--character_coverage), which
+            # petrun does not have: keep its numbers, say the rest in petrun's terms.
+            counts = re.search(r"(\d+) vs (\d+)", msg)
+            msg = (f"--vocab-size {counts[1]} is smaller than the {counts[2]} pieces this corpus "
+                   f"needs at least" if counts else "--vocab-size is smaller than this corpus needs")
             fix = ("raise --vocab-size: byte fallback needs 259 pieces (bytes, unk, bos, eos) plus "
                    "one per character of the corpus")
         else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -59,10 +60,15 @@ class LaunchSpec:
     def validate(self) -> "LaunchSpec":
         if self.worker_num < 1:
             raise UserError(f"worker number must be at least 1, got {self.worker_num}",
-                            key="--worker-num")
+                            key="--worker-num",
+                            fix="give the number of processes of the whole job, e.g. "
+                                "--worker-num 2 (WORKER_NUM in msrun_launcher.sh)")
         if not 1 <= self.local <= self.worker_num:
             raise UserError(f"local worker number {self.local} must be between 1 and the worker "
-                            f"number {self.worker_num}", key="--local-worker-num")
+                            f"number {self.worker_num}", key="--local-worker-num",
+                            fix=f"leave --local-worker-num out to run all {self.worker_num} "
+                                "workers on this node, or give this node's share of them "
+                                "(LOCAL_WORKER in msrun_launcher.sh)")
         multi = self.local < self.worker_num
         if multi and self.node_rank >= 0 and (self.node_rank + 1) * self.local > self.worker_num:
             raise UserError(f"node_rank {self.node_rank} × {self.local} local workers exceeds "
@@ -70,7 +76,8 @@ class LaunchSpec:
                             fix="node ranks count nodes from 0; every node runs the same number "
                                 "of workers")
         if not 0 < self.master_port < 65536:
-            raise UserError(f"port {self.master_port} is out of range", key="--master-port")
+            raise UserError(f"port {self.master_port} is out of range", key="--master-port",
+                            fix="pass a port between 1 and 65535, e.g. --master-port 8118")
         return self
 
     def global_rank(self, local_rank: int) -> int | None:
@@ -209,6 +216,9 @@ def process_env(spec: LaunchSpec, role: str, host: str, global_rank: int | None 
     env.update(MS_ROLE=role, MS_SCHED_HOST=host, MS_SCHED_PORT=str(spec.master_port),
                MS_WORKER_NUM=str(spec.worker_num), MS_TOPO_TIMEOUT=str(spec.cluster_time_out),
                RANK_SIZE=str(spec.worker_num), PYTHONUNBUFFERED="1", PETRUN_JOB_ID=job_id)
+    # MindSpore's C++ log level (0 debug, 1 info, 2 warning, 3 error): warnings and up unless the
+    # user chose a level; its INFO chatter would otherwise fill every worker's log.
+    env.setdefault("GLOG_v", "2")
     if role == "MS_SCHED":
         env["RANK_ID"] = "0"
         env.pop("MS_NODE_ID", None)
@@ -262,15 +272,28 @@ def describe_exit(rc: int) -> str:
     return f"exited with code {rc}"
 
 
-class _Echo(threading.Thread):
-    """Copies one worker's log to our stdout while the job runs (only rank 0 by default)."""
+# A MindSpore C++ log line below warning level: "[INFO] DISTRIBUTED(12039,7f7f…,python):…".
+_MS_CHATTER = re.compile(r"\[(DEBUG|INFO)\] [A-Z_]+\(\d+,")
 
-    def __init__(self, path: Path, out):
+
+def quiet_echo(env=None) -> bool:
+    """Whether the echo leaves out MindSpore's C++ DEBUG/INFO lines: unless the workers run with
+    GLOG_v 0 or 1. MindSpore prints a few INFO lines while it tears its cluster down at exit,
+    whatever GLOG_v says, so the level alone does not keep them off the terminal."""
+    level = (os.environ if env is None else env).get("GLOG_v", "2").strip()
+    return level not in ("0", "1")
+
+
+class _Echo(threading.Thread):
+    """Copies one worker's log to our stdout while the job runs (only rank 0 by default); with
+    `quiet`, MindSpore's C++ DEBUG/INFO lines stay in the log file only."""
+
+    def __init__(self, path: Path, out, quiet: bool = False):
         super().__init__(daemon=True)
-        self.path, self.out, self.stop = path, out, threading.Event()
+        self.path, self.out, self.quiet, self.stop = path, out, quiet, threading.Event()
 
     def run(self):
-        pos = 0
+        pos, partial = 0, ""
         while True:
             done = self.stop.is_set()
             try:
@@ -280,6 +303,13 @@ class _Echo(threading.Thread):
                     pos = f.tell()
             except OSError:
                 chunk = ""
+            if self.quiet:
+                # whole lines only, so a line read in two pieces is still recognised
+                partial += chunk
+                cut = len(partial) if done else partial.rfind("\n") + 1
+                chunk, partial = partial[:cut], partial[cut:]
+                chunk = "".join(line for line in chunk.splitlines(keepends=True)
+                                if not _MS_CHATTER.match(line))
             if chunk:
                 self.out.write(chunk)
                 self.out.flush()
@@ -360,8 +390,9 @@ def _signal_group(popen: subprocess.Popen, sig) -> None:
 
 
 def supervise(spec: LaunchSpec, procs: list[Proc], *, out=None, poll_s: float = 0.2,
-              scheduler_wait_s: float = 60.0) -> LaunchResult:
-    """Wait for the job. The first worker to fail stops all the others; the result names it."""
+              scheduler_wait_s: float = 60.0, env: dict | None = None) -> LaunchResult:
+    """Wait for the job. The first worker to fail stops all the others; the result names it.
+    env: the base environment the workers were started with (None: ours)."""
     t0 = time.monotonic()
     workers = [p for p in procs if p.name != "scheduler"]
     scheduler = next((p for p in procs if p.name == "scheduler"), None)
@@ -369,7 +400,7 @@ def supervise(spec: LaunchSpec, procs: list[Proc], *, out=None, poll_s: float = 
     if out is not None and spec.tail_rank is not None:
         target = next((p for p in workers if p.rank == spec.tail_rank), None)
         if target is not None:
-            echo = _Echo(target.log, out)
+            echo = _Echo(target.log, out, quiet=quiet_echo(env))
             echo.start()
     interrupted = {"sig": None}
 
@@ -440,7 +471,7 @@ def launch(spec: LaunchSpec, command: str | list[str], *, out=None, env: dict | 
     if not spec.join:
         return _detach(spec, argv, env)
     procs = start(spec, argv, env=env)
-    return supervise(spec, procs, out=out)
+    return supervise(spec, procs, out=out, env=env)
 
 
 def _detach(spec: LaunchSpec, argv: list[str], env: dict | None) -> int:
