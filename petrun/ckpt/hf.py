@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from petrun.ckpt import stream
+from petrun.ckpt.io import refuse_existing
 from petrun.ckpt.stream import TensorInfo
 from petrun.errors import UserError
 
@@ -374,15 +375,18 @@ class Result:
 
 def convert_hf_to_ms(family: str, src: str | Path, dst: str | Path, dtype: str | None = None,
                      progress: Callable[[str], None] | None = None,
-                     on_plan: Callable[[Plan], None] | None = None) -> Result:
+                     on_plan: Callable[[Plan], None] | None = None,
+                     overwrite: bool = False) -> Result:
     """HF safetensors (file, folder, or sharded folder) → one MindSpore .ckpt with MindFormers'
-    names. dtype None keeps each tensor's dtype; otherwise floats become fp32/fp16/bf16."""
+    names. dtype None keeps each tensor's dtype; otherwise floats become fp32/fp16/bf16.
+    An existing dst is replaced (atomically) only with overwrite."""
     _check_family(family)
     dtype = canonical_dtype(dtype)
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".ckpt":
         raise UserError("the output must be a .ckpt file", file=str(dst), key="--dst",
                         fix=f"e.g. --dst {dst.with_suffix('.ckpt').name}")
+    refuse_existing(dst, overwrite)
     with stream.SafetensorsReader(src) as reader:
         hf_config = _read_hf_config(src)
         rules, drop = hf_rules(family, reader.infos, hf_config, str(src))
@@ -478,11 +482,13 @@ def _unsupported_glm2_for_hf(mc) -> None:
 
 def convert_ms_to_hf(family: str, src: str | Path, dst: str | Path, config,
                      dtype: str | None = None, progress: Callable[[str], None] | None = None,
-                     on_plan: Callable[[Plan], None] | None = None) -> Result:
+                     on_plan: Callable[[Plan], None] | None = None,
+                     overwrite: bool = False) -> Result:
     """A MindSpore .ckpt with MindFormers' names → dst/model.safetensors + dst/config.json in
     transformers' layout for the family (LlamaForCausalLM, GlmForCausalLM, GPT2LMHeadModel).
     Optimizer state and step counters are skipped; adapter (mindpet_delta_*) tensors are an
-    error: merge them into the base weights first."""
+    error: merge them into the base weights first. Existing outputs are replaced only with
+    overwrite."""
     _check_family(family)
     dtype = canonical_dtype(dtype)
     mc = _family_config(family, config)
@@ -497,6 +503,8 @@ def convert_ms_to_hf(family: str, src: str | Path, dst: str | Path, config,
     if stale:   # HF loaders would prefer an old index.json or shard over the new file
         raise UserError(f"the folder already holds other weights ({', '.join(stale[:3])})",
                         file=str(dst), key="--dst", fix="write into a new or empty folder")
+    for name in ("model.safetensors", "config.json"):
+        refuse_existing(dst / name, overwrite)
     with stream.CkptReader(src) as reader:
         infos = {n: i for n, i in reader.infos.items() if not _TRAINING_STATE.match(n)}
         adapters = [n for n in infos if "mindpet_delta_" in n]

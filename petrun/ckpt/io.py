@@ -165,7 +165,8 @@ def checkpoint_files(path: str | Path, key: str = "load_checkpoint") -> list[Pat
     """The .ckpt files `path` denotes: a file, or every .ckpt directly inside a folder.
 
     A petrun checkpoint folder (output/checkpoint/rank_N, with a `latest` pointer) denotes its
-    newest intact adapter, not every step's file at once.
+    newest intact adapter, not every step's file at once. Errors name `key`, the option or config
+    key the path came from.
     """
     p = Path(path)
     if p.is_file():
@@ -178,22 +179,31 @@ def checkpoint_files(path: str | Path, key: str = "load_checkpoint") -> list[Pat
             found = folder.newest_intact(logging.getLogger("petrun").warning)
             if found is None:
                 raise UserError("no intact checkpoint in this folder", file=str(p), key=key,
-                                fix="point load_checkpoint at a .ckpt file, or at a folder with "
-                                    "a complete checkpoint")
+                                fix=f"point {key} at a .ckpt file, or at a folder with a complete "
+                                    "checkpoint")
             return [found.adapter]
         files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix == ".ckpt"
                        and not f.name.startswith("."))
         if files:
             return files
-        if any(d.name.startswith("rank_") for d in p.iterdir() if d.is_dir()):
-            raise UserError("this folder holds rank_N/ shards of a distributed checkpoint",
-                            file=str(p), key=key,
-                            fix="load it with --auto_trans_ckpt True and --src_strategy_path_or_dir, "
-                                "or merge it first with `petrun ckpt transform`")
+        ranks = sorted(d.name for d in p.iterdir() if d.is_dir() and d.name.startswith("rank_"))
+        if ranks:
+            fix = ("load it with --auto_trans_ckpt True and --src_strategy_path_or_dir, or merge "
+                   "it first with `petrun ckpt transform`") if key == "load_checkpoint" else (
+                   f"pass one rank's folder, e.g. {key} {p / ranks[0]}")
+            raise UserError("this folder holds rank_N/ folders of a run, not a checkpoint",
+                            file=str(p), key=key, fix=fix)
         raise UserError("no .ckpt files in this folder", file=str(p), key=key,
-                        fix="point load_checkpoint at a .ckpt file or a folder that contains them")
+                        fix=f"point {key} at a .ckpt file or a folder that contains them")
     raise UserError("checkpoint path does not exist", file=str(p), key=key,
                     fix="check the path (relative paths are resolved against the current directory)")
+
+
+def refuse_existing(dst: Path, overwrite: bool, key: str = "--dst") -> None:
+    """Outputs are replaced only when asked (as data prepare, ckpt shard and ckpt transform do)."""
+    if Path(dst).exists() and not overwrite:
+        raise UserError("the output already exists", file=str(dst), key=key,
+                        fix=f"pass --overwrite or choose another {key}")
 
 
 def read_checkpoint(path: str | Path, key: str = "load_checkpoint") -> dict:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from petrun.ckpt import stream
-from petrun.ckpt.io import is_training_state
-from petrun.ckpt.peft_format import pet_side, read_adapter
+from petrun.ckpt.io import is_training_state, refuse_existing
+from petrun.ckpt.peft_format import adapter_files, pet_side, read_adapter
 from petrun.errors import UserError
 
 
@@ -128,24 +128,33 @@ def probe(cfg, base: Path, adapter: Path, merged: Path, seq: int = 16) -> tuple[
 
 
 def merge_checkpoint(config, base: str | Path, adapter: str | Path, dst: str | Path,
-                     run_probe: bool = True, tolerance: float = 1e-3) -> MergeResult:
+                     run_probe: bool = True, tolerance: float = 1e-3,
+                     overwrite: bool = False) -> MergeResult:
+    """`adapter` is a file or a folder, resolved as predict/eval resolve --adapter."""
     base, adapter, dst = Path(base), Path(adapter), Path(dst)
     if dst.suffix != ".ckpt":
         raise UserError("the output must be a .ckpt file", file=str(dst), key="--dst",
                         fix=f"e.g. --dst {dst.with_suffix('.ckpt').name}")
-    if dst.exists() and dst.resolve() in (base.resolve(), adapter.resolve()):
+    if base.is_dir():
+        raise UserError("--base takes one .ckpt file, and this is a folder", file=str(base),
+                        key="--base", fix="pass the base weights' .ckpt file inside it")
+    if not base.is_file():
+        raise UserError("no such checkpoint file", file=str(base), key="--base",
+                        fix="point --base at the base weights' .ckpt file")
+    adapters = adapter_files(adapter)
+    if dst.exists() and dst.resolve() in [base.resolve(), *(f.resolve() for f in adapters)]:
         raise UserError("--dst would overwrite an input", file=str(dst), key="--dst",
                         fix="write the merged weights to a new file")
-    for path, key in ((base, "--base"), (adapter, "--adapter")):
-        if not path.is_file():
-            raise UserError("no such checkpoint file", file=str(path), key=key,
-                            fix="point it at a .ckpt file")
+    refuse_existing(dst, overwrite)
+    # the resolved file from here on: a --dst written into a plain adapter folder must not join
+    # what the folder denotes when the probe reads it again
+    source = adapters[0] if len(adapters) == 1 else adapter
     side = pet_side(config)
-    arrays = read_adapter(side, adapter)
+    arrays = read_adapter(side, source)
     merged, written = stream_merge(side, base, arrays, dst)
     diff, shape = (None, None)
     if run_probe:
-        diff, shape = probe(side.cfg, base, adapter, dst)
+        diff, shape = probe(side.cfg, base, source, dst)
         if diff > tolerance:
             raise UserError(f"merged and unmerged logits differ by {diff:.3g} on the probe batch "
                             f"(tolerance {tolerance:g}); the merged file is at {dst}",

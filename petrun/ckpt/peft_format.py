@@ -178,13 +178,23 @@ def pet_side(config) -> PetSide:
                    expected)
 
 
+def adapter_files(path: str | Path, key: str = "--adapter") -> list[Path]:
+    """The .ckpt files an adapter path denotes, resolved as predict/eval resolve --adapter
+    (petrun.ckpt.io.checkpoint_files): a file, a run's checkpoint/rank_N/ folder (its newest
+    intact checkpoint) or a folder of .ckpt files."""
+    from petrun.ckpt.io import checkpoint_files
+
+    return checkpoint_files(path, key)
+
+
 def read_adapter(side: PetSide, path: str | Path) -> dict[str, np.ndarray]:
-    """A petrun adapter .ckpt as float32 arrays, strictly: exactly the model's adapter tensors."""
-    path = Path(path)
-    with stream.CkptReader(path, key="--adapter") as reader:
-        names = [n for n in reader.infos if "mindpet_delta_" in n]
-        arrays = {n: stream.cast(reader.read(n), reader.infos[n].dtype, "float32")[0]
-                  for n in names}
+    """A petrun adapter (a .ckpt or a folder, see adapter_files) as float32 arrays, strictly:
+    exactly the model's adapter tensors."""
+    arrays = {}
+    for f in adapter_files(path):
+        with stream.CkptReader(f, key="--adapter") as reader:
+            arrays.update({n: stream.cast(reader.read(n), i.dtype, "float32")[0]
+                           for n, i in reader.infos.items() if "mindpet_delta_" in n})
     _check_names(arrays, side.expected, str(path), "--adapter",
                  "the adapter checkpoint", "pass the adapter trained with this config")
     return arrays
@@ -439,7 +449,13 @@ def read_peft(src: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise UserError(f"not valid JSON ({e})", file=str(cfg_path), key="--src") from None
+        raise UserError(f"not valid JSON ({e})", file=str(cfg_path), key="--src",
+                        fix="repair the file, or re-save the adapter with PEFT's "
+                            "save_pretrained") from None
+    if not isinstance(config, dict):
+        raise UserError(f"holds a JSON {type(config).__name__}, not an object",
+                        file=str(cfg_path), key="--src",
+                        fix="re-save the adapter with PEFT's save_pretrained")
     with stream.SafetensorsReader(weights) as reader:
         arrays = {n: stream.cast(reader.read(n), i.dtype, "float32")[0]
                   for n, i in reader.infos.items()}
@@ -674,12 +690,14 @@ class ImportResult:
     tensors: int
 
 
-def import_peft(config, src: str | Path, dst: str | Path) -> ImportResult:
+def import_peft(config, src: str | Path, dst: str | Path, overwrite: bool = False) -> ImportResult:
     """A PEFT adapter folder → a petrun adapter-only .ckpt for `config`'s model, strictly."""
     dst = Path(dst)
     if dst.suffix != ".ckpt":
         raise UserError("the output must be a .ckpt file", file=str(dst), key="--dst",
                         fix=f"e.g. --dst {dst.with_suffix('.ckpt').name}")
+    from petrun.ckpt.io import refuse_existing
+    refuse_existing(dst, overwrite)
     peft_config, arrays = read_peft(src)
     peft_type = peft_config.get("peft_type")
     if peft_type not in _IMPORTERS:

@@ -164,7 +164,8 @@ class SafetensorsReader(TensorReader):
             return [p]
         if not p.is_dir():
             raise UserError("path does not exist", file=str(p), key=key,
-                            fix="point --src at a Hugging Face model folder or a .safetensors file")
+                            fix=f"point {key} at a Hugging Face model folder or a .safetensors "
+                                "file")
         index = p / "model.safetensors.index.json"
         if index.is_file():
             try:
@@ -271,7 +272,7 @@ class CkptReader(TensorReader):
         self.src = Path(src)
         if not self.src.is_file():
             raise UserError("checkpoint file does not exist", file=str(self.src), key=key,
-                            fix="point --src at a MindSpore .ckpt file")
+                            fix=f"point {key} at a MindSpore .ckpt file")
         self.infos: dict[str, TensorInfo] = {}
         self._chunks: dict[str, list[tuple[int, int]]] = {}
         self.strings: dict[str, str] = {}

@@ -268,6 +268,40 @@ def check_destination(info: SourceInfo, dst: dict[str, Layout] | None, src: dict
                             "(only_trainable_params: False)")
 
 
+def check_strategy_names(names, layouts: dict[str, Layout], *, where, key: str) -> None:
+    """A complete checkpoint and the strategy it is cut by must name the same parameters.
+
+    Strategy files hold no shapes, so one made for another depth or family passes every other
+    check and MindSpore copies whatever it does not name whole to every rank. Base weights and
+    adapter tensors are compared separately: a strategy that lays out one kind at all (e.g. only
+    the adapter, saved with only_trainable_params) must lay it out completely, and a checkpoint
+    with base weights must hold every base weight the strategy names. An adapter-only file may
+    hold part of the adapter. Optimizer moments and step counters are left out of both sides."""
+    from petrun.ckpt.io import is_training_state
+
+    def kind(n):
+        return "adapter" if "mindpet_delta_" in n else "base"
+
+    ckpt = {n for n in names if not is_training_state(n)}
+    listed = {n for n in layouts if not is_training_state(n)}
+    covered = {kind(n) for n in listed}
+    unknown = sorted(n for n in ckpt - listed if kind(n) in covered)
+    ckpt_base = {n for n in ckpt if kind(n) == "base"}
+    absent = sorted(n for n in listed - ckpt if kind(n) == "base") if ckpt_base else []
+    parts = []
+    if absent:
+        parts.append(f"the strategy lays out {len(absent)} parameter(s) the checkpoint lacks, "
+                     f"e.g. {', '.join(absent[:3])}")
+    if unknown:
+        parts.append(f"the checkpoint holds {len(unknown)} tensor(s) the strategy does not lay "
+                     f"out, e.g. {', '.join(unknown[:3])} (they would be copied whole to every rank)")
+    if parts:
+        raise UserError("the strategy was made for another model: " + "; ".join(parts),
+                        file=str(where), key=key,
+                        fix="regenerate it with `petrun ckpt strategy --config <the checkpoint's "
+                            "config> --out DIR` and pass that DIR")
+
+
 def check_source_devices(src: dict | None, dst: dict | None) -> None:
     (a, _), (b, _) = _devices(src), _devices(dst)
     if max(a, b) % min(a, b):
@@ -289,10 +323,12 @@ class TransformResult:
 def transform(src: str | Path, dst: str | Path, *, src_strategy=None, dst_strategy=None,
               prefix: str = DEFAULT_PREFIX, pick: str | None = None, overwrite: bool = False,
               expected_full_shapes: dict | None = None, src_key: str = "--src",
-              src_strategy_key: str = "--src-strategy", dst_strategy_key: str = "--dst-strategy"
-              ) -> TransformResult:
+              src_strategy_key: str = "--src-strategy", dst_strategy_key: str = "--dst-strategy",
+              check_names: bool = False) -> TransformResult:
     """Reshard `src` (a folder of rank_N/, or one full .ckpt) from `src_strategy` to `dst_strategy`
-    (each a strategy file, a folder of them, or None = unsliced) into `dst`/rank_N/."""
+    (each a strategy file, a folder of them, or None = unsliced) into `dst`/rank_N/.
+    check_names: a complete source must name the parameters the destination strategy names
+    (check_strategy_names); off for auto_trans_ckpt, whose strategy comes from the same config."""
     import mindspore as ms
 
     from petrun.parallel.strategy_file import resolve_strategy
@@ -302,6 +338,8 @@ def transform(src: str | Path, dst: str | Path, *, src_strategy=None, dst_strate
     if not src.exists():
         raise UserError("checkpoint path does not exist", file=str(src), key=src_key,
                         fix="pass a folder of rank_N/ shards or a .ckpt file")
+    _refuse_nothing_to_do(src, src_strategy, dst_strategy, pick, src_key, src_strategy_key,
+                          dst_strategy_key)
     _prepare_dst(dst, overwrite, src)
     work = Path(tempfile.mkdtemp(prefix=".petrun-transform-", dir=dst.parent))
     try:
@@ -314,11 +352,12 @@ def transform(src: str | Path, dst: str | Path, *, src_strategy=None, dst_strate
             files = find_rank_files(src, pick=pick, key=src_key).files
         src_file, src_layouts = resolve_strategy(src_strategy, work, src_strategy_key)
         dst_file, dst_layouts = resolve_strategy(dst_strategy, work, dst_strategy_key)
-        if src_file is None and dst_file is None and len(files) == 1:
-            notes.append("both layouts are unsliced: the result is a copy")
         check_source_devices(src_layouts, dst_layouts)
         info = check_source(files, src_layouts, key=src_key, strategy_key=src_strategy_key,
                             expected=expected_full_shapes)
+        if check_names and src_layouts is None and dst_layouts is not None:
+            check_strategy_names(info.full_shapes, dst_layouts, where=dst_strategy,
+                                 key=dst_strategy_key)
         check_destination(info, dst_layouts, src_layouts, dst_strategy_key)
         # MindSpore reads <dir>/rank_N/*.ckpt: give it exactly the chosen file per rank.
         staged = work / "src"
@@ -345,6 +384,32 @@ def transform(src: str | Path, dst: str | Path, *, src_strategy=None, dst_strate
         return TransformResult(dst, result, len(info.full_shapes), notes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _unset(strategy) -> bool:
+    return strategy in (None, "", "None")
+
+
+def _refuse_nothing_to_do(src: Path, src_strategy, dst_strategy, pick, src_key: str,
+                          src_strategy_key: str, dst_strategy_key: str) -> None:
+    """One unsliced file and no destination layout: MindSpore would fail with "None of the
+    parameters ... are in either src strategy or dst strategy"; say what the user has instead."""
+    if not _unset(dst_strategy):
+        return
+    if src.is_file():
+        raise UserError(f"this is already one complete checkpoint and no {dst_strategy_key} was "
+                        "given: there is nothing to merge", file=str(src), key=src_key,
+                        fix=f"use {src} as it is (e.g. --load_checkpoint {src}); to cut it for a "
+                            f"parallel job pass {dst_strategy_key}")
+    if not _unset(src_strategy):
+        return
+    files = find_rank_files(src, pick=pick, key=src_key).files
+    if len(files) == 1:
+        only = files[0]
+        raise UserError(f"the source has one rank and no {src_strategy_key}: it is already one "
+                        f"complete checkpoint, {only}", file=str(src), key=src_key,
+                        fix=f"use {only} directly (e.g. --load_checkpoint {only}); to cut it for a "
+                            f"parallel job pass {dst_strategy_key}")
 
 
 def _prepare_dst(dst: Path, overwrite: bool, src: Path) -> None:
@@ -411,7 +476,7 @@ def shard(full: str | Path, strategy, dst: str | Path, *, prefix: str = DEFAULT_
                         fix="write one with `petrun ckpt strategy --config C --out DIR` and pass DIR")
     return transform(full, dst, src_strategy=None, dst_strategy=strategy, prefix=prefix,
                      overwrite=overwrite, expected_full_shapes=expected_full_shapes,
-                     dst_strategy_key="--strategy")
+                     dst_strategy_key="--strategy", check_names=True)
 
 
 # --------------------------------------------------------------------------- auto_trans_ckpt

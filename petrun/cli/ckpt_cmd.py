@@ -19,6 +19,7 @@ def convert(
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 (default: keep each tensor's dtype)."),
         reverse: bool = typer.Option(False, "--reverse", help="MindSpore .ckpt → HF safetensors + config.json."),
         config: Optional[str] = typer.Option(None, "--config", "-c", help="petrun YAML of the model (needed by --reverse)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --dst (with --reverse: its model.safetensors and config.json)."),
 ):
     """Convert weights tensor by tensor (memory holds a few tensors, never the model).
 
@@ -45,9 +46,11 @@ def convert(
             bar.update(state["task"], advance=1, name=name)
 
         if reverse:
-            result = hf.convert_ms_to_hf(model, src, dst, config, dtype, step, on_plan)
+            result = hf.convert_ms_to_hf(model, src, dst, config, dtype, step, on_plan,
+                                         overwrite=overwrite)
         else:
-            result = hf.convert_hf_to_ms(model, src, dst, dtype, step, on_plan)
+            result = hf.convert_hf_to_ms(model, src, dst, dtype, step, on_plan,
+                                         overwrite=overwrite)
     console.print(f"[green]wrote[/green] {result.dst} — {result.tensors} tensors, "
                   f"{result.bytes_written / 2**20:,.1f} MiB"
                   + (f" ({len(result.dropped)} source entries skipped: "

@@ -34,7 +34,7 @@ def transform(
     """
     from petrun.ckpt.transform import transform as run
     result = run(src, dst, src_strategy=src_strategy, dst_strategy=dst_strategy, prefix=prefix,
-                 pick=pick, overwrite=overwrite)
+                 pick=pick, overwrite=overwrite, check_names=True)
     _report(result, "merged into one complete checkpoint" if not dst_strategy else "resharded")
 
 
@@ -43,6 +43,7 @@ def strategy(
         config: str = typer.Option(..., "--config", "-c", help="YAML whose parallel_config describes the target job."),
         out: str = typer.Option(..., "--out", help="Folder for ckpt_strategy_rank_<r>.ckpt files."),
         fmt: str = typer.Option("ckpt", "--format", help="ckpt (protobuf, MindSpore's default) or json."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the strategy files already in --out (all of them, so no stale rank is left)."),
 ):
     """Write the strategy files a config's parallel_config implies (no Ascend compile needed).
 
@@ -55,13 +56,14 @@ def strategy(
     from petrun.cli.common import collect_overrides
     from petrun.config import load_config
     from petrun.errors import UserError
-    from petrun.parallel.strategy_file import plan_for_config, write_plan
+    from petrun.parallel.strategy_file import check_out_dir, plan_for_config, write_plan
 
     if fmt not in ("ckpt", "json"):
         raise UserError(f"unknown format {fmt!r}", key="--format", fix="use ckpt or json")
+    check_out_dir(out, overwrite=overwrite)   # before the model is built: fail in a fraction of a second
     cfg = load_config(config, collect_overrides(ctx.args, {}))
     plan = plan_for_config(cfg)
-    files = write_plan(plan, out, fmt=fmt)
+    files = write_plan(plan, out, fmt=fmt, overwrite=overwrite)
     split = sum(1 for l in plan.layouts.values() if l.is_split())
     console.print(f"[green]wrote[/green] {len(files)} strategy files to {out} for "
                   f"{plan.dims.describe()}: {len(plan.layouts)} parameters, {split} of them split",

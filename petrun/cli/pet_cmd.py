@@ -11,9 +11,10 @@ from petrun.cli.common import console
 def merge(
         config: str = typer.Option(..., "--config", "-c", help="The YAML the adapter was trained with (its pet_config gives the scaling)."),
         base: str = typer.Option(..., "--base", help="Base weights .ckpt (MindFormers names)."),
-        adapter: str = typer.Option(..., "--adapter", help="Adapter .ckpt saved by petrun (or MindFormers)."),
+        adapter: str = typer.Option(..., "--adapter", help="Adapter .ckpt, or a run's checkpoint/rank_N/ folder (as predict --adapter)."),
         dst: str = typer.Option(..., "--dst", help="Merged .ckpt to write."),
         probe: bool = typer.Option(True, "--probe/--no-probe", help="Compare merged and unmerged logits on a probe batch (builds the model twice, one at a time)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --dst (never one of the inputs)."),
 ):
     """Fold a LoRA or IA3 adapter into the base weights.
 
@@ -24,7 +25,7 @@ def merge(
     """
     from petrun.ckpt.merge import merge_checkpoint
 
-    result = merge_checkpoint(config, base, adapter, dst, run_probe=probe)
+    result = merge_checkpoint(config, base, adapter, dst, run_probe=probe, overwrite=overwrite)
     console.print(f"[green]wrote[/green] {result.dst} — {result.tensors} tensors, "
                   f"{result.merged_layers} with the {result.pet_type} adapter folded in",
                   highlight=False, soft_wrap=True)
@@ -35,7 +36,7 @@ def merge(
 
 def export_peft(
         config: str = typer.Option(..., "--config", "-c", help="The YAML the adapter was trained with."),
-        adapter: str = typer.Option(..., "--adapter", help="Adapter .ckpt saved by petrun."),
+        adapter: str = typer.Option(..., "--adapter", help="Adapter .ckpt, or a run's checkpoint/rank_N/ folder (as predict --adapter)."),
         dst: str = typer.Option(..., "--dst", help="Folder for adapter_config.json + adapter_model.safetensors."),
         base_model: Optional[str] = typer.Option(None, "--base-model", help="base_model_name_or_path to record (e.g. the folder `petrun ckpt convert --reverse` wrote)."),
 ):
@@ -61,6 +62,7 @@ def import_peft(
         config: str = typer.Option(..., "--config", "-c", help="The petrun YAML whose model will load the adapter."),
         src: str = typer.Option(..., "--src", help="Folder PEFT's save_pretrained wrote."),
         dst: str = typer.Option(..., "--dst", help="Adapter .ckpt to write."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --dst."),
 ):
     """Convert an HF PEFT adapter into a petrun adapter checkpoint, strictly.
 
@@ -72,7 +74,7 @@ def import_peft(
     """
     from petrun.ckpt.peft_format import import_peft as run
 
-    result = run(config, src, dst)
+    result = run(config, src, dst, overwrite=overwrite)
     console.print(f"[green]wrote[/green] {result.dst} — {result.tensors} tensors from a "
                   f"{result.peft_type} adapter", highlight=False, soft_wrap=True)
 

@@ -12,12 +12,15 @@ MindSpore is imported only to reach its generated protobuf module.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from petrun.errors import UserError
 from petrun.parallel.strategy import Layout
 
 MERGED_NAME = "merged_ckpt_strategy.ckpt"
+NOT_A_STRATEGY_FIX = ("pass the folder (or one ckpt_strategy_rank_N.ckpt file) that `petrun ckpt "
+                      "strategy --out` wrote, or MindFormers' output/strategy/ folder")
 
 
 def _pb():
@@ -100,13 +103,16 @@ def read_strategy(path: str | Path, key: str = "--strategy") -> dict[str, Layout
     if path.suffix == ".json":
         try:
             data = json.loads(raw)
+            if "parallel_layout_item" not in data and "parallel_strategy_item" not in data:
+                raise KeyError("parallel_layout_item")
             items = data.get("parallel_layout_item") or {}
             strat = data.get("parallel_strategy_item") or {}
             file_stage = int(next(iter(strat.values())).get("stage", 0)) if strat else 0
             entries = [(n, v["dev_matrix"], v["tensor_map"], v.get("opt_weight_shard_size", 0),
                         v.get("opt_weight_shard_step", 0)) for n, v in items.items()]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"not a MindSpore JSON strategy file ({e})", file=str(path), key=key) from None
+            raise UserError(f"not a MindSpore JSON strategy file ({e})", file=str(path), key=key,
+                            fix=NOT_A_STRATEGY_FIX) from None
     else:
         pb = _pb()
         m = pb.ParallelStrategyMap()
@@ -114,14 +120,21 @@ def read_strategy(path: str | Path, key: str = "--strategy") -> dict[str, Layout
             m.ParseFromString(raw)
         except Exception as e:  # protobuf's DecodeError and friends
             raise UserError(f"not a MindSpore strategy file ({type(e).__name__})", file=str(path),
-                            key=key, fix="pass a ckpt_strategy*.ckpt strategy file, not a checkpoint") from None
+                            key=key, fix=NOT_A_STRATEGY_FIX) from None
+        if not m.parallel_layout_item and not m.parallel_strategy_item:
+            # protobuf parses many unrelated files into an empty message without complaint
+            raise UserError("not a MindSpore strategy file (no parameter layouts in it)",
+                            file=str(path), key=key, fix=NOT_A_STRATEGY_FIX)
         file_stage = m.parallel_strategy_item[0].parallel_strategys.stage if m.parallel_strategy_item else 0
         entries = []
         for li in m.parallel_layout_item:
             lay = li.parallel_layouts
             if not lay.dev_matrix or not lay.tensor_map:
-                raise UserError(f"entry {li.param_name!r} has no dev_matrix/tensor_map",
-                                file=str(path), key=key)
+                # every layout MindSpore writes has both; a file that parses without them is some
+                # other protobuf (a tokenizer.model, a checkpoint) read by accident
+                raise UserError(f"not a MindSpore strategy file (entry {li.param_name!r} has no "
+                                "dev_matrix/tensor_map)", file=str(path), key=key,
+                                fix=NOT_A_STRATEGY_FIX)
             # Newer MindSpore writes one TensorMap per tensor dim for multi-axis layouts.
             tmap = (list(lay.tensor_map[0].dim) if len(lay.tensor_map) == 1
                     else [list(t.dim) for t in lay.tensor_map if list(t.dim)])
@@ -271,14 +284,82 @@ def plan_for_config(cfg, device_target: str | None = None):
                         offset=mc.get("offset", 0) or 0, trainable=trainable, dtype_bytes=itemsize)
 
 
-def write_plan(plan, out_dir: str | Path, *, fmt: str = "ckpt", stem: str = "ckpt_strategy") -> list[Path]:
-    """One file per rank, as a compiled job saves them: <out>/<stem>_rank_<r>.<fmt> (each rank's
-    file holds its pipeline stage's parameters)."""
+def _rank_file_name(stem: str):
+    return re.compile(rf"^{re.escape(stem)}_rank_\d+\.(ckpt|json)$")
+
+
+def check_out_dir(out_dir: str | Path, *, overwrite: bool = False, stem: str = "ckpt_strategy",
+                  key: str = "--out") -> list[Path]:
+    """The strategy files already in `out_dir` that writing a plan there replaces. Refused unless
+    `overwrite`: a folder keeping an earlier, larger layout's extra ranks reads as a mix of runs."""
     out = Path(out_dir)
-    files = []
+    if out.exists() and not out.is_dir():
+        raise UserError("--out must be a folder, and this path is a file", file=str(out), key=key,
+                        fix="name a new or empty folder for the ckpt_strategy_rank_N files, "
+                            "e.g. --out strategy/")
+    if not out.is_dir():
+        return []
+    ours = _rank_file_name(stem)
+    found = strategy_files(out)
+    old = [f for f in found if ours.match(f.name)]
+    others = [f.name for f in found if not ours.match(f.name)]
+    if others:   # readers take every .ckpt/.json of a strategy folder; --overwrite must not delete them
+        raise UserError(f"the folder holds other .ckpt/.json files ({', '.join(others[:3])}) that "
+                        "would be read as strategy files", file=str(out), key=key,
+                        fix="choose a new or empty folder for --out")
+    if old and not overwrite:
+        raise UserError(f"the folder already holds {len(old)} strategy file(s) "
+                        f"({', '.join(f.name for f in old[:3])}{', ...' if len(old) > 3 else ''})",
+                        file=str(out), key=key,
+                        fix="choose a new or empty folder, or pass --overwrite to replace them")
+    return old
+
+
+def write_plan(plan, out_dir: str | Path, *, fmt: str = "ckpt", stem: str = "ckpt_strategy",
+               overwrite: bool = False) -> list[Path]:
+    """One file per rank, as a compiled job saves them: <out>/<stem>_rank_<r>.<fmt> (each rank's
+    file holds its pipeline stage's parameters). Strategy files already there are refused, or
+    with `overwrite` replaced as a set: the new files are written aside first, and a failure
+    while swapping puts the old set back, so the folder never mixes two layouts."""
+    import os
+    import shutil
+    import tempfile
+
+    out = Path(out_dir)
+    old = check_out_dir(out, overwrite=overwrite, stem=stem)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder ({e.strerror or e})", file=str(out), key="--out",
+                        fix="choose a folder whose parent exists as a folder and is writable") from None
     per_stage = plan.dims.stage_devices
     stages = plan.stages
-    for r in range(plan.dims.devices):
-        s = r // per_stage
-        files.append(write_strategy(out / f"{stem}_rank_{r}.{fmt}", stages[s], stage=s))
-    return files
+    staging = trash = None
+    set_aside: list[Path] = []
+    placed: list[Path] = []
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".petrun-strategy-", dir=out))
+        new = [write_strategy(staging / f"{stem}_rank_{r}.{fmt}", stages[r // per_stage],
+                              stage=r // per_stage) for r in range(plan.dims.devices)]
+        trash = Path(tempfile.mkdtemp(prefix=".petrun-old-strategy-", dir=out))
+        for f in old:
+            os.replace(f, trash / f.name)
+            set_aside.append(f)
+        for f in new:
+            os.replace(f, out / f.name)
+            placed.append(out / f.name)
+    except BaseException as e:
+        for f in placed:
+            f.unlink(missing_ok=True)
+        for f in set_aside:
+            os.replace(trash / f.name, f)
+        if isinstance(e, OSError):
+            raise UserError(f"could not write the strategy files ({e.strerror or e})", file=str(out),
+                            key="--out", fix="check free disk space and that the folder is "
+                                             "writable") from None
+        raise
+    finally:
+        for d in (staging, trash):
+            if d is not None:
+                shutil.rmtree(d, ignore_errors=True)
+    return placed

@@ -283,7 +283,7 @@ def test_conversion_streams_tensor_by_tensor(tmp_path):
     small = save_hf(tmp_path / "small", small_t, small_cfg)
     baseline = _peak_kib(small, tmp_path / "s.ckpt")
     for dtype in (None, "bf16"):
-        growth_mib = (_peak_kib(big, tmp_path / "b.ckpt", *([dtype] if dtype else []))
+        growth_mib = (_peak_kib(big, tmp_path / f"b_{dtype}.ckpt", *([dtype] if dtype else []))
                       - baseline) / 1024
         # The largest tensor is 8 MiB (c_fc, c_attn 6 MiB → three 2 MiB parts).
         assert growth_mib < 0.5 * model_mib, (dtype, growth_mib, model_mib)
@@ -298,3 +298,37 @@ def test_reverse_refuses_a_folder_with_other_weights(tmp_path):
         convert_ms_to_hf("gpt2", tmp_path / "a.ckpt", tmp_path / "back",
                          petrun_yaml(tmp_path / "g.yaml", "gpt2"))
     assert err.value.key == "--dst" and "index.json" in str(err.value)
+
+
+def _leftovers(folder):
+    from petrun.ckpt.io import is_leftover_tmp
+    return [p.name for p in folder.rglob("*") if is_leftover_tmp(p.name) or p.suffix == ".tmp"]
+
+
+def test_cli_convert_replaces_an_existing_dst_only_with_overwrite(tmp_path):
+    tensors, config = hf_gpt2()
+    src = save_hf(tmp_path / "hf", tensors, config)
+    dst = tmp_path / "o.ckpt"
+    dst.write_bytes(b"an earlier conversion")
+    r = run_cli("ckpt", "convert", "--model", "gpt2", "--src", src, "--dst", dst)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "key '--dst': the output already exists" in r.stderr
+    assert "Fix: pass --overwrite or choose another --dst" in r.stderr and "Traceback" not in r.stderr
+    assert dst.read_bytes() == b"an earlier conversion" and not _leftovers(tmp_path)
+    r = run_cli("ckpt", "convert", "--model", "gpt2", "--src", src, "--dst", dst, "--overwrite")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "transformer.wte.weight" not in ms.load_checkpoint(str(dst))   # MindFormers' names now
+    # --reverse: the folder's model.safetensors / config.json are the output
+    yaml_path = petrun_yaml(tmp_path / "g.yaml", "gpt2")
+    back = tmp_path / "back"
+    back.mkdir()
+    (back / "config.json").write_text("{}")
+    r = run_cli("ckpt", "convert", "--model", "gpt2", "--src", dst, "--dst", back, "--reverse",
+                "--config", yaml_path)
+    assert r.returncode == 2 and "back/config.json: key '--dst': the output already exists" in r.stderr
+    assert "Fix: pass --overwrite" in r.stderr
+    assert sorted(p.name for p in back.iterdir()) == ["config.json"]
+    r = run_cli("ckpt", "convert", "--model", "gpt2", "--src", dst, "--dst", back, "--reverse",
+                "--config", yaml_path, "--overwrite")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((back / "config.json").read_text())["model_type"] == "gpt2"

@@ -111,3 +111,67 @@ def test_cli_merge_reports_the_probe_difference(tmp_path, cli):
     assert "max |merged − unmerged| logit difference = " in r.stdout
     diff = float(r.stdout.split("logit difference = ")[1].split()[0])
     assert diff <= 1e-5
+
+
+def run_folder(tmp_path, net):
+    """checkpoint/rank_0/ as finetune leaves it: an older checkpoint, then the newest (`net`'s
+    adapter), `latest` naming it, manifests and train_state/ beside them."""
+    from petrun.ckpt.store import CheckpointFolder
+    folder = CheckpointFolder(tmp_path / "run" / "checkpoint" / "rank_0")
+    delta = [p for p in net.get_parameters() if "mindpet_delta_" in p.name]
+    older = [{"name": p.name, "data": Tensor(np.zeros(p.shape, np.float32))} for p in delta]
+    folder.save("lora_rank_0-1_1", adapter=older, state=[], append={}, manifest={"step": 1})
+    folder.save("lora_rank_0-1_2", adapter=delta, state=[], append={}, manifest={"step": 2})
+    return folder.path
+
+
+def leftovers(folder):
+    from petrun.ckpt.io import is_leftover_tmp
+    return [p.name for p in folder.rglob("*") if is_leftover_tmp(p.name) or p.suffix == ".tmp"]
+
+
+def test_cli_merge_takes_an_adapter_folder_as_predict_does(tmp_path, cli):
+    path, net, _ = base_and_adapter(tmp_path, "llama2", LORA)
+    folder = run_folder(tmp_path, net)
+    r = cli("ckpt", "merge", "--config", path, "--base", tmp_path / "base.ckpt",
+            "--adapter", f"{folder}/", "--dst", tmp_path / "from_folder.ckpt")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "6 with the lora adapter folded in" in r.stdout
+    merge_checkpoint(path, tmp_path / "base.ckpt", tmp_path / "adapter.ckpt",
+                     tmp_path / "from_file.ckpt", run_probe=False)
+    got, want = read_ckpt(tmp_path / "from_folder.ckpt"), read_ckpt(tmp_path / "from_file.ckpt")
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():   # the newest checkpoint, not the older all-zero one
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    # errors name --adapter (the option given), never an option merge does not have
+    r = cli("ckpt", "merge", "--config", path, "--base", tmp_path / "base.ckpt",
+            "--adapter", folder.parent, "--dst", tmp_path / "x.ckpt")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "key '--adapter': this folder holds rank_N/ folders of a run, not a checkpoint" in r.stderr
+    assert f"Fix: pass one rank's folder, e.g. --adapter {folder}" in r.stderr
+    r = cli("ckpt", "merge", "--config", path, "--base", tmp_path / "base.ckpt",
+            "--adapter", tmp_path / "nope", "--dst", tmp_path / "x.ckpt")
+    assert r.returncode == 2 and "key '--adapter': checkpoint path does not exist" in r.stderr
+    assert "Fix: check the path" in r.stderr
+    assert "--src" not in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.ckpt").exists() and not leftovers(tmp_path)
+
+
+def test_cli_merge_refuses_an_existing_dst_without_overwrite(tmp_path, cli):
+    path, _, _ = base_and_adapter(tmp_path, "llama2", LORA)
+    dst = tmp_path / "merged.ckpt"
+    dst.write_bytes(b"an earlier merge")
+    r = cli("ckpt", "merge", "--config", path, "--base", tmp_path / "base.ckpt",
+            "--adapter", tmp_path / "adapter.ckpt", "--dst", dst)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "merged.ckpt: key '--dst': the output already exists" in r.stderr
+    assert "Fix: pass --overwrite or choose another --dst" in r.stderr and "Traceback" not in r.stderr
+    assert dst.read_bytes() == b"an earlier merge" and not leftovers(tmp_path)
+    # --overwrite replaces it; it never lets --dst replace an input
+    r = cli("ckpt", "merge", "--config", path, "--base", tmp_path / "base.ckpt",
+            "--adapter", tmp_path / "adapter.ckpt", "--dst", dst, "--overwrite", "--no-probe")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(read_ckpt(dst)) == sorted(read_ckpt(tmp_path / "base.ckpt"))
+    with pytest.raises(UserError, match="overwrite an input"):
+        merge_checkpoint(path, tmp_path / "base.ckpt", tmp_path / "adapter.ckpt",
+                         tmp_path / "adapter.ckpt", overwrite=True)

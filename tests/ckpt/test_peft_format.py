@@ -274,3 +274,47 @@ def test_cli_export_and_import(tmp_path, cli):
     assert all(np.array_equal(back[n], v) for n, v in original.items())
     r = cli("ckpt", "import-peft", "--config", path, "--src", tmp_path, "--dst", tmp_path / "y.ckpt")
     assert r.returncode == 2 and "adapter_config.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_export_takes_an_adapter_folder_and_names_adapter_in_errors(tmp_path, cli):
+    from tests.ckpt.test_merge import leftovers, run_folder
+    path, net, original = trained_adapter(tmp_path, "llama2", LLAMA_LORA)
+    folder = run_folder(tmp_path, net)
+    r = cli("ckpt", "export-peft", "--config", path, "--adapter", f"{folder}/", "--dst", tmp_path / "peft")
+    assert r.returncode == 0, r.stdout + r.stderr
+    export_peft(path, tmp_path / "adapter.ckpt", tmp_path / "from_file")
+    got = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
+    want = load_file(str(tmp_path / "from_file" / "adapter_model.safetensors"))
+    assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    r = cli("ckpt", "export-peft", "--config", path, "--adapter", tmp_path / "nope", "--dst", tmp_path / "p2")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "key '--adapter': checkpoint path does not exist" in r.stderr
+    assert "Fix: check the path" in r.stderr and "--src" not in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "p2").exists() and not leftovers(tmp_path)
+
+
+def test_cli_import_refuses_a_bad_adapter_config_and_an_existing_dst(tmp_path, cli):
+    from tests.ckpt.test_merge import leftovers
+    path, _, original = trained_adapter(tmp_path, "llama2", LLAMA_LORA)
+    export_peft(path, tmp_path / "adapter.ckpt", tmp_path / "peft")
+    good = (tmp_path / "peft" / "adapter_config.json").read_text()
+    for text, says in (("{not json", "not valid JSON"), ("[1, 2]", "holds a JSON list, not an object")):
+        (tmp_path / "peft" / "adapter_config.json").write_text(text)
+        r = cli("ckpt", "import-peft", "--config", path, "--src", tmp_path / "peft",
+                "--dst", tmp_path / "x.ckpt")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "adapter_config.json: key '--src': " + says in r.stderr
+        assert "Fix: " in r.stderr and "save_pretrained" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "x.ckpt").exists()
+    (tmp_path / "peft" / "adapter_config.json").write_text(good)
+    dst = tmp_path / "back.ckpt"
+    dst.write_bytes(b"an earlier import")
+    r = cli("ckpt", "import-peft", "--config", path, "--src", tmp_path / "peft", "--dst", dst)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "back.ckpt: key '--dst': the output already exists" in r.stderr
+    assert "Fix: pass --overwrite or choose another --dst" in r.stderr and "Traceback" not in r.stderr
+    assert dst.read_bytes() == b"an earlier import" and not leftovers(tmp_path)
+    import_peft(path, tmp_path / "peft", dst, overwrite=True)
+    back = read_ckpt(dst)
+    assert all(np.array_equal(back[n], v) for n, v in original.items())

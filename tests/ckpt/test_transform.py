@@ -370,3 +370,33 @@ def test_auto_trans_files_follows_the_parallel_mode(tmp_path):
                                     f"src_strategy_path_or_dir={out / 'strategy'}"])
     merged = auto_trans_files(dp_sharded, rank=0, world=2, output_dir=tmp_path / "dp_out")
     np.testing.assert_array_equal(load(merged[0])[w1], full[w1])
+
+
+def test_cli_transform_of_a_source_that_is_already_complete(tmp_path):
+    """One rank and no strategy (a single-card finetune's checkpoint/), or one .ckpt and no
+    --dst-strategy: nothing to merge; MindSpore's own error named neither."""
+    src = write_shards(tmp_path / "run" / "checkpoint", {0: FULL})
+    r = run_cli("ckpt", "transform", "--src", src, "--dst", tmp_path / "t")
+    assert r.returncode == 2, r.stdout + r.stderr
+    only = src / "rank_0" / "shard.ckpt"
+    assert f"key '--src': the source has one rank and no --src-strategy: it is already one complete " \
+           f"checkpoint, {only}" in r.stderr
+    assert f"Fix: use {only} directly" in r.stderr and "--dst-strategy" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "t").exists()
+    r = run_cli("ckpt", "transform", "--src", only, "--dst", tmp_path / "t")
+    assert r.returncode == 2 and "already one complete checkpoint and no --dst-strategy" in r.stderr
+    assert f"Fix: use {only} as it is" in r.stderr and not (tmp_path / "t").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]      # no work folder left behind
+
+
+def test_cli_transform_refuses_a_file_that_is_no_strategy(tmp_path):
+    from tests.conftest import ROOT
+    src = tp_shards(tmp_path / "tp2", 2)
+    (tmp_path / "s.json").write_text('{"vocab": [1, 2]}')
+    for bad in (ROOT / "data" / "demo" / "tokenizer.model", tmp_path / "s.json"):
+        r = run_cli("ckpt", "transform", "--src", src, "--src-strategy", bad, "--dst", tmp_path / "o")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"{bad}: key '--src-strategy': not a MindSpore" in r.stderr and "strategy file" in r.stderr
+        assert "Fix: pass the folder (or one ckpt_strategy_rank_N.ckpt file) that `petrun ckpt " \
+               "strategy --out` wrote, or MindFormers' output/strategy/ folder" in r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()

@@ -3,10 +3,12 @@ equal hand-built layouts, be accepted by MindSpore's transform API, and `petrun 
 cut a real checkpoint into exactly the numpy pieces they describe."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import mindspore as ms
 import numpy as np
+import pytest
 
 from tests.conftest import ROOT, run_cli
 from tests.parallel.strategy_helpers import load, rank_file, save
@@ -167,3 +169,98 @@ def test_strategy_refusals(tmp_path):
                 "parallel_config.model_parallel=3")
     assert r.returncode == 2 and "model_parallel 3 does not divide" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def hidden_leftovers(folder):
+    return [p.name for p in folder.rglob(".*")]
+
+
+def test_strategy_out_must_be_a_folder(tmp_path):
+    target = tmp_path / "base.ckpt"
+    target.write_bytes(BASE.read_bytes())
+    r = run_cli("ckpt", "strategy", "--config", TINY, "--out", target, *SEMI, "parallel_config.model_parallel=2")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "key '--out': --out must be a folder, and this path is a file" in r.stderr
+    assert "Fix: name a new or empty folder" in r.stderr and "Traceback" not in r.stderr
+    assert target.read_bytes() == BASE.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == ["base.ckpt"]
+
+
+def test_strategy_into_a_used_folder_needs_overwrite_and_replaces_the_whole_set(tmp_path):
+    out, _ = strategy(tmp_path, "parallel_config.data_parallel=2", "parallel_config.model_parallel=2")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert len(before) == 4
+    r = run_cli("ckpt", "strategy", "--config", TINY, "--out", out, *SEMI, "parallel_config.model_parallel=2")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "key '--out': the folder already holds 4 strategy file(s)" in r.stderr
+    assert "Fix: choose a new or empty folder, or pass --overwrite to replace them" in r.stderr
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    r = run_cli("ckpt", "strategy", "--config", TINY, "--out", out, *SEMI, "parallel_config.model_parallel=2",
+                "--overwrite")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(f.name for f in out.iterdir()) == ["ckpt_strategy_rank_0.ckpt", "ckpt_strategy_rank_1.ckpt"]
+    assert read(out / "ckpt_strategy_rank_1.ckpt")["model.layers.0.attention.wq.weight"][:2] == ([1, 2], [0, -1])
+    # the folder now reads as one run (stale rank_2/3 used to make this "mix runs")
+    r = run_cli("ckpt", "shard", "--src", BASE, "--strategy", out, "--dst", tmp_path / "mp2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("ckpt", "transform", "--src", tmp_path / "mp2", "--src-strategy", out, "--dst", tmp_path / "back")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # other .ckpt files would be read as strategies: refused even with --overwrite, nothing deleted
+    (out / "notes.json").write_text("{}")
+    r = run_cli("ckpt", "strategy", "--config", TINY, "--out", out, *SEMI, "--overwrite")
+    assert r.returncode == 2 and "other .ckpt/.json files (notes.json)" in r.stderr
+    assert "Fix: choose a new or empty folder for --out" in r.stderr
+    assert len(list(out.iterdir())) == 3 and not hidden_leftovers(out)
+
+
+def test_a_failed_rewrite_keeps_the_old_strategy_set(tmp_path):
+    from petrun.config import load_config
+    from petrun.parallel.strategy_file import plan_for_config, write_plan
+    out, _ = strategy(tmp_path, "parallel_config.data_parallel=2", "parallel_config.model_parallel=2")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    plan = plan_for_config(load_config(str(TINY), SEMI + ["parallel_config.model_parallel=2"]))
+    name = "model.norm_out.weight"
+    assert name in plan.layouts
+    # a layout that cannot be encoded: writing the new set fails part-way
+    plan.layouts[name] = dataclasses.replace(plan.layouts[name], dev_matrix=("x",))
+    with pytest.raises(ValueError):
+        write_plan(plan, out, overwrite=True)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before and not hidden_leftovers(out)
+
+
+def test_shard_refuses_a_strategy_made_for_another_model(tmp_path):
+    deeper, _ = strategy(tmp_path / "l3", "parallel_config.model_parallel=2", "model.model_config.num_layers=3")
+    r = run_cli("ckpt", "shard", "--src", BASE, "--strategy", deeper, "--dst", tmp_path / "out")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "key '--strategy': the strategy was made for another model: the strategy lays out 9 " \
+           "parameter(s) the checkpoint lacks, e.g. model.layers.2." in r.stderr
+    assert "Fix: regenerate it with `petrun ckpt strategy --config <the checkpoint's config>" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+    shallower, _ = strategy(tmp_path / "l1", "parallel_config.model_parallel=2", "model.model_config.num_layers=1")
+    r = run_cli("ckpt", "shard", "--src", BASE, "--strategy", shallower, "--dst", tmp_path / "out")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "the checkpoint holds 9 tensor(s) the strategy does not lay out, e.g. model.layers.1." in r.stderr
+    assert "Fix: regenerate it" in r.stderr and not (tmp_path / "out").exists()
+    assert not hidden_leftovers(tmp_path)
+
+
+def test_shard_name_check_lets_legitimate_partial_files_through(tmp_path):
+    """Optimizer moments absent from the strategy, and a strategy that lays out only the adapter
+    (only_trainable_params) for a checkpoint with base weights too, still shard."""
+    from petrun.ckpt.transform import shard
+    from tests.parallel.strategy_helpers import hand_strategy
+    out, _ = strategy(tmp_path, "parallel_config.model_parallel=2")
+    full = load(BASE)
+    lay = read(out / "ckpt_strategy_rank_0.ckpt")
+    wq_a = "model.layers.0.attention.wq.mindpet_delta_lora_a"
+    rng = np.random.default_rng(1)
+    adapter = {n: rng.standard_normal((8, 64) if n.endswith("lora_a") else (64, 8)).astype(np.float32)
+               for n in lay if TARGET.match(n)}
+    src = save(tmp_path / "with_moments.ckpt",
+               {**full, **adapter, f"adam_m.{wq_a}": np.ones_like(adapter[wq_a])})
+    res = shard(src, out, tmp_path / "a")
+    got = load(res.files[1])
+    np.testing.assert_array_equal(got[f"adam_m.{wq_a}"], np.ones_like(adapter[wq_a]))
+    trainable = hand_strategy(tmp_path / "trainable.ckpt", {n: (v[0], v[1]) for n, v in lay.items() if TARGET.match(n)})
+    res = shard(src, trainable, tmp_path / "b")
+    np.testing.assert_array_equal(load(res.files[1])["model.layers.0.attention.wq.weight"],
+                                  full["model.layers.0.attention.wq.weight"])
