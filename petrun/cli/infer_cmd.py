@@ -45,7 +45,7 @@ PREDICT_OPTIONS = _COMMON + [
     _option("top_k", Optional[int], None, "--top-k",
             help="Keep the k most likely tokens (0: off)."),
     _option("top_p", Optional[float], None, "--top-p", help="Nucleus sampling mass (1.0: off)."),
-    _option("temperature", Optional[float], None, "--temperature", help="Sampling temperature."),
+    _option("temperature", Optional[float], None, "--temperature", help="Sampling temperature (0: greedy decoding)."),
     _option("repetition_penalty", Optional[float], None, "--repetition-penalty",
             help="> 1 discourages repeating tokens (1.0: off)."),
     _option("chat_template", Optional[str], None, "--chat-template",
@@ -70,8 +70,8 @@ def _check_output(output: str) -> None:
 _SAMPLING_FIX = {
     "top_k": "use 0 (off) or a positive number of tokens, e.g. {}50",
     "top_p": "use a value in (0, 1], e.g. {}0.9 (1.0 turns it off)",
-    "temperature": "use a value > 0, e.g. {}0.7; for deterministic output decode greedily "
-                   "(--greedy)",
+    "temperature": "use a value > 0 to sample, e.g. {}0.7; for deterministic output decode "
+                   "greedily (--greedy, or temperature 0 without --do-sample)",
     "repetition_penalty": "use a value > 0, e.g. {}1.1 (1.0 turns it off)",
 }
 
@@ -97,7 +97,8 @@ def _check_prompt_path(path: str) -> None:
                         fix="give a text file with one prompt per line, or alpaca JSON")
 
 
-def _check_flags(max_new_tokens, top_k, top_p, temperature, repetition_penalty) -> None:
+def _check_flags(max_new_tokens, top_k, top_p, temperature, repetition_penalty,
+                 do_sample=None) -> None:
     """The values given on the command line, on their own (config defaults are checked later,
     in _sampling, once the config is read)."""
     from petrun.infer.sampling import SamplingConfig
@@ -108,7 +109,8 @@ def _check_flags(max_new_tokens, top_k, top_p, temperature, repetition_penalty) 
                             "generate up to max_decode_length")
     given = {"top_k": top_k, "top_p": top_p, "temperature": temperature,
              "repetition_penalty": repetition_penalty}
-    probe = SamplingConfig(**{k: v for k, v in given.items() if v is not None})
+    probe = SamplingConfig(do_sample=bool(do_sample),
+                           **{k: v for k, v in given.items() if v is not None})
     for field, problem in probe.check():
         if given[field] is not None:
             flag = f"--{field.replace('_', '-')}"
@@ -123,7 +125,8 @@ def check_options(mode: str, options: dict) -> None:
         _check_prompt_source(options.get("prompt"), options.get("prompt_file"),
                              options.get("prompt_ids"))
         _check_flags(options.get("max_new_tokens"), options.get("top_k"), options.get("top_p"),
-                     options.get("temperature"), options.get("repetition_penalty"))
+                     options.get("temperature"), options.get("repetition_penalty"),
+                     options.get("do_sample"))
 
 
 def _runtime(cfg) -> str:
@@ -237,11 +240,15 @@ def _vocab_size(model_cfg) -> int:
 def _sampling(model_cfg, do_sample, top_k, top_p, temperature, repetition_penalty):
     from petrun.infer.sampling import SamplingConfig
 
+    sample = bool(model_cfg.do_sample if do_sample is None else do_sample)
+    temp = float(1.0 if temperature is None else temperature)
+    if temp == 0.0 and do_sample is None:
+        sample, temp = False, 1.0   # temperature 0 asks for greedy decoding, as serving APIs read it
     cfg = SamplingConfig(
-        do_sample=bool(model_cfg.do_sample if do_sample is None else do_sample),
+        do_sample=sample,
         top_k=int(model_cfg.top_k if top_k is None else top_k),
         top_p=float(model_cfg.top_p if top_p is None else top_p),
-        temperature=float(1.0 if temperature is None else temperature),
+        temperature=temp,
         repetition_penalty=float(model_cfg.repetition_penalty if repetition_penalty is None
                                  else repetition_penalty))
     flags = {"top_k": top_k, "top_p": top_p, "temperature": temperature,
@@ -266,7 +273,7 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
 
     _check_output(output)
     _check_prompt_source(prompt, prompt_file, prompt_ids)
-    _check_flags(max_new_tokens, top_k, top_p, temperature, repetition_penalty)
+    _check_flags(max_new_tokens, top_k, top_p, temperature, repetition_penalty, do_sample)
     model_cfg = build_config(cfg.get("model"))
     sampling = _sampling(model_cfg, do_sample, top_k, top_p, temperature, repetition_penalty)
     arch = cfg.get("model.arch.type")

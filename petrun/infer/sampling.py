@@ -28,9 +28,9 @@ class SamplingConfig:
             out.append(("top_k", f"must be >= 0 (0 turns it off), got {self.top_k}"))
         if not 0.0 < self.top_p <= 1.0:
             out.append(("top_p", f"must be in (0, 1], got {self.top_p}"))
-        if not self.temperature > 0.0:
-            out.append(("temperature", f"must be > 0 (use greedy decoding for 'zero "
-                                       f"temperature'), got {self.temperature}"))
+        if self.temperature < 0.0 or (self.do_sample and not self.temperature > 0.0):
+            out.append(("temperature", f"must be > 0 when sampling (0 means greedy decoding), "
+                                       f"got {self.temperature}"))
         if not self.repetition_penalty > 0.0:
             out.append(("repetition_penalty", f"must be > 0 (1.0 turns it off), got "
                                               f"{self.repetition_penalty}"))

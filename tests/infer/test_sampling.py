@@ -54,7 +54,19 @@ def test_sampling_follows_the_distribution_and_the_seed():
 
 
 @pytest.mark.parametrize("field,value", [("top_k", -1), ("top_p", 0.0), ("top_p", 1.5),
-                                         ("temperature", 0.0), ("repetition_penalty", 0.0)])
+                                         ("temperature", -0.5), ("repetition_penalty", 0.0)])
 def test_bad_values_are_named(field, value):
     problems = SamplingConfig(**{field: value}).check()
     assert [f for f, _ in problems] == [field]
+
+
+def test_temperature_zero_means_greedy_and_cannot_sample():
+    assert SamplingConfig(temperature=0.0).check() == []
+    assert [f for f, _ in SamplingConfig(do_sample=True, temperature=0.0).check()] == ["temperature"]
+    from types import SimpleNamespace
+
+    from petrun.cli.infer_cmd import _sampling
+    sampling_model = SimpleNamespace(do_sample=True, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    cfg = _sampling(sampling_model, None, None, None, 0.0, None)   # --temperature 0
+    assert cfg.do_sample is False and cfg.temperature == 1.0
+    assert _sampling(sampling_model, None, None, None, None, None).do_sample is True
