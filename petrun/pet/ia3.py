@@ -29,14 +29,16 @@ FF_KEY = f"{pet_base.KEY_PREFIX}.feedforward_modules"
 
 
 def adaptable_types() -> tuple[type, ...]:
-    from petrun.models.gpt2 import LinearInOut
+    """Linear, nn.Dense and every other petrun DenseBase (GPT-2's [in, out] LinearInOut)."""
+    from petrun.models.layers import DenseBase
 
-    return pet_base.linear_types() + (LinearInOut,)
+    return pet_base.linear_types() + (DenseBase,)
 
 
 def weight_is_in_out(layer) -> bool:
-    """GPT-2's LinearInOut stores [in, out]; Linear / nn.Dense store [out, in]."""
-    return type(layer).__name__ == "LinearInOut"
+    """DenseBase layers declare their layout (GPT-2's LinearInOut: [in, out]); nn.Dense stores
+    [out, in]."""
+    return bool(getattr(layer, "weight_in_out", False))
 
 
 class IA3Linear(nn.Cell):
