@@ -433,16 +433,13 @@ class DataSource:
             self._arrays = {c: src.reader_arg.get(c, src.reader_arg["input_ids"]) for c in columns}
         self.packed = None
         self.bucketing = bool(bucketing) and not packing
-        if packing or self.bucketing:   # read whole now: check it whole, not batch by batch
-            self._arrays = self._arrays if self._arrays is not None else self._read_all()
-            check_token_ids({c: self._arrays[c] for c in ("input_ids", "labels")},
-                            vocab_size, src.path, key)
-        # MindRecord streamed batch by batch: check_batch looks at each one before its step.
-        self.vocab_to_check = vocab_size if self._arrays is None else None
         self.pad_id = pad_id
         if packing or self.bucketing:
             from petrun.data.packing import pack, real_length
-            arrays = self._arrays
+            arrays = self._arrays if self._arrays is not None else self._read_all()
+            # read whole now, so checked whole now rather than batch by batch
+            check_token_ids({c: arrays[c] for c in ("input_ids", "labels")}, vocab_size,
+                            src.path, key)
             if packing:
                 self.packed = pack(arrays["input_ids"], arrays["labels"], pad_id=pad_id,
                                    shift_in_model=extra_tokens == 1)
@@ -456,6 +453,8 @@ class DataSource:
                 self.lengths = [real_length(arrays["input_ids"][i], arrays["labels"][i], pad_id)
                                 for i in range(self.num_samples)]
                 self.bucket_multiple = int(bucket_multiple or max(64, seq_length // 8))
+        # MindRecord streamed batch by batch: check_batch looks at each one before its step.
+        self.vocab_to_check = vocab_size if self._arrays is None else None
         if self.bucketing:   # whole batches are dealt to ranks: every rank gets the same count
             self.batches_per_epoch = (self.num_samples // batch_size) // num_shards
         else:
