@@ -233,10 +233,6 @@ def _parse_ids(text: str, vocab: int) -> list[list[int]]:
     return rows
 
 
-def _vocab_size(model_cfg) -> int:
-    return int(getattr(model_cfg, "vocab", None) or model_cfg.vocab_size)
-
-
 def _sampling(model_cfg, do_sample, top_k, top_p, temperature, repetition_penalty):
     from petrun.infer.sampling import SamplingConfig
 
@@ -269,7 +265,7 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
                 chat_template: Optional[str] = None, no_cache: bool = False) -> dict:
     from petrun.data.tokenizer import VOCAB_FILE_KEY
     from petrun.infer.chat import check_template, default_template, encode_prompt
-    from petrun.models.registry import build_config
+    from petrun.models.registry import build_config, embedding_rows
 
     _check_output(output)
     _check_prompt_source(prompt, prompt_file, prompt_ids)
@@ -282,7 +278,7 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
     # Prompts → ids (the tokenizer is needed unless ids are given and no vocab_file is set).
     tokenizer, template, texts = None, None, None
     if prompt_ids:
-        rows = _parse_ids(prompt_ids, _vocab_size(model_cfg))
+        rows = _parse_ids(prompt_ids, embedding_rows(model_cfg))
         if tok_cfg.get("vocab_file"):
             from petrun.data.tokenizer import load_tokenizer
             tokenizer = load_tokenizer(tok_cfg)
@@ -296,10 +292,10 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
             template = check_template(tok_cfg.get("chat_template")
                                       or default_template(arch, tok_cfg.get("type")))
         rows = [encode_prompt(template, t, tokenizer) for t in texts]
-        too_big = [t for r in rows for t in r if t >= _vocab_size(model_cfg)]
+        too_big = [t for r in rows for t in r if t >= embedding_rows(model_cfg)]
         if too_big:
             raise UserError(f"the tokenizer produced id {too_big[0]}, outside the model's "
-                            f"vocabulary of {_vocab_size(model_cfg)}", key=VOCAB_FILE_KEY,
+                            f"vocabulary of {embedding_rows(model_cfg)}", key=VOCAB_FILE_KEY,
                             fix="use the tokenizer the model was trained with")
 
     from petrun.infer.generate import GenerationConfig, generate, position_capacity
