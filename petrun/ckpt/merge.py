@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from petrun.ckpt import stream
-from petrun.ckpt.io import is_training_state, refuse_existing
-from petrun.ckpt.peft_format import adapter_files, pet_side, read_adapter
+from petrun.ckpt.io import checkpoint_files, is_training_state, refuse_existing
+from petrun.ckpt.peft_format import pet_side, read_adapter
 from petrun.errors import UserError
 
 
@@ -141,7 +141,7 @@ def merge_checkpoint(config, base: str | Path, adapter: str | Path, dst: str | P
     if not base.is_file():
         raise UserError("no such checkpoint file", file=str(base), key="--base",
                         fix="point --base at the base weights' .ckpt file")
-    adapters = adapter_files(adapter)
+    adapters = checkpoint_files(adapter, "--adapter")
     if dst.exists() and dst.resolve() in [base.resolve(), *(f.resolve() for f in adapters)]:
         raise UserError("--dst would overwrite an input", file=str(dst), key="--dst",
                         fix="write the merged weights to a new file")

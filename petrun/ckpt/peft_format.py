@@ -44,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from petrun.ckpt import stream
+from petrun.ckpt.io import checkpoint_files, refuse_existing
 from petrun.errors import UserError
 
 LAYER_PREFIX = "base_model.model."
@@ -178,20 +179,11 @@ def pet_side(config) -> PetSide:
                    expected)
 
 
-def adapter_files(path: str | Path, key: str = "--adapter") -> list[Path]:
-    """The .ckpt files an adapter path denotes, resolved as predict/eval resolve --adapter
-    (petrun.ckpt.io.checkpoint_files): a file, a run's checkpoint/rank_N/ folder (its newest
-    intact checkpoint) or a folder of .ckpt files."""
-    from petrun.ckpt.io import checkpoint_files
-
-    return checkpoint_files(path, key)
-
-
 def read_adapter(side: PetSide, path: str | Path) -> dict[str, np.ndarray]:
-    """A petrun adapter (a .ckpt or a folder, see adapter_files) as float32 arrays, strictly:
-    exactly the model's adapter tensors."""
+    """A petrun adapter as float32 arrays, strictly: exactly the model's adapter tensors. `path`
+    is a .ckpt or a folder, resolved as predict/eval resolve --adapter (checkpoint_files)."""
     arrays = {}
-    for f in adapter_files(path):
+    for f in checkpoint_files(path, "--adapter"):
         with stream.CkptReader(f, key="--adapter") as reader:
             arrays.update({n: stream.cast(reader.read(n), i.dtype, "float32")[0]
                            for n, i in reader.infos.items() if "mindpet_delta_" in n})
@@ -696,7 +688,6 @@ def import_peft(config, src: str | Path, dst: str | Path, overwrite: bool = Fals
     if dst.suffix != ".ckpt":
         raise UserError("the output must be a .ckpt file", file=str(dst), key="--dst",
                         fix=f"e.g. --dst {dst.with_suffix('.ckpt').name}")
-    from petrun.ckpt.io import refuse_existing
     refuse_existing(dst, overwrite)
     peft_config, arrays = read_peft(src)
     peft_type = peft_config.get("peft_type")
