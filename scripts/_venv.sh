@@ -1,4 +1,6 @@
 # Sourced by demo.sh / test.sh: make .venv with Python 3.11 and install petrun into it (editable).
+# A failed install stops the script (pip's output is shown then) and leaves no stamp, so the next
+# run tries again; a good install is quiet.
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   for cand in python3.11 python3 python; do
@@ -13,14 +15,21 @@ if [ -z "$PY" ]; then
 fi
 if [ ! -x .venv/bin/python ]; then
   echo "creating .venv with $("$PY" --version)" >&2
-  "$PY" -m venv .venv
+  "$PY" -m venv .venv || { echo "could not create .venv with $PY" >&2; exit 1; }
 fi
 stamp=".venv/.petrun-installed-${PETRUN_EXTRAS:-base}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "installing petrun and its dependencies into .venv (first run: a few minutes)" >&2
-  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+  rm -f .venv/.petrun-installed-*
+  log="$(mktemp)"
   extras="${PETRUN_EXTRAS:-}"
-  .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  .venv/bin/python -c "import petrun, mindspore" || { echo "install failed" >&2; exit 1; }
+  if ! { .venv/bin/python -m pip install --upgrade pip \
+         && .venv/bin/python -m pip install -e ".${extras:+[$extras]}"; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "install failed (full pip log: $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
+  .venv/bin/python -c "import petrun, mindspore" || { echo "install failed: petrun or mindspore does not import" >&2; exit 1; }
   touch "$stamp"
 fi

@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PETRUN_EXTRAS="${PETRUN_EXTRAS:-test,parity}" source scripts/_venv.sh
-exec .venv/bin/python -m pytest "$@"
+# -rs: the reasons of every skip are listed at the end, so a skipped oracle is seen.
+exec .venv/bin/python -m pytest -rs "$@"
