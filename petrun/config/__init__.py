@@ -90,8 +90,9 @@ def _resolve(data: dict, origins: dict[str, str], source: str,
     _relink_dataset_tasks(data)
     cfg = Config(data=data, source=source, origins=origins)
     if validate:
-        from petrun.config.schema import ConfigError, validate as run_schema
+        from petrun.config.schema import ConfigError, canonicalize, validate as run_schema
         result = run_schema(data, origins)
+        canonicalize(data)
         if result.problems:
             raise ConfigError(result.problems, file=source)
         cfg.ignored = result.ignored

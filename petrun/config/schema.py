@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from petrun.config import mindformers_keys as mf
 from petrun.errors import UserError
 from petrun.models.configs import DTYPES, MODEL_CONFIGS
 from petrun.pet.config import PET_CONFIGS
@@ -49,6 +50,9 @@ class Section:
     ignored: frozenset = frozenset()
     # Cross-field checks: fn(mapping) -> list of (key, message).
     checks: tuple = ()
+    # MindFormers keys that would change results if ignored: refused with a reason when set to
+    # a value that does something, otherwise accepted and listed as ignored (mindformers_keys).
+    refused: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +66,11 @@ class ByType:
     key: str
     variants: Callable[[], dict[str, Section]]
     what: str
+    # MindFormers classes petrun does not build: value -> why, so the error quotes the value and
+    # says what is supported instead of calling a real class "unknown".
+    unsupported: dict = field(default_factory=dict)
+    # Old spellings of a variant (MindFormers' CheckpointMointor until r1.1.0).
+    aliases: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- helpers
@@ -154,7 +163,7 @@ def pet_sections() -> dict[str, Section]:
     return out
 
 
-PET_CONFIG = ByType("pet_type", pet_sections, "pet_type")
+PET_CONFIG = ByType("pet_type", pet_sections, "pet_type", mf.UNSUPPORTED_PET_TYPES)
 
 
 def _llama_checks(m: Mapping) -> list[tuple[str, str]]:
@@ -174,6 +183,9 @@ _MODEL_COMMON = {
     "compute_dtype": DTYPE, "param_init_type": DTYPE, "layernorm_compute_type": DTYPE,
     "softmax_compute_type": DTYPE, "rotary_dtype": DTYPE, "residual_dtype": DTYPE_OR_NONE,
     "embedding_init_type": DTYPE_OR_NONE,
+    # GenerationConfig's total-length bound (r1.0+); it overrides max_decode_length there, and
+    # petrun's config maps it the same way (ModelConfigBase.normalize).
+    "max_length": T((int,), none=True, check=_positive),
 }
 _MODEL_SPECIFIC = {
     "LlamaConfig": ({"seq_length": POS_INT, "hidden_size": POS_INT, "num_layers": POS_INT,
@@ -237,7 +249,8 @@ _MODEL_SPECIFIC.update({
 })
 
 # Keys seen in shipped MindFormers model_configs that only drive Ascend kernels or features petrun
-# does not implement; accepted so real configs load.
+# does not implement; accepted so real configs load. The r1.0–r1.3 keys, with the release and
+# source that define each, are in mindformers_keys.MODEL_CONFIG_IGNORED / _REFUSED.
 _MODEL_IGNORED = frozenset({
     "use_rope_slice", "parallel_optimizer", "qkv_concat", "fused_rms_norm", "pp_interleave_num",
     "use_ring_attention", "mask_generate", "enable_high_performance", "quantization_bit",
@@ -251,7 +264,8 @@ def model_config_sections() -> dict[str, Section]:
         specific, checks = _MODEL_SPECIFIC.get(name, ({}, []))
         sec = _dataclass_section(cls, {**_MODEL_COMMON, **specific}, checks=checks)
         # Ignored keys must not shadow real fields.
-        sec.ignored = frozenset(_MODEL_IGNORED - set(sec.fields))
+        sec.ignored = frozenset((_MODEL_IGNORED | set(mf.MODEL_CONFIG_IGNORED)) - set(sec.fields))
+        sec.refused = {k: r for k, r in mf.MODEL_CONFIG_REFUSED.items() if k not in sec.fields}
         out[name] = sec
     return out
 
@@ -261,17 +275,35 @@ def _arch_types() -> list[str]:
     return known_archs()
 
 
+def _unsupported(what: str, value: str, why: str, supported) -> str:
+    """The message for a real MindFormers class petrun does not build: quoted, with the reason."""
+    return (f"{what} {value!r} is not supported by petrun: {why}. petrun supports: "
+            f"{', '.join(supported)}")
+
+
 def _known_arch(v: str) -> str | None:
     known = _arch_types()
     if v in known:
         return None
+    if v in mf.UNSUPPORTED_ARCHS:
+        return _unsupported("model arch", v, mf.UNSUPPORTED_ARCHS[v], known)
     close = difflib.get_close_matches(v, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown model arch{hint}; known: {', '.join(known)}"
+    return f"unknown model arch {v!r}{hint}; petrun supports: {', '.join(known)}"
+
+
+def _data_loader_type(v: str) -> str | None:
+    known = ("MindDataset", "ADGenDataLoader", "JsonDataset")
+    if v in known:
+        return None
+    if v in mf.UNSUPPORTED_DATA_LOADERS:
+        return _unsupported("data_loader type", v, mf.UNSUPPORTED_DATA_LOADERS[v], known)
+    return f"must be one of {', '.join(known)}; got {v!r}"
 
 
 MODEL = Section({
-    "model_config": ByType("type", model_config_sections, "model_config type"),
+    "model_config": ByType("type", model_config_sections, "model_config type",
+                           mf.UNSUPPORTED_MODEL_CONFIGS),
     "arch": Section({"type": T((str,), check=_known_arch)}),
 })
 
@@ -281,7 +313,8 @@ RUNNER_WRAPPER = Section({
     "type": T((str,), check=_one_of("MFTrainOneStepCell", "TrainOneStepCell",
                                     "TrainOneStepWithLossScaleCell", "MFPipelineWithLossScaleCell")),
     "scale_sense": ANY, "use_clip_grad": BOOL, "max_grad_norm": T((int, float), check=_positive),
-}, ignored=frozenset({"local_norm", "calculate_per_token_loss", "use_skip_data_by_global_norm"}))
+}, ignored=frozenset({"local_norm", "calculate_per_token_loss", "use_skip_data_by_global_norm",
+                     *mf.RUNNER_WRAPPER_IGNORED}))
 
 RUNNER_CONFIG = Section({
     "epochs": POS_INT, "batch_size": POS_INT, "sink_mode": BOOL, "sink_size": INT,
@@ -309,7 +342,7 @@ LR_SCHEDULE = Section({
 })
 
 DATA_LOADER = Section({
-    "type": T((str,), check=_one_of("MindDataset", "ADGenDataLoader", "JsonDataset")),
+    "type": T((str,), check=_data_loader_type),
     "dataset_dir": STR_OR_NONE, "dataset_files": T((list,), none=True), "shuffle": BOOL,
     "num_samples": T((int,), none=True), "phase": STR, "version": INT, "origin_columns": LIST,
 })
@@ -323,7 +356,8 @@ DATASET = Section({
     # length and trim each batch's padding (bucket widths are multiples of bucket_multiple).
     "packing": BOOL, "bucketing": BOOL, "bucket_multiple": POS_INT,
 }, ignored=frozenset({"numa_enable", "prefetch_size", "column_order", "tokenizer_path",
-                     "eos_reset", "text_transforms"}))
+                     "eos_reset", "text_transforms", *mf.DATASET_IGNORED}),
+   refused=mf.DATASET_REFUSED)
 DATASET_TASK = Section({"type": STR, "dataset_config": ANY})
 
 PARALLEL_MODES = (0, 1, 2, 3, "DATA_PARALLEL", "SEMI_AUTO_PARALLEL", "AUTO_PARALLEL",
@@ -340,7 +374,7 @@ PARALLEL = Section({
     "strategy_ckpt_config": Section({"save_file": STR, "load_file": STR,
                                      "only_trainable_params": BOOL}),
     "pipeline_config": DICT, "dataset_strategy": ANY, "auto_pipeline": BOOL, "device_num": INT,
-}, ignored=frozenset({"comm_fusion", "enable_alltoall_fusion"}))
+}, ignored=frozenset({"comm_fusion", "enable_alltoall_fusion", *mf.PARALLEL_IGNORED}))
 
 PARALLEL_CONFIG = Section({
     "data_parallel": POS_INT, "model_parallel": POS_INT, "pipeline_stage": POS_INT,
@@ -348,7 +382,7 @@ PARALLEL_CONFIG = Section({
     "micro_batch_num": POS_INT, "vocab_emb_dp": BOOL, "gradient_aggregation_group": POS_INT,
     "optimizer_shard": BOOL, "seq_split_num": POS_INT, "context_parallel_algo": STR,
     "ulysses_degree_in_cp": POS_INT, "mem_coeff": NUM,
-})
+}, ignored=frozenset(mf.PARALLEL_CONFIG_IGNORED))
 
 RECOMPUTE_CONFIG = Section({
     "recompute": T((bool, list)), "select_recompute": T((bool, list, dict)),
@@ -366,7 +400,7 @@ CONTEXT = Section({
 }, ignored=frozenset({"ascend_config", "enable_graph_kernel", "graph_kernel_flags",
                      "memory_optimize_level", "affinity_cpu_list", "deterministic",
                      "mempool_block_size", "precompile_only", "enable_compile_cache",
-                     "compile_cache_path", "device_id_list"}))
+                     "compile_cache_path", "device_id_list", *mf.CONTEXT_IGNORED}))
 
 CALLBACK_SECTIONS = lambda: {  # noqa: E731 - lazily built like the other ByType variants
     "MFLossMonitor": Section({"type": STR, "per_print_times": POS_INT},
@@ -374,20 +408,25 @@ CALLBACK_SECTIONS = lambda: {  # noqa: E731 - lazily built like the other ByType
                                                 "micro_batch_interleave_num", "origin_epochs",
                                                 "dataset_size", "initial_epoch", "initial_step",
                                                 "global_batch_size", "gradient_accumulation_steps",
-                                                "check_for_nan_in_loss_and_grad"})),
+                                                "check_for_nan_in_loss_and_grad",
+                                                *mf.LOSS_MONITOR_IGNORED})),
     "CheckpointMonitor": Section({
         "type": STR, "prefix": STR, "directory": STR_OR_NONE, "save_checkpoint_steps": POS_INT,
         "save_checkpoint_seconds": NONNEG_INT, "keep_checkpoint_max": POS_INT,
         "keep_checkpoint_per_n_minutes": NONNEG_INT, "integrated_save": BOOL, "async_save": BOOL,
         "save_network_params": BOOL, "save_trainable_params": BOOL,
         "checkpoint_format": T((str,), check=_one_of("ckpt", "safetensors")),
-        "remove_redundancy": BOOL, "exception_save": BOOL}),
+        "remove_redundancy": BOOL, "exception_save": BOOL},
+        ignored=frozenset(mf.CHECKPOINT_MONITOR_IGNORED), refused=mf.CHECKPOINT_MONITOR_REFUSED),
     # Accepted for compatibility, not run by petrun.
-    "ObsMonitor": Section({"type": STR}, ignored=frozenset({"keep_last"})),
-    "SummaryMonitor": Section({"type": STR}, ignored=frozenset({"summary_dir", "collect_freq"})),
-    "ProfileMonitor": Section({"type": STR}, ignored=frozenset({"start_step", "stop_step"})),
+    "ObsMonitor": Section({"type": STR}, ignored=frozenset({"keep_last",
+                                                          *mf.OBS_MONITOR_IGNORED})),
+    "SummaryMonitor": Section({"type": STR}, ignored=frozenset({"summary_dir", "collect_freq",
+                                                              *mf.SUMMARY_MONITOR_IGNORED})),
+    "ProfileMonitor": Section({"type": STR}, ignored=frozenset({"start_step", "stop_step",
+                                                              *mf.PROFILE_MONITOR_IGNORED})),
 }
-CALLBACK = ByType("type", CALLBACK_SECTIONS, "callback type")
+CALLBACK = ByType("type", CALLBACK_SECTIONS, "callback type", aliases=mf.CALLBACK_ALIASES)
 IGNORED_CALLBACK_TYPES = {"ObsMonitor", "SummaryMonitor", "ProfileMonitor"}
 
 PROCESSOR = Section({
@@ -397,7 +436,8 @@ PROCESSOR = Section({
         "merges_file": STR_OR_NONE, "unk_token": STR, "bos_token": STR, "eos_token": STR,
         "pad_token": STR, "end_token": STR, "mask_token": STR, "gmask_token": STR,
         "add_bos_token": BOOL, "add_eos_token": BOOL, "chat_template": STR_OR_NONE,
-    }, ignored=frozenset({"padding_side", "legacy", "add_prefix_space"})),
+    }, ignored=frozenset({"padding_side", "legacy", "add_prefix_space", *mf.TOKENIZER_IGNORED}),
+        refused=mf.TOKENIZER_REFUSED),
 }, ignored=frozenset({"image_processor", "audio_processor"}))
 
 RUN_MODES = ("train", "finetune", "eval", "predict")
@@ -421,10 +461,11 @@ ROOT = Section({
     "profile", "profile_start_step", "profile_stop_step", "init_start_profile",
     "profile_communication", "profile_memory", "auto_tune", "filepath_prefix", "autotune_per_step",
     "layer_scale", "layer_decay", "lr_scale", "lr_scale_factor", "remote_save_url",
-    "eval_callbacks", "moe_config", "swap_config", "monitor_config", "load_ckpt_async",
+    "eval_callbacks", "swap_config", "monitor_config", "load_ckpt_async",
     "remove_redundancy", "use_legacy", "pretrained_model_dir", "generation", "register_path",
     "ignore_data_skip", "data_skip_steps", "print_separate_loss", "adapter_id", "context_parallel",
-}))
+    *mf.ROOT_IGNORED,
+}), refused=mf.ROOT_REFUSED)
 
 
 # ---------------------------------------------------------------- validation
@@ -517,6 +558,11 @@ def _walk(spec: Any, value: Any, key: str, v: Validation, origins: Mapping[str, 
             return
         variants = spec.variants()
         tname = value.get(spec.key)
+        tname = spec.aliases.get(tname, tname)
+        if tname in spec.unsupported:
+            add(f"{key}.{spec.key}", _unsupported(spec.what, tname, spec.unsupported[tname],
+                                                  variants))
+            return
         if tname not in variants:
             close = difflib.get_close_matches(str(tname), variants, n=1)
             add(f"{key}.{spec.key}", f"unknown {spec.what} {tname!r}; known: {', '.join(variants)}",
@@ -530,7 +576,13 @@ def _walk(spec: Any, value: Any, key: str, v: Validation, origins: Mapping[str, 
         return
     for k, item in value.items():
         sub = f"{key}.{k}" if key else str(k)
-        if k in spec.fields:
+        if k in spec.refused:
+            refusal = spec.refused[k]
+            if refusal.applies(item):
+                add(sub, refusal.message(item))
+            else:
+                v.ignored.append(sub)
+        elif k in spec.fields:
             _walk(spec.fields[k], item, sub, v, origins)
         elif k in spec.ignored:
             v.ignored.append(sub)
@@ -562,6 +614,17 @@ def _cross_checks(data: Mapping, v: Validation, origins: Mapping[str, str]) -> N
         for sub in ("model_config", "arch"):
             if sub not in data["model"]:
                 add(f"model.{sub}", "missing")
+
+
+def canonicalize(data: dict) -> None:
+    """Rewrite old MindFormers spellings in place to the names petrun's code looks for:
+    callbacks of type CheckpointMointor (MindFormers' class name until r1.1.0) become
+    CheckpointMonitor, so the run saves checkpoints exactly as the file asks."""
+    callbacks = data.get("callbacks")
+    if isinstance(callbacks, list):
+        for cb in callbacks:
+            if isinstance(cb, dict) and cb.get("type") in mf.CALLBACK_ALIASES:
+                cb["type"] = mf.CALLBACK_ALIASES[cb["type"]]
 
 
 def validate(data: Mapping, origins: Mapping[str, str]) -> Validation:

@@ -31,6 +31,9 @@ class ModelConfigBase:
     checkpoint_name_or_path: Any = ""
     repetition_penalty: float = 1.0
     max_decode_length: int = 1024
+    # MindFormers' GenerationConfig reads max_decode_length, then lets max_length override it
+    # (r1.0–r1.3 generation_config.py); both bound prompt + generated tokens.
+    max_length: Any = None
     top_k: int = 5
     top_p: float = 1.0
     do_sample: bool = True
@@ -70,6 +73,8 @@ class ModelConfigBase:
             v = getattr(self, name)
             if isinstance(v, str):
                 setattr(self, name, float(v))
+        if self.max_length is not None:
+            self.max_decode_length = int(self.max_length)
 
     def float_fields(self) -> tuple[str, ...]:
         return ()
