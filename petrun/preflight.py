@@ -7,12 +7,22 @@ a laptop a too-big model is simply killed by the kernel. Here they are found fro
 file headers and the planner alone — no MindSpore import, no model — and reported together, each
 with its key and fix (exit 2). `--skip-preflight` bypasses it for experts.
 
+`petrun config validate` runs the same checks through the same function (`preflight_checks`),
+with two differences, both because a config is often checked on another machine than the one it
+runs on (MindFormers' own files name `/path/to/...`):
+  - memory is not checked (it depends on the devices of the machine that runs it: `petrun plan`);
+  - a path missing or unusable here is a warning, not an error. A path that does exist here is
+    read, and its checkpoint and dataset checks are errors as in the run.
+
 Checks, in the order they are reported:
   memory      the planner's per-device peak against context.max_device_memory (accelerators) or
               the RAM available now (CPU); a configured device this machine lacks is explained in
               the same message, with what the run would need on this machine's CPU instead
-  model       target_modules: every `|` alternative adapts at least one layer (from the
-              analytic parameter names, same rules as petrun.pet); the pet_type is built
+  model       the family's own build checks (models.configs ...Config.check), model_config vs
+              pet_config (pet.check_model_pet), target_modules: every `|` alternative adapts at
+              least one layer (from the analytic parameter names, same rules as petrun.pet); the
+              pet_type is built; run settings the recipe refuses (packing with prompt methods or
+              semi-auto parallel, do_eval that never evaluates)
   paths       load_checkpoint, the dataset of the verb, output_dir (creatable and writable)
   checkpoint  tensor names and shapes from the file's index against the model's
   dataset     columns and sample length against the config (petrun.data.loader.check_dataset)
@@ -111,11 +121,14 @@ def _mode(verb: str) -> str:
 def _check_model(cfg, verb: str, out: list[Finding]):
     """(arch, specs, dims, pet shapes) from the analytic tables, or None after a finding."""
     from petrun.plan.estimator import model_of, pet_of
-    from petrun.pet import METHODS
+    from petrun.pet import METHODS, check_model_pet
     target = cfg.get("context.device_target") or "CPU"
     try:
-        arch, _, specs, dims = model_of(cfg, target)
+        arch, mc, specs, dims = model_of(cfg, target)
+        mc.check()                     # what the family's model refuses to build
         pet_cfg = cfg.get("model.model_config.pet_config")
+        if pet_cfg:
+            check_model_pet(arch, cfg.get("model.model_config"), pet_cfg)
         if pet_cfg and isinstance(pet_cfg, dict) and pet_cfg.get("pet_type") not in METHODS:
             built = ", ".join(sorted(METHODS))
             out.append(Finding("model", f"pet_type {pet_cfg.get('pet_type')!r} is not built yet "
@@ -415,14 +428,67 @@ def _check_parallel(cfg, warnings: list[str]) -> None:
                         "scripts/msrun_launcher.sh and --use_parallel True to use them)")
 
 
-def config_findings(cfg, verb: str = "finetune") -> tuple[list[Finding], list[str]]:
-    """(problems, warnings) a config has wherever it runs: the model and PET transform it
-    describes (target_modules included), and settings that do nothing. No paths, no memory."""
-    findings: list[Finding] = []
-    warnings: list[str] = []
-    _check_model(cfg, verb, findings)
-    _check_parallel(cfg, warnings)
-    return findings, warnings
+_PROMPT_METHODS = ("ptuning2", "prefixtuning", "prompt_tuning", "ptuning")
+
+
+def _check_run_settings(cfg, verb: str, out: list[Finding]) -> None:
+    """Settings the training recipe refuses at start (petrun.train.recipe: _packing,
+    setup_eval), found here from the config alone so `config validate` reports them too."""
+    if verb not in ("finetune", "train"):
+        return
+    if cfg.get("train_dataset.packing"):
+        pet = (cfg.get("model.model_config.pet_config") or {}).get("pet_type")
+        key = "train_dataset.packing"
+        if pet in _PROMPT_METHODS or "Ptuning2" in str(cfg.get("model.arch.type")):
+            out.append(Finding("model", f"packing is not supported with pet_type {pet}: its "
+                               "virtual tokens or key/value prefix belong to one sample, not to a "
+                               "packed row", "set train_dataset.packing: False (or use LoRA, IA3, "
+                               "adapters or a full finetune), or train_dataset.bucketing: True "
+                               "instead", key, cfg.origin(key)))
+        elif cfg.get("use_parallel"):
+            from petrun.parallel.context import parallel_mode
+            try:
+                mode = parallel_mode(cfg)
+            except UserError as e:
+                out.append(_finding("model", e, cfg))
+            else:
+                if mode != "DATA_PARALLEL":
+                    out.append(Finding("model", "packing is not built for semi-auto/auto parallel "
+                                       "yet", "set train_dataset.packing: False (data parallel "
+                                       "and single-device runs support it)", key, cfg.origin(key)))
+    if cfg.get("do_eval"):
+        steps = int(cfg.get("eval_step_interval") or 0)
+        epochs = int(cfg.get("eval_epoch_interval") or 0)
+        if steps <= 0 and epochs <= 0:
+            out.append(Finding("model", "do_eval is True but neither eval_step_interval nor "
+                               "eval_epoch_interval is positive, so evaluation would never run",
+                               "set eval_step_interval: N (every N steps) or eval_epoch_interval: "
+                               "N", "eval_step_interval", cfg.origin("do_eval")))
+
+
+def config_verb(cfg) -> str:
+    """The verb a config describes for `config validate`: its run_mode (MindFormers' default
+    run_mode is train), petrun's verbs by the same names."""
+    mode = cfg.get("run_mode")
+    return mode if mode in ("train", "finetune", "eval", "predict") else "finetune"
+
+
+def config_findings(cfg, verb: str | None = None) -> tuple[list[Finding], list[str]]:
+    """(problems, warnings) for `petrun config validate`: the pre-flight's checks through
+    `preflight_checks`, without memory, and with paths missing on this machine as warnings."""
+    verb = verb or config_verb(cfg)
+    findings, report = preflight_checks(cfg, verb, memory=False)
+    warnings = list(report.warnings)
+    problems = []
+    for f in findings:
+        if f.check == "paths":
+            where = f" ({f.file})" if f.file else ""
+            warnings.append(f"{f.key}: {f.message}{where} — checked on this machine, so a "
+                            f"warning here; `petrun {verb}` refuses to start while it holds"
+                            + (f". Fix: {f.fix}" if f.fix else ""))
+        else:
+            problems.append(f)
+    return problems, warnings
 
 
 # -------------------------------------------------------------------------------------- entry
@@ -430,18 +496,32 @@ def run_preflight(cfg, verb: str, *, device_memory: int | None = None,
                   adapter: str | None = None) -> PreflightReport:
     """All checks for `petrun <verb>` on the resolved `cfg`; raises PreflightError listing every
     problem, or returns what was checked and the memory estimate."""
+    findings, report = preflight_checks(cfg, verb, device_memory=device_memory, adapter=adapter)
+    if findings:
+        raise PreflightError(findings, report.seconds)
+    return report
+
+
+def preflight_checks(cfg, verb: str, *, memory: bool = True, device_memory: int | None = None,
+                     adapter: str | None = None) -> tuple[list[Finding], PreflightReport]:
+    """Every check, in one place: (findings, report). run_preflight and config validate both
+    call this, so validate can never pass what a run's pre-flight refuses (apart from the two
+    differences in the module docstring)."""
     t0 = time.perf_counter()
     findings: list[Finding] = []
     report = PreflightReport(0.0)
     model = _check_model(cfg, verb, findings)
+    _check_run_settings(cfg, verb, findings)
     report.checked.append("model")
     _check_parallel(cfg, report.warnings)
-    if model is not None:
+    if model is not None and memory:
         try:
             report.estimate = _check_memory(cfg, verb, findings, device_memory, report.warnings)
             report.checked.append("memory")
         except UserError as e:
             findings.append(_finding("memory", e, cfg))
+    elif not memory:
+        report.skipped.append("memory (depends on the machine that runs it: petrun plan)")
     paths = _check_paths(cfg, verb, findings)
     if adapter and not os.path.exists(os.path.expanduser(str(adapter))):
         findings.append(Finding("paths", "adapter path does not exist",
@@ -461,6 +541,4 @@ def run_preflight(cfg, verb: str, *, device_memory: int | None = None,
         else:
             report.checked.append("dataset")
     report.seconds = time.perf_counter() - t0
-    if findings:
-        raise PreflightError(findings, report.seconds)
-    return report
+    return findings, report

@@ -35,19 +35,21 @@ def show(ctx: typer.Context,
 @app.command("validate", context_settings=OVERRIDE_CONTEXT)
 def validate(ctx: typer.Context,
              config: str = typer.Option(..., "--config", "-c", help="YAML file to check.")):
-    """Check a config strictly (unknown keys, types, impossible values, PET target_modules that
-    adapt no layer of the model); exit 2 on problems. Overrides (a.b=1) may follow. Paths, data
-    and memory are checked by the pre-flight of each run (and `petrun plan`)."""
+    """Check a config strictly and run every pre-flight check of the run it describes (its
+    run_mode): unknown keys, types, impossible values, the model and PET method it builds
+    (target_modules included), run settings; exit 2 on problems. Memory is left to `petrun plan`
+    (it depends on the machine that runs it); a path missing on this machine is a warning, an
+    existing checkpoint or dataset is checked as the run would. Overrides (a.b=1) may follow."""
     import time
 
-    from petrun.preflight import PreflightError, config_findings
+    from petrun.preflight import PreflightError, config_findings, config_verb
     t0 = time.perf_counter()
     cfg = load_config(config, parse_args(ctx.args))
     findings, warnings = config_findings(cfg)
     if findings:
         raise PreflightError(findings, time.perf_counter() - t0,
-                             head=f"{config}: well-formed, but the model it describes does not "
-                                  "build:")
+                             head=f"{config}: well-formed, but `petrun {config_verb(cfg)}` would "
+                                  "refuse it:")
     console.print(f"[green]ok[/green] {config}: valid"
                   + (f" ({len(cfg.ignored)} MindFormers keys ignored)" if cfg.ignored else ""))
     for warning in warnings:

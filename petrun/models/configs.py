@@ -11,7 +11,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from petrun.errors import UserError
+
 DTYPES = ("float32", "float16", "bfloat16")
+_KEY = "model.model_config"
+GPT2_ACTIVATIONS = ("gelu", "fast_gelu")
 
 # Keys every model_config may carry that only matter for generation/loading/Ascend kernels.
 # They are accepted and kept; petrun's CPU models read the generation ones at predict time.
@@ -79,6 +83,10 @@ class ModelConfigBase:
     def float_fields(self) -> tuple[str, ...]:
         return ()
 
+    def check(self) -> None:
+        """A UserError for settings the family's model cannot build. Here, not in the MindSpore
+        model modules, so `config validate` and the pre-flight run the same check as the build."""
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -122,6 +130,18 @@ class LlamaConfig(ModelConfigBase):
 
     def float_fields(self):
         return ("rms_norm_eps", "theta", "scaling_factor", "init_method_std")
+
+    def check(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise UserError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
+                            f"({self.num_heads})", key=f"{_KEY}.num_heads")
+        if self.num_heads % self.kv_heads:
+            raise UserError(f"num_heads ({self.num_heads}) must be a multiple of n_kv_heads "
+                            f"({self.kv_heads})", key=f"{_KEY}.n_kv_heads")
+        if self.qkv_concat:
+            raise UserError("qkv_concat (fused w_qkv weights) is not supported by petrun's Llama; "
+                            "set it to False (checkpoints with separate wq/wk/wv load as they are)",
+                            key=f"{_KEY}.qkv_concat")
 
     @property
     def kv_heads(self) -> int:
@@ -205,6 +225,37 @@ class ChatGLM2Config(ModelConfigBase):
     def float_fields(self):
         return ("layernorm_epsilon", "rope_ratio", "hidden_dropout", "attention_dropout")
 
+    def check(self) -> None:
+        """Options MindFormers offers that petrun's ChatGLM2 does not implement are errors, not
+        no-ops."""
+        if self.vocab_size is not None and int(self.vocab_size) != self.vocab:
+            raise UserError(f"vocab_size {self.vocab_size} differs from padded_vocab_size "
+                            f"{self.padded_vocab_size}; ChatGLM2 sizes its vocabulary by "
+                            "padded_vocab_size (MindFormers ignores vocab_size)",
+                            key=f"{_KEY}.padded_vocab_size",
+                            fix=f"set padded_vocab_size: {self.vocab_size} and drop vocab_size")
+        n, groups = self.num_attention_heads, self.multi_query_group_num
+        if self.multi_query_attention and (groups <= 0 or n % groups):
+            raise UserError(f"num_attention_heads ({n}) must be a multiple of multi_query_group_num "
+                            f"({groups})", key=f"{_KEY}.multi_query_group_num")
+        if self.kv_channels % 4:
+            raise UserError(f"kv_channels ({self.kv_channels}) must be a multiple of 4: rotary "
+                            "embedding covers half of each head in pairs", key=f"{_KEY}.kv_channels")
+        unsupported = {
+            "rmsnorm": (not self.rmsnorm, "True (ChatGLM2 uses RMSNorm)"),
+            "qkv_concat": (not self.qkv_concat, "True (checkpoints keep the fused query_key_value)"),
+            "mlp_concat": (not self.mlp_concat, "True (checkpoints keep the fused dense_h_to_4h)"),
+            "use_rearrange_rope": (bool(self.use_rearrange_rope), "False"),
+            "quantization_bit": (bool(self.quantization_bit), "0"),
+            # MindFormers leaves scores unscaled when False, but only on its non-flash path;
+            # HF ChatGLM2 always scales, so only True has one meaning.
+            "apply_query_key_layer_scaling": (not self.apply_query_key_layer_scaling, "True"),
+        }
+        for name, (bad, want) in unsupported.items():
+            if bad:
+                raise UserError(f"{name}: {getattr(self, name)!r} is not supported by petrun's "
+                                "ChatGLM2", key=f"{_KEY}.{name}", fix=f"set {name}: {want}")
+
     @property
     def vocab(self) -> int:
         return int(self.padded_vocab_size)
@@ -258,6 +309,23 @@ class GPT2Config(ModelConfigBase):
 
     def float_fields(self):
         return ("embedding_dropout_prob", "hidden_dropout_rate", "attention_dropout_rate")
+
+    def check(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise UserError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
+                            f"({self.num_heads})", key=f"{_KEY}.num_heads")
+        if self.hidden_act not in GPT2_ACTIVATIONS:
+            raise UserError(f"hidden_act {self.hidden_act!r} is not supported for GPT2",
+                            key=f"{_KEY}.hidden_act", fix=f"use one of: {', '.join(GPT2_ACTIVATIONS)}")
+        if self.post_layernorm_residual:
+            raise UserError("post_layernorm_residual: True is not supported by petrun's GPT2 "
+                            "(GPT-2 checkpoints are pre-LayerNorm)",
+                            key=f"{_KEY}.post_layernorm_residual", fix="set it to False")
+        if self.max_positions < self.seq_length:
+            raise UserError(f"max_position_embeddings ({self.max_position_embeddings}) is shorter "
+                            f"than seq_length ({self.seq_length})",
+                            key=f"{_KEY}.max_position_embeddings",
+                            fix="leave it unset (= seq_length) or make it at least seq_length")
 
     @property
     def head_dim(self) -> int:

@@ -30,7 +30,6 @@ from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import Normal
 from mindspore.ops.auto_generate import SiLU
 
-from petrun.errors import UserError
 from petrun.models.configs import ChatGLM2Config
 from petrun.models.dtypes import resolve_dtypes
 from petrun.models.layers import (DotProductAttention, Dropout, Embedding, Linear,
@@ -60,34 +59,8 @@ def glm2_dtypes(config: ChatGLM2Config, device_target: str | None = None) -> dic
 
 
 def _check(config: ChatGLM2Config) -> None:
-    """Options MindFormers offers that petrun's ChatGLM2 does not implement are errors, not no-ops."""
-    if config.vocab_size is not None and int(config.vocab_size) != config.vocab:
-        raise UserError(f"vocab_size {config.vocab_size} differs from padded_vocab_size "
-                        f"{config.padded_vocab_size}; ChatGLM2 sizes its vocabulary by "
-                        "padded_vocab_size (MindFormers ignores vocab_size)",
-                        key=f"{_KEY}.padded_vocab_size",
-                        fix=f"set padded_vocab_size: {config.vocab_size} and drop vocab_size")
-    n, groups = config.num_attention_heads, config.multi_query_group_num
-    if config.multi_query_attention and (groups <= 0 or n % groups):
-        raise UserError(f"num_attention_heads ({n}) must be a multiple of multi_query_group_num "
-                        f"({groups})", key=f"{_KEY}.multi_query_group_num")
-    if config.kv_channels % 4:
-        raise UserError(f"kv_channels ({config.kv_channels}) must be a multiple of 4: rotary "
-                        "embedding covers half of each head in pairs", key=f"{_KEY}.kv_channels")
-    unsupported = {
-        "rmsnorm": (not config.rmsnorm, "True (ChatGLM2 uses RMSNorm)"),
-        "qkv_concat": (not config.qkv_concat, "True (checkpoints keep the fused query_key_value)"),
-        "mlp_concat": (not config.mlp_concat, "True (checkpoints keep the fused dense_h_to_4h)"),
-        "use_rearrange_rope": (bool(config.use_rearrange_rope), "False"),
-        "quantization_bit": (bool(config.quantization_bit), "0"),
-        # MindFormers leaves scores unscaled when False, but only on its non-flash path;
-        # HF ChatGLM2 always scales, so only True has one meaning.
-        "apply_query_key_layer_scaling": (not config.apply_query_key_layer_scaling, "True"),
-    }
-    for field, (bad, want) in unsupported.items():
-        if bad:
-            raise UserError(f"{field}: {getattr(config, field)!r} is not supported by petrun's "
-                            "ChatGLM2", key=f"{_KEY}.{field}", fix=f"set {field}: {want}")
+    # The checks live on the config (no MindSpore) so config validate runs them too.
+    config.check()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from petrun.errors import UserError
 from petrun.models.configs import GPT2Config
 from petrun.models.dtypes import resolve_dtypes
 from petrun.models.layers import (DenseBase, DotProductAttention, Dropout, LayerNorm, Linear,
@@ -37,7 +36,6 @@ _KEY = "model.model_config"
 IGNORE_INDEX = -100
 LAYERNORM_EPS = 1e-5   # MindFormers' LayerNorm default, equal to HF GPT-2's layer_norm_epsilon
 _INIT_STD = 0.02
-ACTIVATIONS = ("gelu", "fast_gelu")
 
 
 def gpt2_dtypes(config: GPT2Config, device_target: str | None = None) -> dict:
@@ -48,21 +46,8 @@ def gpt2_dtypes(config: GPT2Config, device_target: str | None = None) -> dict:
 
 
 def _check(config: GPT2Config) -> None:
-    if config.hidden_size % config.num_heads:
-        raise UserError(f"hidden_size ({config.hidden_size}) must be divisible by num_heads "
-                        f"({config.num_heads})", key=f"{_KEY}.num_heads")
-    if config.hidden_act not in ACTIVATIONS:
-        raise UserError(f"hidden_act {config.hidden_act!r} is not supported for GPT2",
-                        key=f"{_KEY}.hidden_act", fix=f"use one of: {', '.join(ACTIVATIONS)}")
-    if config.post_layernorm_residual:
-        raise UserError("post_layernorm_residual: True is not supported by petrun's GPT2 "
-                        "(GPT-2 checkpoints are pre-LayerNorm)",
-                        key=f"{_KEY}.post_layernorm_residual", fix="set it to False")
-    if config.max_positions < config.seq_length:
-        raise UserError(f"max_position_embeddings ({config.max_position_embeddings}) is shorter "
-                        f"than seq_length ({config.seq_length})",
-                        key=f"{_KEY}.max_position_embeddings",
-                        fix="leave it unset (= seq_length) or make it at least seq_length")
+    # The checks live on the config (no MindSpore) so config validate runs them too.
+    config.check()
 
 
 class LinearInOut(DenseBase):

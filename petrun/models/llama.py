@@ -19,7 +19,6 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal
 
-from petrun.errors import UserError
 from petrun.models.configs import LlamaConfig
 from petrun.models.dtypes import resolve_dtypes
 from petrun.models.layers import (ApplyRotary, DotProductAttention, Embedding, Linear,
@@ -52,16 +51,8 @@ def llama_dtypes(config: LlamaConfig, device_target: str | None = None) -> dict:
 
 
 def _check(config: LlamaConfig) -> None:
-    if config.hidden_size % config.num_heads:
-        raise UserError(f"hidden_size ({config.hidden_size}) must be divisible by num_heads "
-                        f"({config.num_heads})", key=f"{_KEY}.num_heads")
-    if config.num_heads % config.kv_heads:
-        raise UserError(f"num_heads ({config.num_heads}) must be a multiple of n_kv_heads "
-                        f"({config.kv_heads})", key=f"{_KEY}.n_kv_heads")
-    if config.qkv_concat:
-        raise UserError("qkv_concat (fused w_qkv weights) is not supported by petrun's Llama; "
-                        "set it to False (checkpoints with separate wq/wk/wv load as they are)",
-                        key=f"{_KEY}.qkv_concat")
+    # The checks live on the config (no MindSpore) so config validate runs them too.
+    config.check()
 
 
 class LlamaAttention(nn.Cell):
