@@ -26,13 +26,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from petrun.data import mindrecord as mr
+from petrun.data import wikitext
 from petrun.errors import UserError
 
 DATASET_DIR_KEY = "train_dataset.data_loader.dataset_dir"
 JSON_SUFFIXES = (".json", ".jsonl")
 _INT_TYPES = {"int32", "int64"}
 _FORMATS_FIX = ("dataset_dir may be a .mindrecord file, a directory containing MindRecord files, "
-                "or a tokenized .json/.jsonl file with input_ids/labels")
+                "a tokenized .json/.jsonl file with input_ids/labels, raw alpaca/AdvertiseGen "
+                "JSON, or raw wikitext (a wiki.*.tokens file or the folder holding it)")
 
 
 @dataclass
@@ -51,6 +53,10 @@ def _resolve(dataset_dir: str | os.PathLike, key: str) -> _Source:
                         fix=f"check the path. {_FORMATS_FIX}")
     if os.path.isdir(path):
         files = mr.find_mindrecord_files(path)
+        text = None if files else wikitext.tokens_file(path, split="valid" if key.startswith(
+            "eval_dataset") else "train")
+        if text is not None:
+            return _Source("wikitext", path, [text])
         if not files:
             jsons = sorted(f for f in os.listdir(path) if f.endswith(JSON_SUFFIXES))
             hint = (f" It holds {', '.join(jsons[:3])}: point dataset_dir at that file itself."
@@ -67,6 +73,8 @@ def _resolve(dataset_dir: str | os.PathLike, key: str) -> _Source:
         return _Source("mindrecord", path, mr.shard_set(path), path)
     if path.endswith(JSON_SUFFIXES):
         return _Source("json", path, [path])
+    if path.endswith(wikitext.SUFFIXES):
+        return _Source("wikitext", path, [path])
     raise UserError("unrecognised dataset file type", file=path, key=key,
                     fix=f"{_FORMATS_FIX}. Raw alpaca data must be tokenized first.")
 
@@ -159,18 +167,27 @@ _WARNED_BAD: set = set()
 
 
 def _tokenize_raw(src: _Source, raw, seq_length: int, extra_tokens: int, key: str) -> _Source:
-    """A raw-text JSON source tokenized (or found in the cache) as arrays; others unchanged."""
+    """A raw-text source (JSON records or wikitext) tokenized (or found in the cache) as
+    arrays; others unchanged."""
     from petrun.data import ondemand
     from petrun.data.records import read_records
 
-    try:
-        first = _json_records(src.path, key, first_only=True)[0][:1]
-    except UserError:   # a bad line in raw JSON lines is skipped and reported, not fatal
-        first = [r.obj for r in read_records(src.path, key=key)[0][:1]]
-    fmt = ondemand.raw_format(first[0] if first else None)
+    if src.fmt == "wikitext":
+        if not extra_tokens:
+            raise UserError("raw wikitext gives unlabelled blocks for models that shift labels "
+                            "themselves (Llama2, GPT-2); ChatGLM2 trains on pre-shifted labels",
+                            file=src.path, key=key,
+                            fix="give ChatGLM2 AdvertiseGen or alpaca JSON")
+        fmt, path = "wikitext", src.files[0]
+    else:
+        try:
+            first = _json_records(src.path, key, first_only=True)[0][:1]
+        except UserError:   # a bad line in raw JSON lines is skipped and reported, not fatal
+            first = [r.obj for r in read_records(src.path, key=key)[0][:1]]
+        fmt, path = ondemand.raw_format(first[0] if first else None), src.path
     if fmt is None:
         return src
-    arrays, meta = ondemand.tokenized(src.path, fmt, raw, seq_length=seq_length,
+    arrays, meta = ondemand.tokenized(path, fmt, raw, seq_length=seq_length,
                                       extra_tokens=extra_tokens, key=key)
     # skipped, but never silently (the recipe may not print info["raw"]); once per process, as
     # pre-flight and the recipe open the same file
@@ -183,9 +200,9 @@ def _tokenize_raw(src: _Source, raw, seq_length: int, extra_tokens: int, key: st
     cols = list(arrays)
     info = {"format": f"{fmt} json (tokenized on the fly)", "columns": cols,
             "sample_length": int(arrays[cols[0]].shape[1]),
-            "num_samples": int(arrays[cols[0]].shape[0]), "files": [src.path],
+            "num_samples": int(arrays[cols[0]].shape[0]), "files": [path],
             "types": {c: "int32" for c in cols}, "raw": meta}
-    return _Source("arrays", src.path, [src.path], arrays, info)
+    return _Source("arrays", src.path, [path], arrays, info)
 
 
 # --------------------------------------------------------------------------- inspection
@@ -234,7 +251,16 @@ def inspect_dataset(dataset_dir: str | os.PathLike, *, key: str = DATASET_DIR_KE
     src = _resolve(dataset_dir, key)
     if src.fmt == "mindrecord":
         return _mindrecord_info(src, key)
+    if src.fmt == "wikitext":
+        raise _untokenized_wikitext(src, key)
     return _json_info(src, key, first_only=True)[0]
+
+
+def _untokenized_wikitext(src: _Source, key: str, seq_length: int | str = "N") -> UserError:
+    return UserError("this is raw wikitext, not tokenized data", file=src.files[0], key=key,
+                     fix=f"tokenize it first: petrun data prepare wikitext -i {src.files[0]} "
+                         f"-o wiki.mindrecord -t TOKENIZER --seq-length {seq_length} (or give a "
+                         "config whose processor.tokenizer petrun can tokenize it with)")
 
 
 def dataset_size(dataset_dir: str | os.PathLike, *, batch_size: int | None = None,
@@ -261,7 +287,7 @@ def check_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size
     With `raw` (ondemand.RawText), raw JSON is tokenized (or taken from the cache) to be checked.
     """
     src = _resolve(dataset_dir, key)
-    if raw is not None and src.fmt == "json":
+    if raw is not None and src.fmt in ("json", "wikitext"):
         src = _tokenize_raw(src, raw, seq_length, extra_tokens, key)
     return _check(src, seq_length=seq_length, batch_size=batch_size,
                   extra_tokens=extra_tokens,
@@ -273,6 +299,8 @@ def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[
            extra_tokens: int,
            num_shards: int, drop_remainder: bool, key: str,
            first_only: bool, vocab_size: int | None = None) -> tuple[dict, list[Any]]:
+    if src.fmt == "wikitext":
+        raise _untokenized_wikitext(src, key, seq_length)
     if src.fmt == "mindrecord":
         info, records = _mindrecord_info(src, key), []
     elif src.fmt == "arrays":
@@ -571,7 +599,7 @@ def open_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size:
     if not columns or len(set(columns)) != len(columns):
         raise ValueError(f"columns must be distinct and non-empty, got {columns}")
     src = _resolve(dataset_dir, key)
-    if raw is not None and src.fmt == "json":
+    if raw is not None and src.fmt in ("json", "wikitext"):
         src = _tokenize_raw(src, raw, seq_length, extra_tokens, key)
     info, records = _check(src, seq_length=seq_length, batch_size=batch_size, columns=columns,
                            extra_tokens=extra_tokens,

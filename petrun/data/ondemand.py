@@ -1,5 +1,5 @@
-"""Raw JSON/JSONL records (alpaca, conversations, AdvertiseGen) tokenized when training starts,
-into a cache so the next run with the same inputs starts at once.
+"""Raw JSON/JSONL records (alpaca, conversations, AdvertiseGen) and raw wikitext, tokenized when
+training starts into a cache so the next run with the same inputs starts at once.
 
 The cache key is the hash of the data file's bytes, of the tokenizer's files and settings, the
 sample length and the format options: change any of them and the data is tokenized again. Entries
@@ -88,7 +88,8 @@ def tokenized(path: str, fmt: str, raw: RawText, *, seq_length: int, extra_token
     tok = load_tokenizer(raw.tokenizer or {})
     # Alpaca samples are seq_length + 1 long; with extra_tokens 0 (GLM2) they are shifted by one.
     spec = prep.make_spec(fmt, raw.tokenizer or {}, tok,
-                          seq_length=seq_length if fmt == "alpaca" else seq_length + extra_tokens,
+                          # alpaca and wikitext samples: seq_length + 1 tokens (make_spec)
+                          seq_length=seq_length if fmt != "advertisegen" else seq_length + extra_tokens,
                           max_source_length=raw.max_source_length,
                           max_target_length=raw.max_target_length, shift_labels=extra_tokens == 0)
     options = {"max_source_length": spec.max_source_length,

@@ -10,13 +10,37 @@
   (it is only kept when a heading follows it); petrun keeps it.
 
 All tokens are concatenated and cut into full blocks; the remainder is dropped (and reported).
+
+As a dataset_dir, raw wikitext is a wiki.*.tokens (or .raw) file, or a folder holding the
+unpacked archive (wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens: training reads the
+train split, evaluation the valid one) or a single such file. MindFormers' seed passes
+`/data/wikitext-2/train` (a folder its MindDataset reads MindRecord from); a folder with MindRecord
+files is still read as MindRecord.
 """
 from __future__ import annotations
 
+import os
 import re
 
 GPT2_COLUMNS = ("input_ids", "attention_mask")
 LLAMA_COLUMNS = ("input_ids",)
+
+
+SUFFIXES = (".tokens", ".raw")
+
+
+def tokens_file(folder: str, split: str = "train") -> str | None:
+    """The raw wikitext file a dataset folder stands for: wiki.<split>.tokens (or .raw), else
+    its only *.tokens/*.raw file; None when it holds no wikitext."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(SUFFIXES)
+                       and os.path.isfile(os.path.join(folder, n)))
+    except OSError:
+        return None
+    for suffix in SUFFIXES:
+        if f"wiki.{split}{suffix}" in names:
+            return os.path.join(folder, f"wiki.{split}{suffix}")
+    return os.path.join(folder, names[0]) if len(names) == 1 else None
 
 
 def clean_wikitext(text: str, gpt2_style: bool = False) -> str:
