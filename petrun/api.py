@@ -5,6 +5,8 @@
     petrun.load_checkpoint(model, "output/checkpoint/rank_0/adapter.ckpt")
     petrun.logits(model, [[1, 2, 3]])               # np.ndarray [batch, seq, vocab], fp32
     petrun.Trainer(config=cfg, pet_method="lora", train_dataset="data.jsonl").finetune()
+    petrun.Trainer(task="text_generation", model="gpt2", pet_method="lora",
+                   train_dataset="wikitext-2/").finetune()   # model from `petrun models add`
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from petrun.errors import UserError
 
 from petrun.ckpt.io import ADAPTER_PATTERN as PET_PATTERN  # noqa: E402 (pure python module)
 
-# Default LoRA targets per family, for Trainer(pet_method="lora") on a config without pet_config.
+# LoRA targets per family for the planner's "add LoRA" lever (plan/levers.py). Trainer's default
+# pet_configs are petrun/store/recipes.py's.
 DEFAULT_LORA_TARGETS = {"LlamaForCausalLM": ".*wq|.*wk|.*wv|.*wo",
                         "ChatGLM2ForConditionalGeneration": ".*query_key_value",
                         "GPT2LMHeadModel": ".*dense1|.*dense3"}   # MindFormers' GPT2WithLora
@@ -107,42 +110,5 @@ def logits(model, input_ids) -> np.ndarray:
     return out.asnumpy().astype(np.float32)
 
 
-class Trainer:
-    """MindFormers-style entry point: Trainer(config=..., pet_method="lora", train_dataset=...)."""
-
-    def __init__(self, config: Config | str | Path, pet_method: str | None = None,
-                 train_dataset: str | Path | None = None, overrides: Iterable[str] = (), console=None):
-        extra = list(overrides)
-        if train_dataset is not None:
-            extra.append(f"train_dataset.data_loader.dataset_dir={train_dataset}")
-        cfg = _as_config(config, extra)
-        if pet_method is not None:
-            current = cfg.get("model.model_config.pet_config.pet_type")
-            if current is None:
-                arch = cfg.get("model.arch.type")
-                if pet_method != "lora" or arch not in DEFAULT_LORA_TARGETS:
-                    raise UserError(f"pet_method={pet_method!r} but the config has no pet_config",
-                                    key="model.model_config.pet_config",
-                                    fix="add a pet_config section to the YAML")
-                cfg = load_config_from(cfg, [
-                    "model.model_config.pet_config.pet_type=lora",
-                    f"model.model_config.pet_config.target_modules={DEFAULT_LORA_TARGETS[arch]}"])
-            elif current != pet_method:
-                raise UserError(f"pet_method={pet_method!r} but the config's pet_type is {current!r}",
-                                key="model.model_config.pet_config.pet_type",
-                                fix="make them agree (or leave pet_method out)")
-        self.config = cfg
-        if console is None:  # library users see the same progress and summary as CLI users
-            from rich.console import Console
-            console = Console()
-        self.console = console
-
-    def finetune(self, finetune_checkpoint: str | Path | None = None) -> dict:
-        """Run the finetune recipe; returns its summary (losses, checkpoint paths, timing)."""
-        cfg = self.config
-        if finetune_checkpoint is not None:
-            cfg = load_config_from(cfg, [f"load_checkpoint={finetune_checkpoint}"])
-        from petrun.train.recipe import FinetuneRecipe
-        return FinetuneRecipe(cfg, console=self.console).run()
-
-    train = finetune
+# MindFormers' Trainer (task/model/pet_method/...), in a module of its own: petrun/trainer.py.
+from petrun.trainer import Trainer  # noqa: E402,F401  (pure python until a verb runs)

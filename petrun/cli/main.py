@@ -39,6 +39,8 @@ from petrun.cli import pet_cmd  # noqa: E402  (issue 5: ckpt merge, export-peft,
 pet_cmd.register(ckpt_cmd.app)
 from petrun.cli import data_cmd  # noqa: E402  (issue 6: data prepare, train-tokenizer)
 app.add_typer(data_cmd.app, name="data")
+from petrun.cli import models_cmd  # noqa: E402  (issue 14: the local model store)
+app.add_typer(models_cmd.app, name="models")
 
 
 def main(argv: list[str] | None = None) -> None:
