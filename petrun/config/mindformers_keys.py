@@ -105,8 +105,6 @@ MODEL_CONFIG_IGNORED: dict[str, Ignored] = {
                                   "families are decoders"),
     "architectures": Ignored("r1.2.0", "PretrainedConfig", "bookkeeping; petrun reads "
                              "model.arch.type"),
-    "use_attn_mask_compression": Ignored("r1.2.0", "LlamaConfig", "compressed causal mask for "
-                                         "Ascend flash attention; " + _ASCEND),
     "parallel_decoding_params": Ignored("r1.3.0", "LlamaForCausalLM", "lookahead/parallel "
                                         "decoding inputs of MindFormers' serving path"),
     # Generation settings (GenerationConfig.__init__ pops them from the model config).
