@@ -82,9 +82,66 @@ def _check_prompt_source(prompt, prompt_file, prompt_ids) -> None:
     if len(given) != 1:
         raise UserError("nothing to generate from" if not given else
                         f"{' and '.join(given)} given together; choose one", key="--prompt",
-                        fix="give --prompt TEXT, --prompt-file FILE or --prompt-ids 1,2,3")
+                        fix="give --prompt TEXT, --prompt-file FILE or --prompt-ids 1,2,3 "
+                            "(or MindFormers' --predict_data TEXT)")
     if prompt_file:
         _check_prompt_path(prompt_file)
+
+
+def take_predict_input(args: list[str], options: dict) -> tuple[list[str], list]:
+    """run_mindformer.py's predict input in petrun's terms; returns the other words and the
+    overrides. `--predict_data TEXT …` (argparse nargs='+') becomes the prompts, as raw text like
+    MindFormers' pipeline takes them (chat template none unless --chat-template says otherwise;
+    a literal \\n is a newline, as MindFormers replaces it); one existing file becomes
+    --prompt-file (MindFormers reads it one prompt per line). `--predict_batch_size N` sets
+    model.model_config.batch_size, the generation batch."""
+    from petrun.config.overrides import MF_FLAG_TABLE, Override, take_nargs
+
+    rest, overrides, data, i = [], [], None, 0
+    while i < len(args):
+        word = args[i]
+        name, eq, value = word.partition("=")
+        if name == "--predict_data":
+            data, i = take_nargs(args, i)
+            continue
+        if name == "--predict_batch_size":
+            if not eq:
+                if i + 1 >= len(args):
+                    raise UserError("flag '--predict_batch_size' needs a value",
+                                    key="--predict_batch_size", fix="write --predict_batch_size 4")
+                value, i = args[i + 1], i + 1
+            try:
+                size = int(value)
+            except ValueError:
+                size = 0
+            if size < 1:
+                raise UserError(f"--predict_batch_size expects a positive integer, got '{value}'",
+                                key="--predict_batch_size", fix="write --predict_batch_size 4")
+            overrides.append(Override(MF_FLAG_TABLE["predict_batch_size"].key, size,
+                                      text=f"--predict_batch_size {value}"))
+        else:
+            rest.append(word)
+        i += 1
+    if data is not None:
+        given = [f for f, k in (("--prompt", "prompt"), ("--prompt-file", "prompt_file"),
+                                ("--prompt-ids", "prompt_ids")) if options.get(k)]
+        if given:
+            raise UserError(f"--predict_data and {given[0]} given together; choose one",
+                            key="--predict_data",
+                            fix="--predict_data TEXT is MindFormers' spelling of --prompt "
+                                "without a chat template; keep one of them")
+        if len(data) == 1 and os.path.isdir(data[0]):
+            raise UserError("--predict_data is a folder: MindFormers collects the images in it, "
+                            "and petrun's models take text", file=data[0], key="--predict_data",
+                            fix="give the text, or a text file with one prompt per line")
+        if len(data) == 1 and os.path.isfile(data[0]):
+            options["prompt_file"] = data[0]
+        else:
+            options["prompt"] = [text.replace("\\n", "\n") for text in data]
+        alpaca = str(options.get("prompt_file") or "").endswith((".json", ".jsonl"))
+        if not options.get("chat_template") and not alpaca:   # alpaca records keep theirs
+            options["chat_template"] = "none"
+    return rest, overrides
 
 
 def _check_prompt_path(path: str) -> None:

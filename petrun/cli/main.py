@@ -41,6 +41,8 @@ from petrun.cli import data_cmd  # noqa: E402  (issue 6: data prepare, train-tok
 app.add_typer(data_cmd.app, name="data")
 from petrun.cli import models_cmd  # noqa: E402  (issue 14: the local model store)
 app.add_typer(models_cmd.app, name="models")
+from petrun.cli import run_cmd  # noqa: E402  (issue 14: run_mindformer.py's entry)
+run_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,7 +66,7 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
     resume_training, which becomes an override like the other MindFormers flags)."""
     def verb(ctx: typer.Context,
              config: str = typer.Option(..., "--config", "-c", help="YAML file (MindFormers schema)."),
-             run_mode: Optional[str] = typer.Option(None, "--run_mode", help="train|finetune|eval|predict"),
+             run_mode: Optional[str] = typer.Option(None, "--run_mode", help="MindFormers' run mode; must be this verb's (finetune and train are one recipe)."),
              load_checkpoint: Optional[str] = typer.Option(None, "--load_checkpoint", help="Weights: a file, a folder, or a folder of rank_N/."),
              auto_trans_ckpt: Optional[str] = typer.Option(None, "--auto_trans_ckpt", help="True/False: reshard load_checkpoint to this layout."),
              use_parallel: Optional[str] = typer.Option(None, "--use_parallel", help="True/False: distributed run (under msrun)."),
@@ -79,17 +79,25 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
              skip_preflight: bool = typer.Option(False, "--skip-preflight", help="Start without the pre-flight checks (memory, paths, checkpoint, data)."),
              **options):
         resume_training = options.pop("resume_training", None)
+        predict_input: list[Override] = []
         if mode in TRAIN_VERBS:
             args, resume = _take_resume(ctx.args)
         else:
             _refuse_resume(ctx.args, mode)
             args, resume = ctx.args, []
-            from petrun.cli.infer_cmd import check_options
+            from petrun.cli.infer_cmd import check_options, take_predict_input
+            if mode == "predict":   # run_mindformer.py's --predict_data / --predict_batch_size
+                args, predict_input = take_predict_input(args, options)
             check_options(mode, options)   # option mistakes before the config is even read
         overrides = collect_overrides(args, _flags(
-            run_mode or (None if mode == "finetune" else mode), load_checkpoint, auto_trans_ckpt,
+            run_mode, load_checkpoint, auto_trans_ckpt,
             use_parallel, train_dataset_dir, eval_dataset_dir, src_strategy_path_or_dir,
-            output_dir, device_id, seed, resume_training)) + resume
+            output_dir, device_id, seed, resume_training)) + resume + predict_input
+        from petrun.cli import run_mode as modes
+        overrides += modes.for_verb(mode, overrides)
+        for notice in dict.fromkeys(o.notice for o in overrides if o.notice):
+            err_console.print(f"note: {notice}", style="dim", markup=False, highlight=False,
+                              soft_wrap=True)
         cfg = load_config(config, overrides)
         from petrun.cli.dispatch import run_job
         from petrun.train.recipe import Interrupted

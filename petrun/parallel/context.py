@@ -224,6 +224,9 @@ def parallel_context(cfg, world: int, rank: int, mode: str | None = None) -> tup
     kwargs["strategy_ckpt_config"] = {
         "save_file": os.path.join(out, "strategy", f"{stem}_rank_{rank}{ext or '.ckpt'}"),
         "only_trainable_params": only_trainable}
+    load = strat.get("load_file") or par.get("strategy_ckpt_load_file")   # --strategy_load_checkpoint
+    if load:
+        kwargs["strategy_ckpt_config"]["load_file"] = str(load)
     return kwargs, notes
 
 
