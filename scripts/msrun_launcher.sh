@@ -11,8 +11,9 @@
 #
 # Defaults: WORKER_NUM 8, LOCAL_WORKER = WORKER_NUM, MASTER_ADDR 127.0.0.1, MASTER_PORT 8118,
 # NODE_RANK 0, LOG_DIR output/msrun_log, JOIN False, CLUSTER_TIME_OUT 7200.
-# COMMAND is "petrun finetune --config … --use_parallel True" (run as python -m petrun), a
-# script "x.py …", or "python -m module …".
+# COMMAND is "petrun finetune --config … --use_parallel True" (run as python -m petrun),
+# MindFormers' "run_mindformer.py --config … --run_mode finetune …" (run as petrun run: the verb
+# --run_mode names, with run_mindformer.py's flags), a script "x.py …", or "python -m module …".
 # JOIN False (the default) returns at once, like MindFormers: a background supervisor keeps the
 # job, stops every worker if one fails and writes LOG_DIR/launch_status.json at the end. Follow
 # LOG_DIR/worker_0.log. JOIN True waits, echoes rank 0's log and exits with the job's status.

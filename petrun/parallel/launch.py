@@ -8,7 +8,9 @@ the workers: when one dies, the others are stopped at once (msrun takes ~20 s an
 wrong rank) and the launcher exits non-zero naming the rank and the last lines of its log.
 
 Commands: "petrun finetune …" runs as `python -m petrun finetune …` (a console script cannot be
-given to `python` by name); "x.py …" runs as `python x.py …`; "python …" uses this interpreter.
+given to `python` by name); "run_mindformer.py …" (MindFormers' entry, with or without python or a
+folder in front) runs as `python -m petrun run …`, the verb its --run_mode names; "x.py …" runs as
+`python x.py …`; "python …" uses this interpreter.
 Logs: <log_dir>/scheduler.log and worker_<rank>.log; <log_dir>/launch.json lists the processes;
 <log_dir>/launch_status.json holds the outcome once the job ends.
 
@@ -154,7 +156,14 @@ def resolve_command(command: str | list[str]) -> list[str]:
     name = os.path.basename(head)
     if name == "petrun":
         return [sys.executable, "-m", "petrun", *argv[1:]]
-    if name in ("python", "python3") or name.startswith("python3."):
+    is_python = name in ("python", "python3") or name.startswith("python3.")
+    script = argv[1] if is_python and len(argv) > 1 else head
+    if os.path.basename(script) == MF_SCRIPT:
+        # MindFormers' entry, as its documents launch it: petrun's equivalent is `petrun run`.
+        # Anything before the script (python's own options) has no meaning for petrun.
+        rest = argv[argv.index(script) + 1:]
+        return [sys.executable, "-m", "petrun", "run", *_mf_config_path(script, rest)]
+    if is_python:
         return [sys.executable, *argv[1:]]
     if head.endswith(".py"):
         if not os.path.isfile(head):
@@ -162,7 +171,35 @@ def resolve_command(command: str | list[str]) -> list[str]:
                             fix="give the script's path relative to the current folder")
         return [sys.executable, *argv]
     raise UserError(f"cannot launch {head!r}: the workers run Python", key="command",
-                    fix='give "petrun <verb> …", "script.py …" or "python -m module …"')
+                    fix='give "petrun <verb> …", "run_mindformer.py …", "script.py …" or '
+                        '"python -m module …"')
+
+
+MF_SCRIPT = "run_mindformer.py"
+
+
+def _mf_config_path(script: str, args: list[str]) -> list[str]:
+    """run_mindformer.py reads a relative --config against its own folder (not the current
+    one); with a path such as mindformers/run_mindformer.py, do the same when that file exists
+    there. A bare run_mindformer.py sits in the current folder, so nothing changes."""
+    folder = os.path.dirname(script)
+    if not folder:
+        return args
+    out = list(args)
+    for i, word in enumerate(out):
+        name, eq, value = word.partition("=")
+        if name not in ("--config", "-c"):
+            continue
+        if not eq and i + 1 < len(out):
+            value = out[i + 1]
+        if value and not os.path.isabs(value) and os.path.isfile(os.path.join(folder, value)):
+            fixed = os.path.join(folder, value)
+            if eq:
+                out[i] = f"{name}={fixed}"
+            else:
+                out[i + 1] = fixed
+        break
+    return out
 
 
 def msrun_equivalent(spec: LaunchSpec, argv: list[str]) -> list[str]:
