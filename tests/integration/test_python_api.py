@@ -35,3 +35,23 @@ def test_trainer_finetune_then_reload_adapter(tmp_path):
 def test_trainer_rejects_a_pet_method_the_config_does_not_have():
     with pytest.raises(UserError, match="pet_type is 'lora'"):
         petrun.Trainer(config=CONFIG, pet_method="ptuning2")
+
+
+def test_pet_method_alone_gives_the_familys_default_pet_config():
+    """A YAML without pet_config + pet_method: the seed's GPT-2 LoRA (what Trainer(model='gpt2',
+    pet_method='lora') runs too)."""
+    trainer = petrun.Trainer(config=ROOT / "configs" / "gpt2" / "run_gpt2.yaml", pet_method="lora")
+    assert trainer.config.get("model.model_config.pet_config") == {
+        "pet_type": "lora", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.1,
+        "target_modules": ".*dense1|.*dense2|.*dense3"}
+    # MindFormers' positional order: args first
+    assert petrun.Trainer(str(CONFIG)).config.get("model.model_config.pet_config.pet_type") == "lora"
+
+
+def test_mindformers_arguments_petrun_does_not_take_are_refused():
+    with pytest.raises(UserError, match="args and config both give"):
+        petrun.Trainer(args=CONFIG, config=CONFIG)
+    with pytest.raises(UserError, match="(?s)optimizers= is not supported.*optimizer and lr_schedule"):
+        petrun.Trainer(args=CONFIG, optimizers=object())
+    with pytest.raises(UserError, match="model= got a object"):
+        petrun.Trainer(model=object())

@@ -44,6 +44,18 @@ trainer = Trainer(
 trainer.finetune(finetune_checkpoint="glm2_6b")
 '''
 
+# MindFormers' evaluate/predict after the finetune; True = this output_dir's newest adapter
+GPT2_AFTER = '''
+import json
+from petrun import Trainer
+
+trainer = Trainer(task='text_generation', model='gpt2', pet_method='lora', eval_dataset="{data}",
+                  overrides=["model.model_config.do_sample=False"])
+out = trainer.predict(input_data="the quick brown", predict_checkpoint=True, max_length=24)
+print("PREDICT", json.dumps([len(r["ids"]) for r in out["results"]]))
+print("EVAL", json.dumps(trainer.evaluate(eval_checkpoint=True)))
+'''
+
 _WORDS = ("the quick brown fox jumps over the lazy dog game development began in japan and "
           "was praised by critics").split()
 
@@ -112,6 +124,15 @@ def test_gpt2_lora_seed_snippet(tmp_path, store_env):
             p = f"backbone.blocks.{i}.attention.{d}.mindpet_delta_lora_"
             want[p + "a"], want[p + "b"] = (8, H), (H, 8)
     assert _adapter(work) == want
+
+    r = _run_seed(GPT2_AFTER.format(data=data), work, store_env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("loaded 12 lora tensors from output/checkpoint/rank_0") == 2
+    line = lambda tag: json.loads(next(x for x in r.stdout.splitlines() if x.startswith(tag))[len(tag):])
+    [new_tokens] = line("PREDICT ")
+    assert 0 < new_tokens <= 24
+    result = line("EVAL ")
+    assert result["samples"] > 0 and abs(result["perplexity"] - 2.718281828 ** result["loss"]) < 1e-6 * result["perplexity"]
 
 
 def test_glm2_ptuning2_seed_snippet(tmp_path, store_env):
