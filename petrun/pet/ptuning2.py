@@ -10,6 +10,7 @@ Parameters (MindFormers' names; GLM2 adds the `prefix_encoder.` parent of ChatGL
     with prefix_projection:
     mindpet_delta_ptuning2_trans.0.weight [projection_dim, W]   .0.bias [projection_dim]
     mindpet_delta_ptuning2_trans.2.weight [W, projection_dim]   .2.bias [W]
+    (GLM2: prefix_encoder.mindpet_delta_ptuning2_dense_in.* / _dense_out.*, see virtual.py)
 W = 2·num_layers·n_kv_heads·head_dim (ChatGLM2-6B: 28·2·2·128 = 14336).
 Trainable count: pre_seq_len·W, plus 2·W·projection_dim + projection_dim + W with the projection.
 Not mergeable: the prefix is extra attention slots, not a weight update.

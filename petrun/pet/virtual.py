@@ -147,9 +147,20 @@ class PrefixModel(PromptLearningModel):
         return self.pet_model.decode(*args, **kwargs)
 
 
+# MindFormers' ChatGLM2WithPtuning2 adopts its encoder as `prefix_encoder`, and MindSpore re-names
+# an adopted cell's parameters by the first attribute that reaches each one: the MLP's Dense layers
+# are reached as dense_in/dense_out before trans.0/trans.2 (Llama's Ptuning2Model adopts with
+# auto_prefix=False, so there the SequentialCell path stays). Checked by tests/oracle.
+ADOPTED_MLP = {"trans.0.": "dense_in.", "trans.2.": "dense_out."}
+
+
 def name_encoder(encoder, pet_type: str, prefix: str = "") -> None:
     """`<prefix>mindpet_delta_<pet_type>_<attribute path>` for every encoder parameter."""
     for path, param in encoder.parameters_and_names():
+        if prefix:
+            for old, new in ADOPTED_MLP.items():
+                if path.startswith(old):
+                    path = new + path[len(old):]
         param.name = f"{prefix}mindpet_delta_{pet_type}_{path}"
 
 

@@ -226,13 +226,15 @@ def _prefix(name, tokens, mlp, specs, dims, arch):
     width = 2 * dims.num_layers * dims.kv_heads * dims.head_dim
     dtype = _param_dtype(specs)
     # ChatGLM2's encoder sits under `prefix_encoder.`, as in MindFormers' ChatGLM2WithPtuning2.
-    p = ("prefix_encoder." if arch.startswith("ChatGLM2") else "") + f"mindpet_delta_{name}"
+    glm2 = arch.startswith("ChatGLM2")
+    p = ("prefix_encoder." if glm2 else "") + f"mindpet_delta_{name}"
     added = {f"{p}_embedding.embedding_table": ParamSpec((tokens, width), dtype, "embedding")}
-    if mlp:
-        added[f"{p}_trans.0.weight"] = ParamSpec((mlp, width), dtype, "encoder")
-        added[f"{p}_trans.0.bias"] = ParamSpec((mlp,), dtype, "bias")
-        added[f"{p}_trans.2.weight"] = ParamSpec((width, mlp), dtype, "encoder")
-        added[f"{p}_trans.2.bias"] = ParamSpec((width,), dtype, "bias")
+    if mlp:   # MLP names: petrun/pet/virtual.py ADOPTED_MLP
+        first, second = ("dense_in", "dense_out") if glm2 else ("trans.0", "trans.2")
+        added[f"{p}_{first}.weight"] = ParamSpec((mlp, width), dtype, "encoder")
+        added[f"{p}_{first}.bias"] = ParamSpec((mlp,), dtype, "bias")
+        added[f"{p}_{second}.weight"] = ParamSpec((width, mlp), dtype, "encoder")
+        added[f"{p}_{second}.bias"] = ParamSpec((width,), dtype, "bias")
     return added, [], {"prefix_tokens": tokens}
 
 
