@@ -81,7 +81,28 @@ class Checkpoint:
                 return f"its {role} file {path} has {size} bytes, the manifest says {entry['bytes']}"
             if sha256_file(path) != entry["sha256"]:
                 return f"its {role} file {path} does not match the SHA-256 in its manifest"
+        # petrun refuses to save inf/NaN weights and says so in the manifest; checkpoints from
+        # before that rule are scanned (one read of the adapter, like the SHA-256 above).
+        if not self.manifest.get("finite") and self.adapter.is_file():
+            bad = nonfinite_in_file(self.adapter)
+            if bad:
+                return (f"its weights {self.adapter} hold {bad} inf/NaN values (saved after an "
+                        "update that diverged)")
         return None
+
+
+def nonfinite_in_file(path: Path) -> int:
+    """inf/NaN values in the floating-point tensors of a .ckpt, read one tensor at a time."""
+    import numpy as np
+
+    from petrun.ckpt.stream import FLOATS, CkptReader, cast
+    bad = 0
+    with CkptReader(path) as reader:
+        for name, info in reader.infos.items():
+            if info.dtype in FLOATS:
+                values, _ = cast(reader.read(name), info.dtype, "float32")
+                bad += int(np.count_nonzero(~np.isfinite(values)))
+    return bad
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -186,6 +207,10 @@ class CheckpointFolder:
         write_text_atomic(self.path / f"{stem}.json", json.dumps(manifest, indent=1) + "\n")
         write_text_atomic(self.path / LATEST, stem + "\n")
         return Checkpoint(self.path, stem, manifest)
+
+    def point_latest(self, stem: str) -> None:
+        """Make `stem` the checkpoint a resume or an --adapter folder picks."""
+        write_text_atomic(self.path / LATEST, stem + "\n")
 
     def prune(self, keep: int, run_id: str) -> list[str]:
         """keep_checkpoint_max: delete this run's checkpoints beyond the newest `keep`.

@@ -36,6 +36,18 @@ from petrun.config import Config
 from petrun.errors import UserError
 
 log = logging.getLogger("petrun")
+# Steps in a row with a gradient norm of exactly 0 that mean training has collapsed.
+COLLAPSE_STEPS = 3
+
+
+def nonfinite_count(params) -> int:
+    """inf/NaN values in MindSpore Parameters (cast to fp32 first: numpy has no bfloat16)."""
+    import mindspore as ms
+    bad = 0
+    for p in params:
+        value = p.value() if p.dtype in (ms.float32, ms.float64) else p.value().astype(ms.float32)
+        bad += int(np.count_nonzero(~np.isfinite(value.asnumpy())))
+    return bad
 
 # Train-cell parameters that are not resume state: the lr schedule array is rebuilt from the
 # config, and accumulation buffers are zero at every optimizer-step boundary (where we save).
@@ -137,13 +149,18 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> dict:
-        self.setup_runtime()
-        self.setup_data()
-        self.setup_model()
-        self.setup_optimizer()
-        self.restore()
-        self.record_run()
-        self.train()
+        self.lock = None
+        try:
+            self.setup_runtime()
+            self.setup_data()
+            self.setup_model()
+            self.setup_optimizer()
+            self.restore()
+            self.record_run()
+            self.train()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
         return self.summary
 
     def say(self, text: str) -> None:
@@ -181,6 +198,9 @@ class FinetuneRecipe:
                 raise UserError(f"cannot create {d} ({e.strerror})", key="output_dir",
                                 file=cfg.origin("output_dir"),
                                 fix="choose a writable output_dir (--output_dir DIR)") from None
+        # Before anything in the folder is touched: a second run into it stops here.
+        from petrun.ckpt.lock import RunLock
+        self.lock = RunLock(self.output_dir, self.rank).acquire(origin=cfg.origin("output_dir"))
         self.store = CheckpointFolder(self.ckpt_dir)
         self.store.remove_leftovers()  # temporary files of a save that was killed midway
         resume = cfg.get("resume_training")
@@ -597,11 +617,12 @@ class FinetuneRecipe:
             return
         every = int(_callback(cfg, "MFLossMonitor").get("per_print_times") or 1)
         progress = Progress(self.console, self.total_steps, every=every, enabled=self.rank == 0)
-        metrics = MetricsLog(self.log_dir / "metrics.jsonl")
+        metrics = MetricsLog(self.log_dir / "metrics.jsonl", run_id=self.run_id,
+                             resume_step=self.start_step if self.resume_from else None)
         if self.resume_from is not None:
-            # Records after this line supersede the killed run's records for the same steps.
             metrics.write({"event": "resume", "step": self.start_step,
                            "checkpoint": str(self.resume_from.adapter)})
+        zero_norm_since = None   # first step of a run of steps with gradient norm exactly 0
         token_counts: list[int] = []
         step, times, start = self.start_step, [], time.perf_counter()
         epoch = step_in_epoch = 0
@@ -633,10 +654,12 @@ class FinetuneRecipe:
                         self.scale = scale
                         if not np.isfinite(loss) or (overflow and not self.skips_overflow):
                             raise UserError(f"loss {loss}, gradient norm {norm} at step {step}: training "
-                                            "diverged (no checkpoint written for this step)",
+                                            f"diverged (no checkpoint written for this step); "
+                                            f"{self._step_back_from(step - 1)}",
                                             key="lr_schedule.learning_rate",
                                             fix="lower the learning rate, enable use_clip_grad, or use "
-                                                "a dynamic loss scale for float16")
+                                                "a dynamic loss scale for float16; --resume continues "
+                                                "from `latest`")
                         lr = float(self.lr[min(step - 1, len(self.lr) - 1)])
                         self.summary["losses"].append(loss)
                         progress.update(step, epoch, loss, lr, step_tokens / dt, norm, overflow)
@@ -646,6 +669,9 @@ class FinetuneRecipe:
                                        "tokens": step_tokens,
                                        "tokens_per_second": round(step_tokens / dt, 1),
                                        "elapsed_s": round(time.perf_counter() - start, 2)})
+                        zero_norm_since = (zero_norm_since or step) if norm == 0.0 else None
+                        if zero_norm_since is not None and step - zero_norm_since + 1 >= COLLAPSE_STEPS:
+                            self._collapsed(zero_norm_since, step, loss)
                         if save_every and step % save_every == 0:
                             self.save(epoch, step_in_epoch, step)
                         epoch_end = step_in_epoch == self.steps_per_epoch
@@ -706,6 +732,36 @@ class FinetuneRecipe:
         self.summary["memory"] = rec
         return rec
 
+    def _step_back_from(self, bad_step: int) -> str:
+        """The parameters after `bad_step` are poisoned (the next forward pass was non-finite,
+        or they hold inf/NaN): point `latest` at the newest checkpoint of this run saved before
+        them, so --resume, predict and eval never pick them up. Returns what was done, in words."""
+        mine = [c for c in self.store.checkpoints() if c.manifest.get("run_id") == self.run_id]
+        good = [c for c in mine if c.step < bad_step]
+        if not any(c.step >= bad_step for c in mine):
+            return (f"the newest checkpoint (step {good[0].step}) is intact and stays `latest`"
+                    if good else "no checkpoint was saved yet")
+        if not good:
+            return (f"the checkpoints of steps >= {bad_step} hold the diverged parameters and no "
+                    "checkpoint of this run predates them")
+        self.store.point_latest(good[0].stem)
+        return (f"the checkpoints of steps >= {bad_step} hold the diverged parameters, so `latest` "
+                f"now points at step {good[0].step}: {good[0].adapter}")
+
+    def _collapsed(self, since: int, step: int, loss: float) -> None:
+        """Gradients exactly zero step after step: the update saturated the model (e.g. an lr
+        far too high) and nothing trains any more, while the loss and exit code look normal.
+        Stop, and point `latest` back at the newest checkpoint saved before the collapse."""
+        # The zero gradients of step `since` were computed on the parameters after step
+        # since - 1: those are already collapsed.
+        raise UserError(f"training collapsed: the gradient norm is exactly 0 at every step since "
+                        f"step {since} (now {step}) and the loss is stuck at {loss:.4f}; nothing "
+                        f"trains any more; {self._step_back_from(since - 1)}",
+                        key="lr_schedule.learning_rate",
+                        file=self.cfg.origin("lr_schedule.learning_rate"),
+                        fix="lower the learning rate (and keep use_clip_grad on), then start again "
+                            "or --resume from a checkpoint before the collapse")
+
     # ------------------------------------------------------------------ save
     def save(self, epoch: int, step_in_epoch: int, step: int) -> Path:
         """One checkpoint (ckpt/store.py): <prefix>_rank_<r>-<epoch>_<step>.ckpt with the adapter in
@@ -714,6 +770,25 @@ class FinetuneRecipe:
         from petrun.ckpt.store import checkpoint_stem
         from petrun.ckpt.run_manifest import versions
         stem = checkpoint_stem(self.prefix, self.rank, epoch, step_in_epoch)
+        kept = (f"the newest checkpoint (step {self.last_saved_step}) is intact"
+                if self.last_saved_step is not None else "no checkpoint was saved yet")
+        bad = nonfinite_count(self.trainable)
+        if bad:
+            raise UserError(f"after step {step} the trained parameters hold {bad} inf/NaN values: "
+                            f"the last update diverged, so this checkpoint was not saved; "
+                            f"{self._step_back_from(step)}",
+                            key="lr_schedule.learning_rate",
+                            file=self.cfg.origin("lr_schedule.learning_rate"),
+                            fix="lower the learning rate (and keep use_clip_grad on); --resume "
+                                "continues from the intact checkpoint")
+        if not self.ckpt_dir.is_dir():
+            self.warn(f"the checkpoint folder {self.ckpt_dir} was deleted while this run was "
+                      "writing into it: its earlier checkpoints and config.yaml are gone. "
+                      "Recreating it (with config.yaml) for the checkpoints from step "
+                      f"{step} on.")
+            from petrun.ckpt.io import write_text_atomic
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.ckpt_dir / "config.yaml", self.cfg.to_yaml())
         manifest = {
             "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
             "batches_in_epoch": step_in_epoch * self.accum,
@@ -726,13 +801,12 @@ class FinetuneRecipe:
                      "order_sha256": self._order_digest(epoch)},
             "rng": self._capture_rng(), "versions": versions(),
             "config_hash": self.cfg.hash(), "config": json.loads(json.dumps(self.cfg.data, default=str)),
+            "finite": True,
         }
         try:
             ckpt = self.store.save(stem, adapter=self.trainable, state=self.state_params(),
                                    append={"epoch_num": epoch, "step_num": step}, manifest=manifest)
         except UserError as e:
-            kept = (f"the newest checkpoint (step {self.last_saved_step}) is intact"
-                    if self.last_saved_step is not None else "no checkpoint was saved yet")
             raise UserError(f"checkpoint of step {step} not saved: {e.message}; {kept}",
                             file=e.file, key=e.key, fix=e.fix) from None
         self.last_saved_step = step
