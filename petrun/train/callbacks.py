@@ -14,15 +14,20 @@ def _fmt_time(seconds: float) -> str:
 
 
 class MetricsLog:
-    """One JSON object per optimizer step (field names close to LLaMA-Factory's trainer_log).
+    """One JSON object per optimizer step (field names close to LLaMA-Factory's trainer_log),
+    each tagged with the run's id so runs that share an output_dir can be told apart.
 
-    A resumed run appends {"event": "resume", "step": N, ...} and then its own records: for a
-    step that appears twice (trained again after a crash), the later record is the one that counts.
+    A resumed run (resume_step N) first drops the records of steps after N that the interrupted
+    run wrote (they are trained again), so the file keeps one record per step; then it appends
+    {"event": "resume", "step": N, ...} and its own records.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, run_id: str | None = None, resume_step: int | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.run_id = run_id
+        if resume_step is not None and path.is_file():
+            self._drop_after(resume_step)
         self.f = open(path, "a", encoding="utf-8")
         # A run killed mid-write leaves a partial last line; start ours on a line of its own.
         if self.f.tell():
@@ -31,7 +36,24 @@ class MetricsLog:
                 if tail.read(1) != b"\n":
                     self.f.write("\n")
 
+    def _drop_after(self, step: int) -> None:
+        from petrun.ckpt.io import atomic_file
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue   # the partial last line of a killed run
+            mine = self.run_id is None or record.get("run_id") in (None, self.run_id)
+            if mine and isinstance(record.get("step"), int) and record["step"] > step:
+                continue
+            kept.append(line)
+        with atomic_file(self.path, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in kept))
+
     def write(self, record: dict) -> None:
+        if self.run_id is not None:
+            record = {**record, "run_id": self.run_id}
         self.f.write(json.dumps(record) + "\n")
         self.f.flush()
 
