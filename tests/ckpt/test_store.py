@@ -87,6 +87,21 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(folder, damage, rol
     assert str(getattr(newest, role)) in str(e.value)
 
 
+def test_a_checkpoint_with_inf_weights_is_passed_over(folder):
+    """A checkpoint written before petrun refused to save inf/NaN weights (no "finite" mark in
+    its manifest, files intact): resume and --adapter folders skip it, saying why."""
+    _save(folder, 2)
+    adapter, state = _params(4)
+    bad = adapter[0].asnumpy()
+    bad[0, 0], bad[1, 2] = np.inf, np.nan
+    adapter[0].set_data(Tensor(bad))
+    folder.save(checkpoint_stem("tiny", 0, 1, 4), adapter=adapter, state=state,
+                append={"epoch_num": 1, "step_num": 4}, manifest={"step": 4, "epoch": 1, "run_id": "a"})
+    warnings = []
+    assert folder.newest_intact(warnings.append).step == 2
+    assert len(warnings) == 1 and "tiny_rank_0-1_4" in warnings[0] and "2 inf/NaN values" in warnings[0]
+
+
 def test_latest_naming_a_missing_manifest_falls_back(folder):
     _save(folder, 2)
     newest = _save(folder, 4)

@@ -115,6 +115,9 @@ def _resume_and_compare(out: Path, data: Path, baseline: dict) -> str:
     assert "Traceback" not in text
     got, want = _losses(out), baseline["losses"]
     assert sorted(got) == sorted(want), text
+    # The steps the killed run wrote and the resumed run trained again are not listed twice.
+    steps = [r["step"] for r in _records(out) if "loss" in r]
+    assert len(steps) == len(set(steps)), steps
     worst = max(abs(got[s] - want[s]) for s in want)
     assert worst <= 1e-6, {s: (got[s], want[s]) for s in want}
     adapter = _adapter(out)
@@ -128,18 +131,22 @@ def _resume_and_compare(out: Path, data: Path, baseline: dict) -> str:
                                   pytest.param(2, marks=pytest.mark.slow)])
 def test_kill_9_at_a_random_point_then_resume_matches_the_uninterrupted_run(tmp_path, data, baseline, seed):
     rng = random.Random(seed)
-    after_step = rng.randint(1, STEPS - 3)
+    after_step = rng.randint(2, STEPS - 3)   # checkpoints every 2 steps: at least one is saved
     delay = rng.random() * baseline["step_time"] * 1.5   # anywhere in the next step, or its save
     proc = _start(tmp_path, data, baseline["env"])
-    _wait_for(proc, lambda: max(_losses(tmp_path), default=0) >= after_step, f"step {after_step}")
+    _wait_for(proc, lambda: max(_losses(tmp_path), default=0) >= after_step
+              and (tmp_path / "checkpoint" / "rank_0" / "latest").exists(),
+              f"step {after_step} and a saved checkpoint")
     time.sleep(delay)
     proc.kill()
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     killed_at = max(_losses(tmp_path), default=0)
     assert killed_at < STEPS, "the run finished before the kill; pick an earlier point"
+    saved = json.loads((tmp_path / "checkpoint" / "rank_0" / f"{_latest(tmp_path)}.json")
+                       .read_text())["step"]
     text = _resume_and_compare(tmp_path, data, baseline)
-    assert "resumed from" in text or "starting from step 0" in text
+    assert f"(step {saved}, epoch" in text and "starting from step 0" not in text
 
 
 def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tmp_path, data, baseline):
