@@ -35,7 +35,8 @@ PREFIX_BUFFER = re.compile(r"(^|\.)mindpet_delta_(ptuning2|prefixtuning)_prefix$
 BUFFER_REASON = (
     "MindFormers 1.3.2's prefix encoders keep the prefix token ids arange(pre_seq_len) as a "
     "non-trainable Parameter (mindpet_delta_{ptuning2,prefixtuning}_prefix, [pre_seq_len]), so it "
-    "is in every checkpoint MindFormers saves; petrun's model has no such parameter")
+    "is in MindFormers' whole-network checkpoints (its CheckpointMonitor default); petrun's model "
+    "has no such parameter")
 GQA_REASON = (
     "with n_kv_heads < num_heads MindFormers 1.3.2 sizes the prefix table by num_heads "
     "(2*L*num_heads*head_dim wide), petrun by n_kv_heads; MindFormers' Llama then reshapes it to "
