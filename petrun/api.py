@@ -70,7 +70,7 @@ def load_checkpoint(model, path: str | Path, strict: bool = True, *, allow_missi
     may be missing from a base checkpoint (a fresh PET run starts from the base alone); an
     adapter-only file must carry every adapter parameter of the model.
     """
-    from petrun.ckpt.io import load_into
+    from petrun.ckpt.load import load_into
     from petrun.pet import after_load
     from petrun.pet.virtual import explain_shape_mismatch
     try:

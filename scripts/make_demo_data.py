@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from petrun.ckpt.io import write_bytes_atomic  # noqa: E402
+from petrun.atomic import write_bytes_atomic  # noqa: E402
 from petrun.data import alpaca  # noqa: E402
 from petrun.data.mindrecord import write_jsonl  # noqa: E402
 from petrun.data.sp_train import train_sentencepiece  # noqa: E402

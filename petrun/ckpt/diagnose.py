@@ -1,7 +1,7 @@
 """Why a checkpoint does not fit a model, in the user's terms: Hugging Face names, another model
 family, another PET method, other pet_config values, or another model size.
 
-Pre-flight (names and shapes from the file's index) and ckpt.io.load_into (the loaded file) both
+Pre-flight (names and shapes from the file's index) and ckpt.load.load_into (the loaded file) both
 ask here, so a mismatch gets the same advice before and after the model is built. Pure Python.
 """
 from __future__ import annotations

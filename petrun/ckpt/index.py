@@ -209,7 +209,7 @@ def read_index(path: str | os.PathLike, key: str = "load_checkpoint") -> dict[st
 def checkpoint_index(path: str | os.PathLike, key: str = "load_checkpoint",
                      fmt: str | None = None) -> tuple[dict[str, TensorInfo], list[Path]]:
     """The merged index of what `load_checkpoint` names (a file, or a folder of files) and the
-    files it read. A folder follows petrun.ckpt.io.checkpoint_files; fmt "safetensors" reads the
+    files it read. A folder follows petrun.ckpt.load.checkpoint_files; fmt "safetensors" reads the
     folder's .safetensors files instead."""
     p = Path(path)
     if p.is_dir() and fmt == "safetensors":
@@ -219,7 +219,7 @@ def checkpoint_index(path: str | os.PathLike, key: str = "load_checkpoint",
             raise UserError("no .safetensors files in this folder", file=str(p), key=key,
                             fix="point load_checkpoint at a file, or set load_ckpt_format: ckpt")
     else:
-        from petrun.ckpt.io import checkpoint_files  # no MindSpore import at module level
+        from petrun.ckpt.load import checkpoint_files  # no MindSpore import at module level
         files = checkpoint_files(p, key)
     merged: dict[str, TensorInfo] = {}
     for f in files:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from petrun.ckpt import stream
-from petrun.ckpt.io import checkpoint_files, is_training_state, refuse_existing
+from petrun.ckpt.io import is_training_state, refuse_existing
+from petrun.ckpt.load import checkpoint_files
 from petrun.ckpt.peft_format import pet_side, read_adapter
 from petrun.errors import UserError
 

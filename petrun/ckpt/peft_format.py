@@ -44,7 +44,8 @@ from typing import Callable
 import numpy as np
 
 from petrun.ckpt import stream
-from petrun.ckpt.io import checkpoint_files, refuse_existing
+from petrun.ckpt.io import refuse_existing
+from petrun.ckpt.load import checkpoint_files
 from petrun.errors import UserError
 
 LAYER_PREFIX = "base_model.model."

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from petrun.ckpt.io import write_text_atomic
+from petrun.atomic import write_text_atomic
 
 NAME = "run_manifest.json"
 FORMAT = "petrun.run/1"

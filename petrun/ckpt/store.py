@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from petrun.ckpt.io import (describe_file, fsync_dir, is_leftover_tmp, save_params, sha256_file,
-                            write_error, write_text_atomic)
+from petrun.atomic import (describe_file, fsync_dir, is_leftover_tmp, sha256_file, write_error,
+                           write_text_atomic)
+from petrun.ckpt.io import save_params
 from petrun.errors import UserError
 
 MANIFEST_FORMAT = "petrun.checkpoint/1"

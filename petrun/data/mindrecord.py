@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from petrun.ckpt.io import atomic_file
+from petrun.atomic import atomic_file
 
 DEFAULT_COLUMNS = ("input_ids", "labels")
 # MindFormers' dataset walk: data files end in "mindrecord" plus an optional shard number.

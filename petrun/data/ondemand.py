@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from petrun.ckpt.io import atomic_file
+from petrun.atomic import atomic_file
 from petrun.data.tokenizer import load_tokenizer
 
 CACHE_VERSION = 1   # bump when the tokenized output of the same inputs changes

@@ -68,7 +68,7 @@ def train_tokenizer_file(corpus: str, output: str, vocab_size: int, *,
 
     Returns (path written, number of training strings).
     """
-    from petrun.ckpt.io import write_bytes_atomic
+    from petrun.atomic import write_bytes_atomic
 
     if os.path.isdir(corpus):
         raise UserError("is a directory, not a corpus file", file=corpus, key="--input",

@@ -376,7 +376,7 @@ def _write_yaml(path: Path, name: str, doc: dict) -> None:
 
 def _commit(tmp: Path, final: Path) -> None:
     """Rename tmp into place; an old entry is moved aside first and removed only afterwards."""
-    from petrun.ckpt.io import fsync_dir
+    from petrun.atomic import fsync_dir
     old = None
     if final.exists():
         old = final.with_name(f"{_TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}")

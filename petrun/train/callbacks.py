@@ -37,7 +37,7 @@ class MetricsLog:
                     self.f.write("\n")
 
     def _drop_after(self, step: int) -> None:
-        from petrun.ckpt.io import atomic_file
+        from petrun.atomic import atomic_file
         kept = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:

@@ -253,7 +253,7 @@ class FinetuneRecipe:
         return same[0]
 
     def setup_data(self) -> None:
-        from petrun.ckpt.io import describe_file
+        from petrun.atomic import describe_file
         from petrun.data.loader import open_dataset
         from petrun.data.ondemand import RawText
         from petrun.parallel.context import data_shard
@@ -573,7 +573,8 @@ class FinetuneRecipe:
     # ------------------------------------------------------------------ run manifest
     def record_run(self) -> None:
         """Written only once everything checked out, so a refused start changes no file."""
-        from petrun.ckpt.io import checkpoint_files, describe_file, write_text_atomic
+        from petrun.atomic import describe_file, write_text_atomic
+        from petrun.ckpt.load import checkpoint_files
         from petrun.ckpt.run_manifest import record_invocation
         cfg = self.cfg
         # The resolved config travels with the checkpoints it produces (each manifest has it too).
@@ -786,7 +787,7 @@ class FinetuneRecipe:
                       "writing into it: its earlier checkpoints and config.yaml are gone. "
                       "Recreating it (with config.yaml) for the checkpoints from step "
                       f"{step} on.")
-            from petrun.ckpt.io import write_text_atomic
+            from petrun.atomic import write_text_atomic
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.ckpt_dir / "config.yaml", self.cfg.to_yaml())
         manifest = {

@@ -301,7 +301,7 @@ def test_reverse_refuses_a_folder_with_other_weights(tmp_path):
 
 
 def _leftovers(folder):
-    from petrun.ckpt.io import is_leftover_tmp
+    from petrun.atomic import is_leftover_tmp
     return [p.name for p in folder.rglob("*") if is_leftover_tmp(p.name) or p.suffix == ".tmp"]
 
 

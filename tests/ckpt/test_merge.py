@@ -126,7 +126,7 @@ def run_folder(tmp_path, net):
 
 
 def leftovers(folder):
-    from petrun.ckpt.io import is_leftover_tmp
+    from petrun.atomic import is_leftover_tmp
     return [p.name for p in folder.rglob("*") if is_leftover_tmp(p.name) or p.suffix == ".tmp"]
 
 

@@ -13,7 +13,8 @@ import pytest
 import mindspore as ms
 from mindspore import Parameter, Tensor
 
-from petrun.ckpt.io import checkpoint_files, read_checkpoint, sha256_file
+from petrun.atomic import sha256_file
+from petrun.ckpt.load import checkpoint_files, read_checkpoint
 from petrun.ckpt.store import (LATEST, STATE_DIR, CheckpointFolder, checkpoint_stem,
                                find_resume_checkpoint)
 from petrun.errors import UserError
