@@ -354,6 +354,7 @@ def _export_prompt(side: PetSide, arrays: dict) -> tuple[dict, dict]:
     out = encoder_output(side, arrays)
     heads = getattr(side.mc, "num_heads", None) or getattr(side.mc, "num_attention_heads", None)
     if side.pet_type in ("ptuning2", "prefixtuning"):
+        out = _prefix_as_peft_cache(side, fam, out)
         config = {"peft_type": "PREFIX_TUNING", "prefix_projection": False,
                   "encoder_hidden_size": fam.hidden,
                   **_prompt_common(side, out.shape[0], fam.kv_heads * fam.head_dim, fam.kv_heads)}
@@ -369,6 +370,54 @@ def _export_prompt(side: PetSide, arrays: dict) -> tuple[dict, dict]:
                   "encoder_num_layers": p.encoder_num_layers, "encoder_dropout": p.encoder_dropout,
                   **_prompt_common(side, out.shape[0], fam.hidden, heads)}
     return {PROMPT_KEY: out}, config
+
+
+def _prefix_as_peft_cache(side: PetSide, fam, out: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """petrun's prefix [P, W] as the cache PEFT hands the transformers model (`inverse`: PEFT's
+    prompt_embeddings back to petrun's prefix, keys rotated by -P).
+
+    PEFT passes the prefix as past_key_values, so transformers numbers the real tokens P, P+1, ...
+    (cache positions after the prefix); petrun and MindFormers number them 0, 1, ... and put no
+    RoPE on prefix keys. Rotary scores depend on position differences only, so between real tokens
+    the shift changes nothing; a prefix key k meets a query rotated by i in petrun and by i+P in
+    transformers: storing R(P)·k makes R(i+P)q·R(P)k = R(i)q·k, exactly petrun's score. Values and
+    the layout ([layer 0 keys | layer 0 values | ...], heads outer: PEFT's view/permute) are the
+    same. GPT-2's learned positions are added to the input, where no prefix can undo the shift.
+    """
+    if fam.name == "gpt2":
+        raise UserError(
+            f"a GPT-2 {side.pet_type} adapter has no faithful "
+            f"{'petrun' if inverse else 'PEFT'} form: PEFT feeds the prefix "
+            "as past_key_values, so transformers' GPT-2 gives the real tokens learned positions "
+            f"P, P+1, ... (P = {out.shape[0]}) where petrun and MindFormers use 0, 1, ...; the "
+            "logits would differ", key="model.model_config.pet_config.pet_type",
+            fix="keep the petrun/MindFormers adapter checkpoint, or use LoRA or IA3 for GPT-2")
+    from mindspore import Tensor
+
+    p, layers, kv, d = out.shape[0], fam.num_layers, fam.kv_heads, fam.head_dim
+    x = out.reshape(p, layers, 2, kv, d).copy()
+    keys = np.ascontiguousarray(x[:, :, 0].transpose(1, 2, 0, 3))   # (L, kv, P, D) as BNSD
+    cos, sin, rotate = _rotation_at(side, fam, p)
+    rotated = rotate(Tensor(keys), Tensor(cos), Tensor(-sin if inverse else sin)).asnumpy()
+    x[:, :, 0] = rotated.transpose(2, 0, 1, 3)
+    return x.reshape(p, -1)
+
+
+def _rotation_at(side: PetSide, fam, position: int):
+    """cos, sin (1, 1, 1, rot) of `position` from the model's own tables, and its rotary cell."""
+    from petrun.models import glm2, layers
+
+    c = side.model.pet_model.config
+    if fam.name == "llama2":
+        cos, sin = layers.rope_tables(c.head_dim, position + 1, c.theta, c.extend_method,
+                                      c.scaling_factor)
+        rotate = layers.ApplyRotary()
+    else:
+        cos, sin = glm2.glm2_rope_tables(c.head_dim // 2, position + 1,
+                                         10000.0 * float(c.rope_ratio))
+        rotate = glm2.InterleavedRotary()
+    return (cos[position].reshape(1, 1, 1, -1).astype(np.float32),
+            sin[position].reshape(1, 1, 1, -1).astype(np.float32), rotate)
 
 
 _EXPORTERS: dict[str, Callable] = {"lora": _export_lora, "ia3": _export_ia3,
@@ -402,8 +451,8 @@ def export_peft(config, adapter: str | Path, dst: str | Path,
                    "revision": None, "inference_mode": True, "auto_mapping": None, **body}
     notes = []
     if side.pet_type in ("ptuning2", "prefixtuning"):
-        notes.append("PEFT numbers the real tokens after the prefix (positions P, P+1, ...) while "
-                     "MindFormers and petrun start at 0, so PEFT's logits differ from petrun's")
+        notes.append("prefix keys are stored rotated by position P: PEFT numbers the real tokens "
+                     "after the prefix, petrun from 0 (same logits; see _prefix_as_peft_cache)")
     if side.pet_type in ("ptuning", "prefixtuning") or getattr(side.pet, "prefix_projection", False):
         notes.append("PEFT keeps the encoder's output only: continue training in PEFT as prompt "
                      "embeddings, or keep the petrun checkpoint to train the encoder further")
@@ -665,6 +714,10 @@ def _import_prompt(side: PetSide, config: dict, arrays: dict, where: str) -> dic
               "output); petrun loads them as prompt tuning",
               f"import with pet_config {{pet_type: prompt_tuning, num_virtual_tokens: "
               f"{table.shape[0]}}}")
+    if peft_type == "PREFIX_TUNING":
+        from petrun.pet.virtual import family_of
+
+        table = _prefix_as_peft_cache(side, family_of(side.model.pet_model), table, inverse=True)
     (name,) = [n for n in names if n.endswith("embedding.embedding_table")]
     return {name: table}
 

@@ -1,6 +1,9 @@
 """HF PEFT interop on Llama2: petrun adapters exported to PEFT's format load with PeftModel onto
 the transformers model made from the same base weights and give petrun's logits (≤1e-4); adapters
-made by PEFT import into petrun with PEFT's logits. LoRA, IA3 and prompt tuning.
+made by PEFT import into petrun with PEFT's logits. LoRA, IA3, prompt tuning, P-tuning (MLP and
+LSTM encoders: exported as their output) and the prefix methods (P-Tuning v2 with and without the
+projection MLP, prefix tuning: prefix keys stored rotated by position P, as PEFT numbers the real
+tokens after the prefix).
 Needs the parity extra (torch, transformers, peft)."""
 import json
 
@@ -34,6 +37,16 @@ LORA = {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0
 IA3 = {"pet_type": "ia3", "target_modules": ".*wk|.*wv|.*w2", "feedforward_modules": ".*w2"}
 PROMPT = {"pet_type": "prompt_tuning", "num_virtual_tokens": 5}
 P = PROMPT["num_virtual_tokens"]
+PTUNING_MLP = {"pet_type": "ptuning", "num_virtual_tokens": P, "encoder_reparameterization_type":
+               "MLP", "encoder_hidden_size": 24, "encoder_dropout": 0.0}
+PTUNING_LSTM = {**PTUNING_MLP, "encoder_reparameterization_type": "LSTM"}
+PTUNING2 = {"pet_type": "ptuning2", "pre_seq_len": P, "prefix_projection": False,
+            "dropout_prob": 0.0}
+PTUNING2_MLP = {**PTUNING2, "prefix_projection": True, "projection_dim": 24}
+PREFIX = {"pet_type": "prefixtuning", "prefix_token_num": P, "mid_dim": 24, "dropout_rate": 0.0}
+EXPORTED = {"lora": LORA, "ia3": IA3, "prompt_tuning": PROMPT, "ptuning-mlp": PTUNING_MLP,
+            "ptuning-lstm": PTUNING_LSTM, "ptuning2": PTUNING2, "ptuning2-projection": PTUNING2_MLP,
+            "prefixtuning": PREFIX}
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +113,7 @@ def peft_logits(model, ids):
 IDS = ph.random_ids(VOCAB, 2, 12, seed=7)
 
 
-@pytest.mark.parametrize("pet_config", [LORA, IA3, PROMPT], ids=["lora", "ia3", "prompt_tuning"])
+@pytest.mark.parametrize("pet_config", list(EXPORTED.values()), ids=list(EXPORTED))
 def test_petrun_adapter_loads_in_peft_with_the_same_logits(base, tmp_path, pet_config):
     yaml_path = petrun_yaml(tmp_path, pet_config, "pet")
     net = petrun_model(yaml_path, base)
@@ -133,9 +146,19 @@ def _peft_prompt():
     return peft.PromptTuningConfig(num_virtual_tokens=P, task_type="CAUSAL_LM")
 
 
+def _peft_ptuning():
+    return peft.PromptEncoderConfig(num_virtual_tokens=P, encoder_hidden_size=24,
+                                    task_type="CAUSAL_LM")
+
+
+def _peft_prefix():
+    return peft.PrefixTuningConfig(num_virtual_tokens=P, task_type="CAUSAL_LM")
+
+
 @pytest.mark.parametrize("make, pet_config", [(_peft_lora, LORA), (_peft_ia3, IA3),
-                                              (_peft_prompt, PROMPT)],
-                         ids=["lora", "ia3", "prompt_tuning"])
+                                              (_peft_prompt, PROMPT), (_peft_ptuning, PROMPT),
+                                              (_peft_prefix, PTUNING2)],
+                         ids=["lora", "ia3", "prompt_tuning", "ptuning-as-prompt", "prefix"])
 def test_peft_adapter_imports_with_the_same_logits(base, tmp_path, make, pet_config):
     model = peft.get_peft_model(hf_base(base), make())
     gen = torch.Generator().manual_seed(5)
@@ -146,7 +169,7 @@ def test_peft_adapter_imports_with_the_same_logits(base, tmp_path, make, pet_con
     model.eval()
     want = peft_logits(model, IDS)
     assert np.abs(want - peft_logits(hf_base(base), IDS)).max() > 0.1, "adapter must matter"
-    model.save_pretrained(str(tmp_path / "peft"))
+    model.save_pretrained(str(tmp_path / "peft"))   # prompt methods: the encoder's output
     yaml_path = petrun_yaml(tmp_path, pet_config, "pet")
     import_peft(yaml_path, tmp_path / "peft", tmp_path / "imported.ckpt")
     net = petrun_model(yaml_path, base, tmp_path / "imported.ckpt")
