@@ -39,6 +39,9 @@ class Refused:
     applies: Callable[[Any], bool]   # value -> True when the setting would do something
     reason: str                      # why ignoring it would change results
     fix: str
+    # Refused only for training (train/finetune): for predict/eval the key is ignored, listed by
+    # `config show` with `inference_note`, and the run proceeds unchanged otherwise.
+    inference_note: str = ""
 
     def message(self, value: Any) -> str:
         return (f"{_short(value)} is not supported: {self.reason} (MindFormers {self.since}+, "
@@ -127,15 +130,23 @@ _NO_QUANT = ("petrun does not quantize. MindFormers replaces the Linear layers b
              "(int8 weights/activations/KV cache), so petrun would run a different model")
 _QUANT_FIX = ("delete the key (override ~{key}) to run the model unquantized in its compute_dtype, "
               "or run quantized inference with MindFormers and MindSpore Golden Stick")
+_QUANT_NOTE = ("not quantized: petrun predicts with the unquantized weights in compute_dtype "
+               "(more memory than MindFormers' quantized run)")
 MODEL_CONFIG_REFUSED: dict[str, Refused] = {
     # r1.3.0 mindformers/models/build_model.py build_network: `if quant_config:` → AutoQuantizer
     # preprocess_model, for every run mode (rtn, smooth_quant and ptq predict configs).
+    # Training on quantized layers trains another model, so it is refused there. MindFormers'
+    # rtn/smooth_quant predict configs are post-training quantizations of the same weights for
+    # inference memory: petrun predicts with the unquantized weights (the reference they
+    # approximate), says so, and accepts the file, as users bring these files unchanged.
     "quantization_config": Refused("r1.3.0", "build_network + AutoQuantizer", _set, _NO_QUANT,
-                                   _QUANT_FIX.format(key="model.model_config.quantization_config")),
+                                   _QUANT_FIX.format(key="model.model_config.quantization_config"),
+                                   inference_note=_QUANT_NOTE),
     "quant_config": Refused("r1.3.0", "LlamaConfig", _set, _NO_QUANT,
-                            _QUANT_FIX.format(key="model.model_config.quant_config")),
+                            _QUANT_FIX.format(key="model.model_config.quant_config"),
+                            inference_note=_QUANT_NOTE),
     "quant": Refused("r1.2.0", "LlamaConfig (e.g. quant: 'w8a16')", _set, _NO_QUANT,
-                     "leave it empty (quant: '') or delete it"),
+                     "leave it empty (quant: '') or delete it", inference_note=_QUANT_NOTE),
     "moe_config": Refused("r1.0", "GPT2Config, LlamaConfig (r1.1.0+)", _moe_on,
                           "expert_num > 1 makes the feed-forward layers mixture-of-experts; "
                           "petrun's models are dense", "set moe_config.expert_num: 1 or delete it"),

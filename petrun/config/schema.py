@@ -500,6 +500,7 @@ class ConfigError(UserError):
 class Validation:
     problems: list[Problem] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    run_mode: str | None = None
 
 
 def _origin(origins: Mapping[str, str], key: str) -> str | None:
@@ -578,10 +579,12 @@ def _walk(spec: Any, value: Any, key: str, v: Validation, origins: Mapping[str, 
         sub = f"{key}.{k}" if key else str(k)
         if k in spec.refused:
             refusal = spec.refused[k]
-            if refusal.applies(item):
-                add(sub, refusal.message(item))
-            else:
+            if not refusal.applies(item):
                 v.ignored.append(sub)
+            elif refusal.inference_note and v.run_mode in ("predict", "eval"):
+                v.ignored.append(f"{sub} ({refusal.inference_note})")
+            else:
+                add(sub, refusal.message(item))
         elif k in spec.fields:
             _walk(spec.fields[k], item, sub, v, origins)
         elif k in spec.ignored:
@@ -628,7 +631,7 @@ def canonicalize(data: dict) -> None:
 
 
 def validate(data: Mapping, origins: Mapping[str, str]) -> Validation:
-    v = Validation()
+    v = Validation(run_mode=data.get("run_mode") if isinstance(data.get("run_mode"), str) else None)
     _walk(ROOT, data, "", v, origins)
     _cross_checks(data, v, origins)
     return v

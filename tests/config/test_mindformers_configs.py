@@ -32,12 +32,24 @@ REFUSED = {
     "r1.3.0/configs/llama2/predict_llama2_7b_slora.yaml": "'slora'",
     "r1.3.0/configs/glm3/run_glm3_6b_multiturn_finetune_800T_A2_64G.yaml": "'ToolAlpacaDataLoader'",
     "r1.3.0/configs/llama2/predict_llama2_7b_ptuning2.yaml": "'Flase'",
-    # Predict configs of a supported model whose quantization_config petrun refuses, saying why.
-    "r1.3.0/configs/llama2/predict_llama2_13b_rtn.yaml": "petrun does not quantize",
-    "r1.3.0/configs/llama2/predict_llama2_70b_rtn.yaml": "petrun does not quantize",
-    "r1.3.0/configs/llama2/predict_llama2_13b_smooth_quant.yaml": "petrun does not quantize",
-    "r1.3.0/configs/llama2/predict_llama2_70b_smooth_quant.yaml": "petrun does not quantize",
 }
+# Predict configs of a supported model with a quantization_config: they validate (petrun predicts
+# unquantized and lists the key as ignored, saying so); a training run of the same file is refused.
+QUANTIZED_PREDICT = ["r1.3.0/configs/llama2/predict_llama2_13b_rtn.yaml",
+                     "r1.3.0/configs/llama2/predict_llama2_70b_rtn.yaml",
+                     "r1.3.0/configs/llama2/predict_llama2_13b_smooth_quant.yaml",
+                     "r1.3.0/configs/llama2/predict_llama2_70b_smooth_quant.yaml"]
+
+
+@pytest.mark.parametrize("rel", QUANTIZED_PREDICT)
+def test_quantized_predict_configs_validate_and_their_training_is_refused(rel):
+    path = _mf_dir() / rel
+    assert _validate(path) is None
+    note = [k for k in load_config(path).ignored
+            if k.startswith("model.model_config.quantization_config")]
+    assert note and "not quantized" in note[0], note
+    with pytest.raises(UserError, match="petrun does not quantize"):
+        load_config(path, ["run_mode=finetune"])
 
 
 def _mf_dir() -> Path:
@@ -108,7 +120,7 @@ def test_cli_validate_show_and_plan_pass(rel):
 
 @pytest.mark.parametrize("rel", [
     "r1.3.0/configs/gpt2/run_gpt2_txtcls.yaml",
-    "r1.3.0/configs/llama2/predict_llama2_13b_rtn.yaml",
+    "r1.3.0/configs/llama2/predict_llama2_13b_ptq.yaml",
     "r1.3.0/configs/llama2/predict_llama2_7b_slora.yaml",
 ])
 def test_cli_refuses_unsupported_with_exit_2_and_the_value(rel):

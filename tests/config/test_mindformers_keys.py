@@ -117,6 +117,14 @@ def test_keys_that_would_change_results_are_refused_with_the_reason(override, ke
     assert e.value.file == str(LLAMA)
 
 
+@pytest.mark.parametrize("mode", ["predict", "eval"])
+def test_quantization_is_ignored_with_a_note_for_inference(mode):
+    cfg = load_config(LLAMA, [f"run_mode={mode}",
+                              f"{MC}.quantization_config={{quant_method: rtn, weight_dtype: int8}}"])
+    (note,) = [k for k in cfg.ignored if k.startswith(f"{MC}.quantization_config")]
+    assert "not quantized" in note and "unquantized weights" in note
+
+
 @pytest.mark.parametrize("override", [f"{MC}.quantization_config=null", f"{MC}.quant=''",
                                       f"{MC}.moe_config={{expert_num: 1}}", f"{MC}.num_beams=1",
                                       "train_dataset.eod_reset=False", "callbacks.1.enc_key=null"])
