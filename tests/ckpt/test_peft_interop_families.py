@@ -1,6 +1,8 @@
 """HF PEFT interop where the layouts differ: GPT-2 (petrun's separate dense1..3 ↔ HF's fused Conv1D
-c_attn) and ChatGLM2 (petrun's fused query_key_value ↔ transformers Glm's q/k/v_proj). Exported
-LoRA and IA3 adapters load in PEFT with petrun's logits; a PEFT GPT-2 c_attn LoRA imports exactly.
+c_attn) and ChatGLM2 (petrun's fused query_key_value ↔ transformers Glm's q/k/v_proj). Every
+method petrun exports loads in PEFT with petrun's logits (LoRA, IA3, prompt tuning, P-tuning; GLM2
+also P-Tuning v2 and prefix tuning); GPT-2's prefix methods are refused both ways (learned
+positions); PEFT adapters of each kind import with PEFT's logits.
 Needs the parity extra (torch, transformers, peft)."""
 import numpy as np
 import pytest
@@ -23,9 +25,10 @@ from tests.models import parity_helpers as ph  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
-VOCAB, HIDDEN, LAYERS, HEADS, SEQ = 97, 32, 2, 4, 16
+VOCAB, HIDDEN, LAYERS, HEADS, SEQ, P = 97, 32, 2, 4, 16, 5
 GPT2_CONFIG = {"type": "GPT2Config", "vocab_size": VOCAB, "hidden_size": HIDDEN,
                "num_layers": LAYERS, "num_heads": HEADS, "seq_length": SEQ,
+               "max_position_embeddings": SEQ + P,   # room for virtual tokens
                "compute_dtype": "float32", "param_init_type": "float32", "hidden_act": "gelu",
                "pad_token_id": 0, "eos_token_id": 2, "bos_token_id": 1,
                "embedding_dropout_prob": 0.0, "hidden_dropout_rate": 0.0,
@@ -45,7 +48,7 @@ def pynative():
 
 def _gpt2():
     cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
-                                  n_positions=SEQ, activation_function="gelu_new",
+                                  n_positions=SEQ + P, activation_function="gelu_new",
                                   layer_norm_epsilon=1e-5, bos_token_id=1, eos_token_id=2,
                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                   attn_implementation="eager")
@@ -98,6 +101,13 @@ def _petrun(family, tmp, pet_config, base, adapter=None):
     return yaml_path, net
 
 
+PROMPT = {"pet_type": "prompt_tuning", "num_virtual_tokens": P}
+PTUNING = {"pet_type": "ptuning", "num_virtual_tokens": P, "encoder_reparameterization_type": "MLP",
+           "encoder_hidden_size": 24, "encoder_dropout": 0.0}
+PTUNING2 = {"pet_type": "ptuning2", "pre_seq_len": P, "prefix_projection": False,
+            "dropout_prob": 0.0}
+PTUNING2_MLP = {**PTUNING2, "prefix_projection": True, "projection_dim": 24}
+PREFIX = {"pet_type": "prefixtuning", "prefix_token_num": P, "mid_dim": 24, "dropout_rate": 0.0}
 CASES = [
     # GPT-2: two of three thirds of c_attn adapted → a block-diagonal rank-8 c_attn LoRA.
     ("gpt2", {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0,
@@ -109,11 +119,14 @@ CASES = [
               "target_modules": ".*query_key_value|.*dense_4h_to_h"}),
     ("glm2", {"pet_type": "ia3", "target_modules": ".*query_key_value|.*dense_4h_to_h",
               "feedforward_modules": ".*dense_4h_to_h"}),
+    ("gpt2", PROMPT), ("gpt2", PTUNING), ("glm2", PROMPT), ("glm2", PTUNING),
+    ("glm2", PTUNING2), ("glm2", PTUNING2_MLP), ("glm2", PREFIX),
 ]
 
 
 @pytest.mark.parametrize("family, pet_config", CASES,
-                         ids=[f"{f}-{c['pet_type']}" for f, c in CASES])
+                         ids=[f"{f}-{c['pet_type']}{'-projection' * bool(c.get('prefix_projection'))}"
+                              for f, c in CASES])
 def test_exported_adapter_gives_petruns_logits_in_peft(bases, tmp_path, family, pet_config):
     if family not in bases:
         pytest.skip("this transformers has no GlmForCausalLM")
@@ -155,3 +168,74 @@ def test_peft_gpt2_c_attn_lora_imports_exactly(bases, tmp_path):
     yaml_path, _ = _petrun("gpt2", tmp_path, narrow, bases["gpt2"])
     with pytest.raises(UserError):
         import_peft(yaml_path, tmp_path / "peft", tmp_path / "narrow.ckpt")
+
+
+@pytest.mark.parametrize("pet_config", [PTUNING2, PTUNING2_MLP, PREFIX],
+                         ids=["ptuning2", "ptuning2-projection", "prefixtuning"])
+def test_gpt2_prefix_export_is_refused_with_the_reason(bases, tmp_path, pet_config):
+    yaml_path, net = _petrun("gpt2", tmp_path, pet_config, bases["gpt2"])
+    save_params([p for p in net.get_parameters() if "mindpet_delta_" in p.name],
+                tmp_path / "adapter.ckpt")
+    with pytest.raises(UserError, match="learned positions") as e:
+        export_peft(yaml_path, tmp_path / "adapter.ckpt", tmp_path / "peft")
+    assert e.value.fix and not (tmp_path / "peft").exists()
+
+
+def _trained_peft(family, base, config, seed):
+    model = peft.get_peft_model(_hf(family, base), config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.requires_grad:   # exactly the adapter's parameters
+                p.copy_(p + 0.3 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+IMPORTS = [
+    # GLM2: PEFT adapts q_proj alone (k/v rows of the fused LoRA stay 0), o_proj and gate_up_proj.
+    ("glm2", lambda: peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                     target_modules=["q_proj", "o_proj", "gate_up_proj"]),
+     {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+      "target_modules": ".*query_key_value|dense$|.*dense_h_to_4h"}),
+    ("glm2", lambda: peft.IA3Config(target_modules=["q_proj", "k_proj", "v_proj", "down_proj"],
+                                    feedforward_modules=["down_proj"], task_type="CAUSAL_LM"),
+     {"pet_type": "ia3", "target_modules": ".*query_key_value|.*dense_4h_to_h",
+      "feedforward_modules": ".*dense_4h_to_h"}),
+    ("gpt2", lambda: peft.IA3Config(target_modules=["c_attn", "c_proj", "c_fc"],
+                                    feedforward_modules=["c_proj"], fan_in_fan_out=True,
+                                    task_type="CAUSAL_LM"),
+     {"pet_type": "ia3", "target_modules": ".*dense1|.*dense2|.*dense3|.*projection|.*mapping",
+      "feedforward_modules": ".*projection"}),   # both c_proj: petrun matches by own name
+    ("glm2", lambda: peft.PrefixTuningConfig(num_virtual_tokens=P, task_type="CAUSAL_LM"),
+     PTUNING2),
+    ("glm2", lambda: peft.PromptEncoderConfig(num_virtual_tokens=P, encoder_hidden_size=24,
+                                              task_type="CAUSAL_LM"), PROMPT),
+    ("gpt2", lambda: peft.PromptTuningConfig(num_virtual_tokens=P, task_type="CAUSAL_LM"),
+     PROMPT),
+]
+
+
+@pytest.mark.parametrize("family, make, pet_config", IMPORTS,
+                         ids=[f"{f}-{c['pet_type']}" for f, _, c in IMPORTS])
+def test_peft_adapter_imports_with_peft_logits(bases, tmp_path, family, make, pet_config):
+    if family not in bases:
+        pytest.skip("this transformers has no GlmForCausalLM")
+    model = _trained_peft(family, bases[family], make(), seed=6)
+    want = peft_logits(model, IDS)
+    assert np.abs(want - ph.hf_logits(_hf(family, bases[family]), IDS)).max() > 0.1
+    model.save_pretrained(str(tmp_path / "peft"))
+    yaml_path, _ = _petrun(family, tmp_path, pet_config, bases[family])
+    import_peft(yaml_path, tmp_path / "peft", tmp_path / "imported.ckpt")
+    _, net = _petrun(family, tmp_path, pet_config, bases[family], tmp_path / "imported.ckpt")
+    err = np.abs(net(Tensor(IDS)).asnumpy() - want).max()
+    assert err <= ph.TOL, f"max |petrun - PEFT| = {err:.3g}"
+
+
+def test_peft_gpt2_prefix_import_is_refused(bases, tmp_path):
+    model = _trained_peft("gpt2", bases["gpt2"], peft.PrefixTuningConfig(
+        num_virtual_tokens=P, task_type="CAUSAL_LM"), seed=6)
+    model.save_pretrained(str(tmp_path / "peft"))
+    yaml_path, _ = _petrun("gpt2", tmp_path, PTUNING2, bases["gpt2"])
+    with pytest.raises(UserError, match="learned positions"):
+        import_peft(yaml_path, tmp_path / "peft", tmp_path / "imported.ckpt")
+    assert not (tmp_path / "imported.ckpt").exists()
