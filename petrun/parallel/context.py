@@ -52,7 +52,16 @@ def setup_context(cfg) -> str:
     kwargs = {"mode": mode}
     if target != "CPU" and ctx.get("max_device_memory"):
         kwargs["max_device_memory"] = ctx["max_device_memory"]
+    if ctx.get("jit_config"):
+        kwargs["jit_config"] = dict(ctx["jit_config"])
     ms.set_context(**kwargs)
+    if ctx.get("runtime_num_threads"):
+        # Kernel threads (MindSpore's deprecated context.runtime_num_threads); set once, before
+        # the first kernel. In-process reuse (tests, Python API) may already have set them.
+        try:
+            ms.device_context.cpu.op_tuning.threads_num(int(ctx["runtime_num_threads"]))
+        except RuntimeError as e:
+            log.debug("runtime_num_threads not applied: %s", e)
     # Under msrun the device follows the local rank (MindFormers drops device_id there).
     device_id = ctx.get("device_id") if target != "CPU" and "MS_ROLE" not in os.environ else None
     try:

@@ -1,0 +1,362 @@
+"""petrun vs Hugging Face transformers + PEFT on PyTorch (eager): the same finetune, side by side.
+
+    .venv/bin/python benchmarks/bench_vs_torch.py                       # all shapes, 2 rounds
+    .venv/bin/python benchmarks/bench_vs_torch.py --shapes tiny,small --rounds 3 --steps 8
+    .venv/bin/python benchmarks/bench_vs_torch.py --shapes small --no-decode --json out.json
+
+Same work on both sides: the same architecture and sizes, the same LoRA (the seed's Llama2
+pet_config `.*wq|.*wk|.*wv|.*wo`, rank 16, alpha 16, dropout 0.05 ↔ PEFT q/k/v/o_proj), fp32,
+AdamW, gradient clipping at 1.0, batch × seq of random token ids, 2 threads on each side.
+
+- petrun runs as a user runs it: `python -m petrun finetune --config <generated YAML>` in a child
+  process (pre-flight, data pipeline and all); step times come from its metrics.jsonl
+  (step_time_s; the first includes the graph compile), peak RSS from wait4() of the child.
+  Threads: context.runtime_num_threads=2.
+- PyTorch runs in its own child (so each side's RSS is its own): transformers'
+  LlamaForCausalLM / GlmForCausalLM (ChatGLM2's architecture, as tests/models/test_parity_glm2.py
+  uses it) / GPT2LMHeadModel with default attention (sdpa) + peft LoraConfig, a plain loop
+  (forward with labels, backward, clip_grad_norm_, AdamW step), torch.set_num_threads(2).
+- Sides alternate for --rounds rounds (the order flips every round); each side keeps its best
+  median step (median of steps after the first two), so other load on the machine hurts both
+  alike. The load average is printed before and after; above BUSY_LOAD the table is marked BUSY.
+- Decoding: petrun.infer.generate (what `petrun predict` runs: fixed-size KV cache, one compiled
+  graph per step) vs transformers' generate(use_cache=True), greedy, same model shape, random
+  weights, 1 × 32 prompt → 128 new tokens, best of 3 after one untimed run, each in a child.
+
+Differences that cannot be removed: ChatGLM2's q|k|v is one fused projection in petrun (LoRA r16
+on it and on dense) while transformers' Glm has q/k/v_proj (LoRA r16 on each and on o_proj);
+GPT-2's LoRA is on dense1/2/3 (petrun refuses projection) vs c_attn (fused) in PEFT. The work
+differs by a few rank-16 matmuls, well under 1% of a step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_YAML = ROOT / "configs" / "llama2" / "lora_llama2_tiny.yaml"
+BUSY_LOAD = 1.5   # 2-core machine: above this another job competes for the cores
+THREADS = 2
+LORA = {"lora_rank": 16, "lora_alpha": 16, "lora_dropout": 0.05}
+
+
+def llama(h, layers, heads, kv, ffn, vocab, seq, batch, lora=True):
+    return {"family": "llama", "hidden": h, "layers": layers, "heads": heads, "kv": kv, "ffn": ffn,
+            "vocab": vocab, "seq": seq, "batch": batch, "lora": lora}
+
+
+SHAPES = {
+    # the demo config's model (configs/llama2/lora_llama2_tiny.yaml), batch 8 × 256
+    "tiny": llama(64, 2, 4, 2, 192, 512, 256, 8),
+    # reference/feasibility.md §1b's 58M Llama
+    "small": llama(512, 8, 8, 8, 1376, 32000, 512, 2),
+    "mid-gqa": llama(768, 6, 12, 4, 2048, 32000, 384, 2),
+    "glm2-small": {**llama(512, 8, 8, 2, 1376, 32000, 512, 2), "family": "glm2"},
+    "gpt2-small": {**llama(512, 8, 8, 8, 2048, 32000, 512, 2), "family": "gpt2"},
+    "small-full": llama(512, 8, 8, 8, 1376, 32000, 512, 2, lora=False),
+}
+DECODE_SHAPE = "small"
+
+
+# ============================================================================ petrun side
+def petrun_model(s: dict) -> tuple[str, dict, dict | None]:
+    """(arch, model_config, pet_config) of a shape."""
+    if s["family"] == "llama":
+        mc = {"type": "LlamaConfig", "seq_length": s["seq"], "max_position_embedding": s["seq"],
+              "hidden_size": s["hidden"], "num_layers": s["layers"], "num_heads": s["heads"],
+              "n_kv_heads": s["kv"], "intermediate_size": s["ffn"], "vocab_size": s["vocab"],
+              "compute_dtype": "float32", "param_init_type": "float32",
+              "rotary_dtype": "float32", "use_flash_attention": False}
+        return "LlamaForCausalLM", mc, {"pet_type": "lora", **LORA,
+                                        "target_modules": ".*wq|.*wk|.*wv|.*wo"}
+    if s["family"] == "glm2":
+        mc = {"type": "ChatGLM2Config", "seq_length": s["seq"], "hidden_size": s["hidden"],
+              "num_layers": s["layers"], "num_attention_heads": s["heads"],
+              "kv_channels": s["hidden"] // s["heads"], "multi_query_group_num": s["kv"],
+              "ffn_hidden_size": s["ffn"], "padded_vocab_size": s["vocab"],
+              "compute_dtype": "float32", "param_init_type": "float32"}
+        return "ChatGLM2ForConditionalGeneration", mc, {
+            "pet_type": "lora", **LORA, "target_modules": ".*query_key_value|.*self_attention.dense"}
+    mc = {"type": "GPT2Config", "seq_length": s["seq"], "hidden_size": s["hidden"],
+          "num_layers": s["layers"], "num_heads": s["heads"], "vocab_size": s["vocab"],
+          "compute_dtype": "float32", "param_init_type": "float32"}
+    return "GPT2LMHeadModel", mc, {"pet_type": "lora", **LORA,
+                                   "target_modules": ".*dense1|.*dense2|.*dense3"}
+
+
+def petrun_config(name: str, s: dict, steps: int, work: Path, extra: list[str]) -> Path:
+    import yaml
+    sys.path.insert(0, str(ROOT))
+    from petrun.config.load import load_layered
+    from petrun.models.registry import arch_entry
+
+    data, _ = load_layered(BASE_YAML)
+    arch, mc, pet = petrun_model(s)
+    if s["lora"]:
+        mc["pet_config"] = pet
+    data["model"] = {"arch": {"type": arch}, "model_config": mc}
+    width = s["seq"] + arch_entry(arch).extra_tokens
+    dataset = work / f"data_{width}_{s['vocab']}.jsonl"
+    if not dataset.exists():
+        rng = random.Random(0)
+        with open(dataset, "w", encoding="utf-8") as f:
+            for _ in range(max(32, s["batch"] * (steps + 2))):
+                ids = [rng.randrange(3, s["vocab"]) for _ in range(width)]
+                f.write(json.dumps({"input_ids": ids, "labels": ids}) + "\n")
+    data.update(load_checkpoint="", output_dir=str(work / f"out_{name}"), seed=0)
+    data["runner_config"].update(batch_size=s["batch"], stop_step=steps, epochs=100)
+    data["runner_wrapper"] = {**(data.get("runner_wrapper") or {}), "use_clip_grad": True,
+                              "max_grad_norm": 1.0, "scale_sense": 1.0}
+    data["optimizer"] = {"type": "AdamW", "learning_rate": 1e-4, "weight_decay": 0.0}
+    data["lr_schedule"] = {"type": "constant", "learning_rate": 1e-4}
+    data["train_dataset"]["data_loader"]["dataset_dir"] = str(dataset)
+    data["train_dataset"]["data_loader"]["shuffle"] = False
+    data["processor"]["tokenizer"].pop("vocab_file", None)
+    data["context"]["runtime_num_threads"] = THREADS
+    data["callbacks"] = [{"type": "MFLossMonitor", "per_print_times": 1000},
+                         {"type": "CheckpointMonitor", "prefix": name,
+                          "save_checkpoint_steps": 100000, "keep_checkpoint_max": 1}]
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_child(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[str, int, float]:
+    """Run to completion → (output, peak RSS bytes from wait4, wall seconds)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=str(cwd), env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])} … failed:\n{out[-3000:]}")
+    return out, usage.ru_maxrss * 1024, wall
+
+
+def run_petrun(name: str, s: dict, steps: int, work: Path, extra: list[str],
+               env: dict | None = None) -> dict:
+    cfg = petrun_config(name, s, steps, work, extra)
+    out_dir = work / f"out_{name}"
+    if out_dir.exists():
+        import shutil
+        shutil.rmtree(out_dir)
+    _, rss, wall = run_child([sys.executable, "-m", "petrun", "finetune", "--config", str(cfg),
+                              *extra], work, env)
+    rows = [json.loads(line) for line in (out_dir / "log" / "rank_0" / "metrics.jsonl").open()]
+    times = [r["step_time_s"] for r in rows if "loss" in r]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    return {"first_step_s": times[0], "median_step_s": statistics.median(times[2:] or times[1:]),
+            "peak_rss": rss, "wall_s": wall, "loss0": losses[0]}
+
+
+# ============================================================================ torch side
+def torch_model(s: dict):
+    import torch
+    import transformers as tf
+    torch.manual_seed(0)
+    if s["family"] == "llama":
+        cfg = tf.LlamaConfig(vocab_size=s["vocab"], hidden_size=s["hidden"],
+                             intermediate_size=s["ffn"], num_hidden_layers=s["layers"],
+                             num_attention_heads=s["heads"], num_key_value_heads=s["kv"],
+                             max_position_embeddings=s["seq"], rms_norm_eps=1e-5,
+                             tie_word_embeddings=False)
+        return tf.LlamaForCausalLM(cfg), ["q_proj", "k_proj", "v_proj", "o_proj"]
+    if s["family"] == "glm2":
+        cfg = tf.GlmConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["ffn"],
+                           num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                           num_key_value_heads=s["kv"], head_dim=s["hidden"] // s["heads"],
+                           partial_rotary_factor=0.5, attention_bias=True, rms_norm_eps=1e-5,
+                           max_position_embeddings=s["seq"], tie_word_embeddings=False,
+                           pad_token_id=0)
+        return tf.GlmForCausalLM(cfg), ["q_proj", "k_proj", "v_proj", "o_proj"]
+    cfg = tf.GPT2Config(vocab_size=s["vocab"], n_positions=s["seq"], n_embd=s["hidden"],
+                        n_layer=s["layers"], n_head=s["heads"], n_inner=s["ffn"])
+    return tf.GPT2LMHeadModel(cfg), ["c_attn"]
+
+
+def torch_child(s: dict, steps: int) -> dict:
+    import torch
+    torch.set_num_threads(THREADS)
+    model, targets = torch_model(s)
+    if s["lora"]:
+        import peft
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=LORA["lora_rank"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
+            target_modules=targets, fan_in_fan_out=s["family"] == "gpt2", task_type="CAUSAL_LM"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    times, losses = [], []
+    for _ in range(steps):
+        ids = torch.randint(3, s["vocab"], (s["batch"], s["seq"]), generator=g)
+        t0 = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        times.append(time.perf_counter() - t0)
+    return {"first_step_s": times[0], "median_step_s": statistics.median(times[2:] or times[1:]),
+            "loss0": losses[0], "trainable": sum(p.numel() for p in params)}
+
+
+def run_torch(s: dict, steps: int) -> dict:
+    out, rss, wall = run_child([sys.executable, __file__, "--child", "torch", "--spec", json.dumps(s),
+                                "--steps", str(steps)], ROOT)
+    res = json.loads(out.strip().splitlines()[-1])
+    return {**res, "peak_rss": rss, "wall_s": wall}
+
+
+# ============================================================================ decoding
+def decode_child(side: str, s: dict, prompt: int, new: int) -> dict:
+    import numpy as np
+    rows = np.random.default_rng(0).integers(3, s["vocab"], (1, prompt))
+    if side == "torch":
+        import torch
+        torch.set_num_threads(THREADS)
+        model, _ = torch_model(s)
+        model.eval()
+        ids = torch.tensor(rows)
+        kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True,
+                  eos_token_id=None, pad_token_id=0)
+        runs = []
+        with torch.no_grad():
+            for _ in range(4):
+                t0 = time.perf_counter()
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+                runs.append((time.perf_counter() - t0, out.shape[1] - prompt))
+        first = runs[0][0]
+        sec, n = min(runs[1:])
+        return {"tokens_per_s": n / sec, "first_run_s": first}
+    os.environ.setdefault("MS_DEV_LAUNCH_BLOCKING", "1")
+    sys.path.insert(0, str(ROOT))
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    ms.runtime.launch_blocking()
+    ms.device_context.cpu.op_tuning.threads_num(THREADS)
+    from petrun.infer.generate import GenerationConfig, generate
+    from petrun.models.registry import build_base_model
+    arch, mc, _ = petrun_model(s)
+    net = build_base_model({"arch": {"type": arch}, "model_config": mc}, device_target="CPU")
+    net.set_train(False)
+    cfg = GenerationConfig(max_new_tokens=new)
+    t0 = time.perf_counter()
+    generate(net, rows.tolist(), cfg)
+    first = time.perf_counter() - t0
+    best = min((generate(net, rows.tolist(), cfg) for _ in range(3)), key=lambda r: r.seconds)
+    return {"tokens_per_s": best.tokens_per_second, "first_run_s": first}
+
+
+def run_decode(side: str, s: dict, prompt: int = 32, new: int = 128) -> dict:
+    out, rss, _ = run_child([sys.executable, __file__, "--child", f"decode-{side}", "--spec",
+                             json.dumps(s), "--steps", f"{prompt},{new}"], ROOT,
+                            {"GLOG_v": "3"})
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss": rss}
+
+
+# ============================================================================ report
+def tokens(s: dict) -> int:
+    return s["batch"] * s["seq"]
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| shape | batch × seq | petrun tok/s | torch tok/s | petrun/torch | petrun first step s "
+             "| torch first step s | petrun peak RSS MiB | torch peak RSS MiB | load before→after |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        p, t, s = r["petrun"], r["torch"], SHAPES[r["shape"]]
+        pt, tt = tokens(s) / p["median_step_s"], tokens(s) / t["median_step_s"]
+        lines.append(f"| {r['shape']}{'' if s['lora'] else ' (full)'} | {s['batch']} × {s['seq']} | "
+                     f"{pt:,.0f} | {tt:,.0f} | {pt / tt:.2f}× | {p['first_step_s']:.1f} | "
+                     f"{t['first_step_s']:.1f} | {p['peak_rss'] / 2**20:,.0f} | "
+                     f"{t['peak_rss'] / 2**20:,.0f} | {r['load'][0]:.1f}→{r['load'][1]:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=8, help="optimizer steps per run")
+    ap.add_argument("--no-decode", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the raw numbers here")
+    ap.add_argument("--petrun-args", default="", help="extra overrides for petrun finetune")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        spec = json.loads(args.spec)
+        if args.child == "torch":
+            print(json.dumps(torch_child(spec, args.steps)))
+        else:
+            prompt, new = map(int, str(args.steps).split(","))
+            print(json.dumps(decode_child(args.child.split("-", 1)[1], spec, prompt, new)))
+        return 0
+    names = [n.strip() for n in args.shapes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown:
+        ap.error(f"unknown shapes {unknown}; choose from {', '.join(SHAPES)}")
+    extra = args.petrun_args.split()
+    load0 = os.getloadavg()[0]
+    print(f"load average before: {load0:.2f}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in names:
+            s = SHAPES[name]
+            best: dict = {}
+            la = os.getloadavg()[0]
+            for r in range(args.rounds):
+                order = ("petrun", "torch") if r % 2 == 0 else ("torch", "petrun")
+                for side in order:
+                    res = (run_petrun(name, s, args.steps, work, extra) if side == "petrun"
+                           else run_torch(s, args.steps))
+                    print(f"  {name} round {r + 1} {side:6s}: median {res['median_step_s']:.3f} s "
+                          f"first {res['first_step_s']:.1f} s rss {res['peak_rss'] / 2**20:,.0f} MiB "
+                          f"loss0 {res['loss0']:.3f} (load {os.getloadavg()[0]:.2f})", flush=True)
+                    if side not in best or res["median_step_s"] < best[side]["median_step_s"]:
+                        keep_first = min(res["first_step_s"], best.get(side, res)["first_step_s"])
+                        best[side] = {**res, "first_step_s": keep_first}
+            rows.append({"shape": name, **best, "load": (la, os.getloadavg()[0])})
+    decode = None
+    if not args.no_decode:
+        s = SHAPES[DECODE_SHAPE]
+        decode = {}
+        for side in ("petrun", "torch"):
+            decode[side] = run_decode(side, s)
+            print(f"  decode {DECODE_SHAPE} {side}: {decode[side]['tokens_per_s']:.1f} tok/s "
+                  f"(first run {decode[side]['first_run_s']:.1f} s)", flush=True)
+    load1 = os.getloadavg()[0]
+    busy = max([load0, load1] + [x for r in rows for x in r["load"]]) > BUSY_LOAD
+    print()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"{args.rounds} rounds × {args.steps} steps; load average {load0:.2f} before, "
+          f"{load1:.2f} after" + (f" — BUSY (load > {BUSY_LOAD}): absolute figures are inflated, "
+                                  "ratios are interleaved" if busy else ""))
+    print(table(rows))
+    if decode:
+        p, t = decode["petrun"]["tokens_per_s"], decode["torch"]["tokens_per_s"]
+        print(f"\ndecoding ({DECODE_SHAPE}, 1 × 32 → 128, greedy, KV cache): petrun {p:.1f} tok/s, "
+              f"transformers generate {t:.1f} tok/s → {p / t:.2f}×; first run (compile) "
+              f"{decode['petrun']['first_run_s']:.1f} s vs {decode['torch']['first_run_s']:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "decode": decode, "load": [load0, load1],
+                                         "busy": busy}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
