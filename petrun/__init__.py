@@ -4,7 +4,7 @@ Importing petrun does not import MindSpore; the API functions import it when cal
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from petrun.version import __version__
 
 from petrun.config import Config, load_config  # noqa: E402  (pure python)
 from petrun.errors import UserError  # noqa: E402

@@ -1,4 +1,4 @@
-"""Route a resolved config to the library entry point for its verb."""
+"""Route a resolved config to the recipe for its verb: the one entry the CLI and the Trainer share."""
 from __future__ import annotations
 
 from petrun.errors import UserError

@@ -341,7 +341,7 @@ class Trainer:
     # ------------------------------------------------------------------ verbs
 
     def _run(self, verb: str, extra: list[Override], options: dict | None = None):
-        from petrun.cli.dispatch import run_job
+        from petrun.jobs import run_job
         cfg = with_overrides(self.config, extra) if extra else self.config
         return run_job(cfg, verb, self.console, options=options)
 

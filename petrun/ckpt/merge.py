@@ -111,7 +111,7 @@ def probe_ids(vocab: int, seq: int, batch: int = 2, seed: int = 0) -> np.ndarray
 
 def probe(cfg, base: Path, adapter: Path, merged: Path, seq: int = 16) -> tuple[float, tuple]:
     """Max |logits(base + adapter) − logits(merged)| on a fixed batch; one model at a time."""
-    from petrun.api import build_model, load_checkpoint, load_config_from, logits
+    from petrun.build import as_config, build_model, load_checkpoint, logits
     from petrun.pet.virtual import family_of
 
     net = build_model(cfg, device_target="CPU")
@@ -122,7 +122,7 @@ def probe(cfg, base: Path, adapter: Path, merged: Path, seq: int = 16) -> tuple[
     unmerged = logits(net, ids)
     del net
     gc.collect()
-    plain = build_model(load_config_from(cfg, ["~model.model_config.pet_config"]),
+    plain = build_model(as_config(cfg, ["~model.model_config.pet_config"]),
                         device_target="CPU")
     load_checkpoint(plain, merged, key="--dst")
     return float(np.abs(logits(plain, ids) - unmerged).max()), tuple(ids.shape)

@@ -156,7 +156,7 @@ def pet_side(config) -> PetSide:
     """The petrun config's PET model, built without allocating weights (seconds for a 7B)."""
     from mindspore.nn.utils import no_init_parameters
 
-    from petrun.api import build_model
+    from petrun.build import build_model
     from petrun.config import Config, load_config
     from petrun.models.registry import build_config
     from petrun.pet import parse_pet_config

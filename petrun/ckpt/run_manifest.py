@@ -25,7 +25,7 @@ def versions() -> dict:
     import mindspore
     import numpy
 
-    from petrun import __version__
+    from petrun.version import __version__
     return {"petrun": __version__, "mindspore": mindspore.__version__, "numpy": numpy.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
 

@@ -580,36 +580,3 @@ def _wait_marker(path: Path, timeout_s: float, poll_s: float) -> None:
     raise UserError(f"waited {timeout_s:.0f} s for rank 0 to transform the checkpoint",
                     key="auto_trans_ckpt",
                     fix="check rank 0's log; on several nodes output_dir must be a shared folder")
-
-
-def auto_trans_files(cfg, *, rank: int, world: int, output_dir: str | Path,
-                     expected_full_shapes: dict | None = None, timeout_s: float = 7200.0
-                     ) -> list[Path] | None:
-    """What this rank loads under `auto_trans_ckpt: True` (None: load `load_checkpoint` as is).
-
-    Data parallel keeps whole tensors on every rank: a rank_N/ source is merged once by rank 0
-    (src_strategy_path_or_dir says how it was cut); a complete file needs nothing. Semi-auto
-    parallel (Ascend) reshards to this job's layout, which petrun computes from parallel_config
-    (petrun ckpt strategy) and rank 0 writes to <output_dir>/strategy/ — no compile needed first.
-    """
-    from petrun.parallel.context import parallel_mode
-    src = cfg.get("load_checkpoint")
-    if not src or not cfg.get("auto_trans_ckpt"):
-        return None
-    units = source_units(src)
-    semi = bool(cfg.get("use_parallel")) and parallel_mode(cfg) != "DATA_PARALLEL"
-    dst_strategy = None
-    if semi:
-        from petrun.parallel.strategy_file import plan_for_config, write_plan
-        strategy_dir = Path(output_dir) / "strategy"
-        if rank == 0:
-            if strategy_dir.exists():
-                shutil.rmtree(strategy_dir)   # MindFormers too starts each run with a fresh strategy/
-            write_plan(plan_for_config(cfg), strategy_dir)
-        dst_strategy = str(strategy_dir)
-    elif not any(is_rank_folder(p) for _, p in units):
-        return None
-    src_strategy = cfg.get("src_strategy_path_or_dir") or None
-    return auto_transform(load_checkpoint=src, src_strategy=src_strategy, dst_strategy=dst_strategy,
-                          output_dir=output_dir, rank=rank, world=world,
-                          expected_full_shapes=expected_full_shapes, timeout_s=timeout_s)

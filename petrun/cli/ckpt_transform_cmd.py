@@ -56,7 +56,8 @@ def strategy(
     from petrun.cli.common import collect_overrides
     from petrun.config import load_config
     from petrun.errors import UserError
-    from petrun.parallel.strategy_file import check_out_dir, plan_for_config, write_plan
+    from petrun.build import plan_for_config
+    from petrun.parallel.strategy_file import check_out_dir, write_plan
 
     if fmt not in ("ckpt", "json"):
         raise UserError(f"unknown format {fmt!r}", key="--format", fix="use ckpt or json")

@@ -201,7 +201,7 @@ def _runtime(cfg) -> str:
 
 def load_model(cfg, *, device_target: str, adapter: str | None, merge: bool, say):
     """The config's model with load_checkpoint, then the adapter, loaded strictly."""
-    from petrun.api import PET_PATTERN, build_model, load_checkpoint
+    from petrun.build import PET_PATTERN, build_model, load_checkpoint
 
     reports = []
     net = build_model(cfg, device_target=device_target, report=reports.append)

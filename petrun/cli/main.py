@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from petrun import __version__
+from petrun.version import __version__
 from petrun.cli import ckpt_cmd, config_cmd, plan_cmd, run
 
 app = typer.Typer(

@@ -99,7 +99,7 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
             err_console.print(f"note: {notice}", style="dim", markup=False, highlight=False,
                               soft_wrap=True)
         cfg = load_config(config, overrides)
-        from petrun.cli.dispatch import run_job
+        from petrun.jobs import run_job
         from petrun.train.recipe import Interrupted
         # With --output json, stdout carries the JSON alone; progress goes to stderr.
         out = err_console if options.get("output") == "json" else console

@@ -61,12 +61,16 @@ def run(ctx: typer.Context,
                             fix="add --run_mode finetune (or train, eval, predict)")
     verb = modes.check_value(mode, key, source)
     argv = [verb, "--config", config, *(["--run_mode", run_mode] if run_mode else []), *words]
-    from petrun.cli.main import app
+    app = _APP[0]   # the root app register() was given (importing cli.main here would be a circle)
     # Nested call: errors (UserError, SystemExit) reach petrun's main() as the verb's own would.
     rc = app(args=argv, prog_name="petrun", standalone_mode=False)
     if isinstance(rc, int) and rc:
         raise SystemExit(rc)
 
 
+_APP: list[typer.Typer] = []
+
+
 def register(app: typer.Typer) -> None:
+    _APP[:] = [app]
     app.command("run", context_settings=OVERRIDE_CONTEXT)(run)

@@ -11,7 +11,7 @@ import os
 from typing import Sequence
 
 from petrun.errors import UserError
-from petrun.data.tokenizer import MERGES_FILE_KEY, TOKENIZER_FILE_KEY, VOCAB_FILE_KEY
+from petrun.data.tokenizer_keys import MERGES_FILE_KEY, TOKENIZER_FILE_KEY, VOCAB_FILE_KEY
 
 # Candidates tried, in order, when the YAML names no special token.
 _DEFAULTS = {

@@ -12,10 +12,8 @@ from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 from petrun.errors import UserError
 
-VOCAB_FILE_KEY = "processor.tokenizer.vocab_file"
-TOKENIZER_FILE_KEY = "processor.tokenizer.tokenizer_file"
-MERGES_FILE_KEY = "processor.tokenizer.merges_file"
-TYPE_KEY = "processor.tokenizer.type"
+from petrun.data.tokenizer_keys import (MERGES_FILE_KEY, TOKENIZER_FILE_KEY,  # noqa: F401
+                                        TYPE_KEY, VOCAB_FILE_KEY)
 
 
 @runtime_checkable

@@ -21,23 +21,29 @@ class ArchEntry:
     # Tokens per training sample beyond seq_length: 1 when the model shifts labels itself
     # (Llama2, GPT2 data are seq_length + 1 long), 0 when the data arrives shifted (GLM2).
     extra_tokens: int = 1
+    # LoRA target_modules the planner's "LoRA instead of a full finetune" lever proposes.
+    lora_targets: str | None = None
 
 
 _ARCHS: dict[str, ArchEntry] = {}
 
 
-def register_arch(arch: str, config_type: str, builder: str, extra_tokens: int = 1) -> None:
-    _ARCHS[arch] = ArchEntry(arch, config_type, builder, extra_tokens)
+def register_arch(arch: str, config_type: str, builder: str, extra_tokens: int = 1,
+                  lora_targets: str | None = None) -> None:
+    _ARCHS[arch] = ArchEntry(arch, config_type, builder, extra_tokens, lora_targets)
 
 
-register_arch("LlamaForCausalLM", "LlamaConfig", "petrun.models.llama:LlamaForCausalLM")
+register_arch("LlamaForCausalLM", "LlamaConfig", "petrun.models.llama:LlamaForCausalLM",
+              lora_targets=".*wq|.*wk|.*wv|.*wo")
 register_arch("ChatGLM2ForConditionalGeneration", "ChatGLM2Config",
-              "petrun.models.glm2:ChatGLM2ForConditionalGeneration", extra_tokens=0)
+              "petrun.models.glm2:ChatGLM2ForConditionalGeneration", extra_tokens=0,
+              lora_targets=".*query_key_value")
 # MindFormers names GLM2's P-Tuning v2 model as an arch of its own; petrun builds the same base
 # model and leaves the prefix to pet_config (pet_type: ptuning2).
 register_arch("ChatGLM2WithPtuning2", "ChatGLM2Config",
               "petrun.models.glm2:ChatGLM2ForConditionalGeneration", extra_tokens=0)
-register_arch("GPT2LMHeadModel", "GPT2Config", "petrun.models.gpt2:GPT2LMHeadModel")
+register_arch("GPT2LMHeadModel", "GPT2Config", "petrun.models.gpt2:GPT2LMHeadModel",
+              lora_targets=".*dense1|.*dense3")   # MindFormers' GPT2WithLora
 
 
 def known_archs() -> list[str]:

@@ -239,51 +239,6 @@ def resolve_strategy(path, workdir: str | Path, key: str) -> tuple[str | None, d
     return str(p), layouts
 
 
-# --------------------------------------------------------------------------- from a config
-def model_parameters(cfg, device_target: str | None = None) -> tuple[dict, set, dict]:
-    """({name: full shape}, trainable names, {name: bytes per element}) of the config's model
-    with its pet_config applied — built without allocating weights (no_init_parameters), so a
-    7B model takes seconds and little memory."""
-    from mindspore.nn.utils import no_init_parameters
-
-    from petrun.api import build_model
-    target = device_target or (cfg.get("context") or {}).get("device_target", "CPU")
-    from petrun.parallel.context import target_available
-    if not target_available(target):
-        target = "CPU"   # shapes do not depend on it; dtypes only decide the optimizer threshold
-    with no_init_parameters():
-        net = build_model(cfg, device_target=target)
-    shapes, trainable, itemsize = {}, set(), {}
-    for p in net.get_parameters():
-        shapes[p.name] = tuple(int(d) for d in p.shape)
-        itemsize[p.name] = int(p.itemsize) if hasattr(p, "itemsize") else 4
-        if p.requires_grad:
-            trainable.add(p.name)
-    return shapes, trainable, itemsize
-
-
-def plan_for_config(cfg, device_target: str | None = None):
-    """The StrategyPlan that cfg's parallel_config implies for its model (semi-auto layout)."""
-    from petrun.parallel.context import parallel_mode
-    from petrun.parallel.strategy import ParallelDims, family_of, plan_layouts
-
-    mode = parallel_mode(cfg)
-    if mode == "DATA_PARALLEL":
-        raise UserError("parallel_mode 0 (data parallel) has no strategy files: every rank holds "
-                        "the whole model and loads the complete checkpoint",
-                        key="parallel.parallel_mode", file=cfg.origin("parallel.parallel_mode"),
-                        fix="set parallel.parallel_mode=1 and the layout in parallel_config")
-    family = family_of(cfg.get("model.arch.type"))
-    dims = ParallelDims.from_config(cfg)
-    shapes, trainable, itemsize = model_parameters(cfg, device_target)
-    run_mode = cfg.get("run_mode") or "finetune"
-    if run_mode not in ("train", "finetune"):
-        trainable = set()   # no optimizer, hence no optimizer sharding
-    mc = cfg.get("model.model_config") or {}
-    return plan_layouts(shapes, dims, family, num_layers=mc.get("num_layers"),
-                        offset=mc.get("offset", 0) or 0, trainable=trainable, dtype_bytes=itemsize)
-
-
 def _rank_file_name(stem: str):
     return re.compile(rf"^{re.escape(stem)}_rank_\d+\.(ckpt|json)$")
 

@@ -6,7 +6,7 @@ Parameter: mindpet_delta_prompt_tuning_embedding.embedding_table [num_virtual_to
 (PEFT's `prompt_embeddings`). Trainable count: num_virtual_tokens·hidden. Not mergeable.
 
 Initialisation (prompt_tuning_init) reads the base model's word embeddings, so it runs again when
-petrun.api.load_checkpoint loads base weights that do not include the prompt (see `after_load`):
+petrun.build.load_checkpoint loads base weights that do not include the prompt (see `after_load`):
   RANDOM        normal with the standard deviation of the word-embedding table;
   SAMPLE_VOCAB  rows of uniformly drawn vocabulary tokens;
   TEXT          rows of the tokens of prompt_tuning_init_text (SentencePiece tokenizer.model at

@@ -64,8 +64,8 @@ def _candidates(cfg, est: Estimate) -> list[tuple[str, list[str], str]]:
         out.append((f"seq_length {half}", [f"model.model_config.seq_length={half}"],
                     "the data must be tokenized to the new length"))
     if est.run_mode in ("finetune", "train") and est.pet_type is None:
-        from petrun.api import DEFAULT_LORA_TARGETS
-        targets = DEFAULT_LORA_TARGETS.get(est.arch)
+        from petrun.models.registry import known_archs, arch_entry
+        targets = arch_entry(est.arch).lora_targets if est.arch in known_archs() else None
         if targets:
             out.append(("LoRA instead of a full finetune",
                         ["model.model_config.pet_config.pet_type=lora",

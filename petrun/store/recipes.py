@@ -51,8 +51,7 @@ PETRUN_ONLY = ("prompt_tuning", "ptuning")   # their config classes' defaults ne
 
 def configs_dir() -> Path:
     """petrun's configs/ folder (beside the package in a source checkout)."""
-    import petrun
-    return Path(petrun.__file__).resolve().parents[1] / "configs"
+    return Path(__file__).resolve().parents[2] / "configs"
 
 
 def recipe(family: str, size_name: str, method: str | None) -> tuple[Path, dict | None]:

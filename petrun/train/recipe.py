@@ -364,7 +364,7 @@ class FinetuneRecipe:
             self.say(f"step {step}: {result.line()}")
 
     def setup_model(self) -> None:
-        from petrun.api import PET_PATTERN, build_model, load_checkpoint
+        from petrun.build import build_model, load_pretrained
         cfg = self.cfg
         reports = []
         self.model = build_model(cfg, device_target=self.device_target, report=reports.append)
@@ -374,20 +374,10 @@ class FinetuneRecipe:
         else:
             from petrun.pet.base import count_parameters, trainable_line
             self.say("full finetune: " + trainable_line(*count_parameters(self.model)))
-        ckpt = cfg.get("load_checkpoint")
-        if ckpt:
-            from petrun.ckpt.transform import auto_trans_files
-            # auto_trans_ckpt: a rank_N/ source is resharded (or merged) to this job's layout first.
-            files = auto_trans_files(cfg, rank=self.rank, world=self.world_size,
-                                     output_dir=self.output_dir,
-                                     expected_full_shapes={p.name: tuple(p.shape)
-                                                           for p in self.model.get_parameters()})
-            self.loaded_files = files or [ckpt]
-            for path in self.loaded_files:
-                result = load_checkpoint(self.model, path, strict=True, allow_missing=(PET_PATTERN,))
-                self.say(f"loaded {len(result['loaded'])} tensors from {path}")
-        else:
-            self.loaded_files = []
+        # auto_trans_ckpt: a rank_N/ source is resharded (or merged) to this job's layout first.
+        self.loaded_files = load_pretrained(self.model, cfg, rank=self.rank, world=self.world_size,
+                                            output_dir=self.output_dir, say=self.say)
+        if not self.loaded_files:
             self.say("[yellow]no load_checkpoint: the base model starts from random weights[/yellow]")
         self.trainable = list(self.model.trainable_params())
 

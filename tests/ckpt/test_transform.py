@@ -344,7 +344,7 @@ def test_cli_transform_and_its_errors(tmp_path):
 def test_auto_trans_files_follows_the_parallel_mode(tmp_path):
     """Data parallel: a complete file loads as is, rank_N/ shards are merged once. Semi-auto:
     petrun writes the job's strategy (no compile) and reshards the complete file to it."""
-    from petrun.ckpt.transform import auto_trans_files
+    from petrun.build import auto_trans_files
     from petrun.config import load_config
     from tests.conftest import ROOT
     tiny = str(ROOT / "configs/llama2/lora_llama2_tiny.yaml")

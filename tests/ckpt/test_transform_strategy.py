@@ -214,7 +214,8 @@ def test_strategy_into_a_used_folder_needs_overwrite_and_replaces_the_whole_set(
 
 def test_a_failed_rewrite_keeps_the_old_strategy_set(tmp_path):
     from petrun.config import load_config
-    from petrun.parallel.strategy_file import plan_for_config, write_plan
+    from petrun.build import plan_for_config
+    from petrun.parallel.strategy_file import write_plan
     out, _ = strategy(tmp_path, "parallel_config.data_parallel=2", "parallel_config.model_parallel=2")
     before = {f.name: f.read_bytes() for f in out.iterdir()}
     plan = plan_for_config(load_config(str(TINY), SEMI + ["parallel_config.model_parallel=2"]))

@@ -20,7 +20,8 @@ from petrun.api import build_model
 from petrun.config import load_config
 from petrun.errors import UserError
 from petrun.parallel.strategy import layer_stage, layers_per_stage
-from petrun.parallel.strategy_file import plan_for_config, read_strategy, write_plan
+from petrun.build import plan_for_config
+from petrun.parallel.strategy_file import read_strategy, write_plan
 from tests.conftest import ROOT
 
 DP, MP, PP = 2, 4, 2

@@ -246,7 +246,7 @@ def test_every_parameter_of_each_real_model_has_a_layout(config):
     """Built models (not name lists) so a renamed parameter fails here instead of silently
     missing from the strategy files."""
     from petrun.config import load_config
-    from petrun.parallel.strategy_file import plan_for_config
+    from petrun.build import plan_for_config
     from tests.conftest import ROOT
     path = ROOT / "configs" / config
     if not path.exists():
