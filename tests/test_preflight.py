@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,11 @@ def findings(cfg, verb="finetune", **kw):
     return err.value.findings
 
 
-def test_7b_on_this_cpu_machine_stops_in_seconds(cli):
-    t0 = time.perf_counter()
-    res = cli("finetune", "--config", L7B, timeout=60)
-    elapsed = time.perf_counter() - t0
+def test_7b_on_this_cpu_machine_stops_before_building(cli):
+    # How fast: benchmarks/bench_preflight.py (RESULTS.md); here only what it says (the timeout
+    # is a hang guard, not a speed claim).
+    res = cli("finetune", "--config", L7B, timeout=300)
     assert res.returncode == 2, res.stderr
-    assert elapsed < 5, f"{elapsed:.1f} s"
     text = " ".join(res.stderr.split())
     assert "pre-flight found" in text and "no Ascend device" in text
     assert "GiB per device" in text and "RAM is available now" in text      # needs vs has
@@ -40,20 +38,20 @@ def test_7b_on_this_cpu_machine_stops_in_seconds(cli):
     assert "use a smaller model" in text
 
 
-def test_tiny_config_passes_in_well_under_a_second_without_mindspore(tmp_path):
-    code = ("import sys, json, time\n"
+def test_tiny_config_passes_without_importing_mindspore(tmp_path):
+    # Its speed is measured in benchmarks/bench_preflight.py, not asserted here.
+    code = ("import sys, json\n"
             "from petrun.config import load_config\n"
             "from petrun.preflight import run_preflight\n"
             f"cfg = load_config({str(TINY)!r}, {OK!r} + ['output_dir={tmp_path / 'out'}'])\n"
-            "t = time.perf_counter(); rep = run_preflight(cfg, 'finetune')\n"
-            "print(json.dumps({'s': time.perf_counter() - t, 'ms': 'mindspore' in sys.modules,\n"
+            "rep = run_preflight(cfg, 'finetune')\n"
+            "print(json.dumps({'ms': 'mindspore' in sys.modules,\n"
             "                  'checked': rep.checked, 'line': rep.line()}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          timeout=60)
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout.strip().splitlines()[-1])
     assert rep["ms"] is False
-    assert rep["s"] < 1.0
     assert rep["checked"] == ["model", "memory", "paths", "dataset"]
     assert "planned peak" in rep["line"]
 

@@ -28,6 +28,11 @@ print("env", role, rank, os.environ["MS_WORKER_NUM"], os.environ.get("DEVICE_ID"
 if role == "MS_SCHED":
     sys.exit(0)
 mode, seconds = sys.argv[1], float(sys.argv[2])
+if mode == "gate":   # wait (at most `seconds`) for the file argv[3], then rank 1 fails
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(sys.argv[3]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    mode = "fail"
 if mode == "fail" and rank == "1":
     time.sleep(0.3)
     print("boom: the last words of rank 1", flush=True)
@@ -121,9 +126,9 @@ def test_all_workers_succeed(tmp_path, fake):
 
 def test_a_failing_worker_stops_the_others_and_is_named(tmp_path, fake):
     s = spec(tmp_path)
-    t0 = time.monotonic()
     res = L.launch(s, f"{fake} fail 60")
-    assert time.monotonic() - t0 < 20          # rank 0 (sleeping 60 s) was stopped
+    # rank 0 (sleeping 60 s, then printing "done") was stopped, not waited for:
+    assert "done" not in (Path(s.log_dir) / "worker_0.log").read_text()
     assert res.rc == 3 and res.failed == "rank 1"
     assert res.message.startswith("rank 1 exited with code 3; stopped rank 0")
     assert res.tail[-1] == "boom: the last words of rank 1"
@@ -147,10 +152,13 @@ def test_a_killed_worker_is_reported_with_its_signal(tmp_path, fake):
 
 def test_no_join_returns_at_once_and_the_supervisor_records_the_outcome(tmp_path, fake):
     s = spec(tmp_path, join=False)
-    t0 = time.monotonic()
-    pid = L.launch(s, f"{fake} fail 60")
-    assert isinstance(pid, int) and time.monotonic() - t0 < 5
-    status = wait_status(Path(s.log_dir), 30)
+    gate = tmp_path / "go"
+    pid = L.launch(s, f"{fake} gate 120 {gate}")
+    # Returned while the workers still wait for the gate (a launch that joined would block
+    # until they gave up after 120 s, and the status would then be there).
+    assert isinstance(pid, int) and not (Path(s.log_dir) / L.STATUS_FILE).exists()
+    gate.touch()
+    status = wait_status(Path(s.log_dir), 60)
     assert status["rc"] == 3 and status["failed"] == "rank 1"
 
 
