@@ -22,9 +22,11 @@ def show(ctx: typer.Context,
     cfg = load_config(config, parse_args(ctx.args))
     if as_json:
         print(cfg.to_json())
+        err_console.print(f"[dim]resolved from {cfg.source}[/dim]", highlight=False)
         if cfg.ignored:
             err_console.print(f"[dim]ignored by petrun: {', '.join(cfg.ignored)}[/dim]")
         return
+    print(f"# Resolved from {cfg.source}")   # a shipped config when no local file had the name
     if cfg.ignored:
         print("# Accepted for MindFormers compatibility but ignored by petrun:")
         for key in cfg.ignored:
@@ -50,7 +52,7 @@ def validate(ctx: typer.Context,
         raise PreflightError(findings, time.perf_counter() - t0,
                              head=f"{config}: well-formed, but `petrun {config_verb(cfg)}` would "
                                   "refuse it:")
-    console.print(f"[green]ok[/green] {config}: valid"
+    console.print(f"[green]ok[/green] {cfg.source}: valid"
                   + (f" ({len(cfg.ignored)} MindFormers keys ignored)" if cfg.ignored else ""))
     for warning in warnings:
         console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)

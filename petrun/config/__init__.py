@@ -72,6 +72,8 @@ def load_config(path: str | Path, overrides: Iterable[str | Override] = (), *,
     `overrides` may be strings as typed on the command line (`a.b=1`, `~a.b`, `--seed 3`) or
     Override objects. Raises UserError (ConfigError) naming file, dotted key and a fix.
     """
+    from petrun.config.shipped import resolve_config_path
+    path = resolve_config_path(path)   # a local file, else a shipped config of that name
     data, origins = load_layered(path)
     return _resolve(data, origins, str(path), overrides, validate)
 

@@ -90,7 +90,8 @@ def read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError("config file not found", file=str(path),
-                        fix="check the path; relative paths are resolved against the current directory")
+                        fix="check the path (relative paths are resolved against the current "
+                            "directory), or name a shipped config: `petrun configs list`")
     except IsADirectoryError:
         raise UserError("expected a YAML file but this is a directory", file=str(path),
                         fix="pass the .yaml file itself")

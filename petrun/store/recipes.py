@@ -50,8 +50,9 @@ PETRUN_ONLY = ("prompt_tuning", "ptuning")   # their config classes' defaults ne
 
 
 def configs_dir() -> Path:
-    """petrun's configs/ folder (beside the package in a source checkout)."""
-    return Path(__file__).resolve().parents[2] / "configs"
+    """petrun's shipped configs (package data; `configs/` in a checkout links to them)."""
+    from petrun.config.shipped import shipped_dir
+    return shipped_dir()
 
 
 def recipe(family: str, size_name: str, method: str | None) -> tuple[Path, dict | None]:
@@ -74,8 +75,8 @@ def recipe(family: str, size_name: str, method: str | None) -> tuple[Path, dict 
         rel = RECIPES[(family, None)]
     path = configs_dir() / rel
     if not path.is_file():
-        raise UserError("petrun's recipe YAML is missing (petrun runs from its source checkout, "
-                        "which ships configs/)", file=str(path), key="model",
+        raise UserError("petrun's recipe YAML is missing from its installed package data",
+                        file=str(path), key="model",
                         fix="pass args=<a petrun YAML> instead of relying on the model name's "
                             "default recipe")
     return path, pet
