@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 from tests.parallel.strategy_helpers import load
+from tests.ports import free_port, with_free_port
 
 TINY = "configs/llama2/lora_llama2_tiny.yaml"
 pytestmark = pytest.mark.slow
@@ -31,13 +32,6 @@ def uniform_data(path: Path, n: int) -> Path:
     return path
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def adapter(out: Path, rank: int) -> dict:
     files = sorted((out / "checkpoint" / f"rank_{rank}").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     return {k: v for k, v in load(files[-1]).items() if "lora" in k}
@@ -52,8 +46,9 @@ def script(*args, timeout=150):
 def test_two_ranks_identical_and_equal_to_one_process(tmp_path):
     data = uniform_data(tmp_path / "data.jsonl", 32)
     common = f"--train_dataset_dir {data} runner_config.epochs=1"
-    r = script(f"petrun finetune --config {TINY} --use_parallel True parallel.gradients_mean=True {common} "
-               f"output_dir={tmp_path / 'dp'}", 2, free_port(), tmp_path / "logs", "True", 300)
+    r = with_free_port(lambda port: script(
+        f"petrun finetune --config {TINY} --use_parallel True parallel.gradients_mean=True {common} "
+        f"output_dir={tmp_path / 'dp'}", 2, port, tmp_path / "logs", "True", 300))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "step 2/2" in r.stdout                          # rank 0's progress, echoed
     assert "step 2/2" not in (tmp_path / "logs" / "worker_1.log").read_text()   # only rank 0 reports progress

@@ -18,6 +18,7 @@ import pytest
 from petrun.parallel import launch as L
 from tests.conftest import ROOT, run_cli
 from tests.parallel.strategy_helpers import load
+from tests.ports import free_port, with_free_port
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +26,8 @@ TINY = "configs/llama2/lora_llama2_tiny.yaml"
 STEPS = 8          # 32 samples / (2 ranks × batch 4) = 4 steps per epoch, 2 epochs, shuffled
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_argv(out: Path, data: Path, *extra) -> list[str]:
-    return ["launch", "--worker-num", "2", "--master-port", str(free_port()),
+def launch_argv(out: Path, data: Path, *extra, port: int | None = None) -> list[str]:
+    return ["launch", "--worker-num", "2", "--master-port", str(port or free_port()),
             "--log-dir", str(out / "msrun_log"), "--",
             "petrun", "finetune", "--config", TINY, "--use_parallel", "True",
             "parallel.gradients_mean=True", "--train_dataset_dir", str(data),
@@ -74,7 +68,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, data) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted")
-    r = run_cli(*launch_argv(out, data), timeout=300)
+    r = with_free_port(lambda port: run_cli(*launch_argv(out, data, port=port), timeout=300))
     assert r.returncode == 0, r.stdout + r.stderr
     for rank in (0, 1):
         assert sorted(losses(out, rank)) == list(range(1, STEPS + 1))
@@ -108,7 +102,8 @@ def test_kill_9_a_worker_then_resume_matches_the_uninterrupted_run(tmp_path, dat
     stopped_at = max(losses(out, victim))
     assert stopped_at < STEPS, "the run finished before the kill"
 
-    r = run_cli(*launch_argv(out, data, "--resume"), timeout=300)
+    r = with_free_port(lambda port: run_cli(*launch_argv(out, data, "--resume", port=port),
+                                            timeout=300))
     text = r.stdout + r.stderr
     assert r.returncode == 0, text
     assert "Traceback" not in text
@@ -137,7 +132,8 @@ def test_ranks_whose_newest_checkpoints_differ_resume_from_a_common_step(tmp_pat
     assert newest.endswith("_4")                                  # epoch 2, step 4 of the epoch
     for f in (rank0 / f"{newest}.json", rank0 / f"{newest}.ckpt"):
         f.unlink()
-    r = run_cli(*launch_argv(out, data, "--resume"), timeout=300)
+    r = with_free_port(lambda port: run_cli(*launch_argv(out, data, "--resume", port=port),
+                                            timeout=300))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "rank 1 uses its step-6 checkpoint" in (out / "msrun_log" / "worker_1.log").read_text()
     for rank in (0, 1):

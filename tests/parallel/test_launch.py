@@ -17,6 +17,7 @@ import pytest
 from petrun.errors import UserError
 from petrun.parallel import launch as L
 from tests.conftest import ROOT, run_cli
+from tests.ports import free_port, with_free_port
 
 SCRIPT = ROOT / "scripts" / "msrun_launcher.sh"
 
@@ -40,12 +41,6 @@ if mode == "fail" and rank == "1":
 time.sleep(seconds)
 print("done", rank, flush=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -194,7 +189,7 @@ def test_script_forms_and_errors(tmp_path, fake):
     r = run_script(f"{fake} ok 0", 2, 3)
     assert r.returncode == 2 and "expected 1, 2, 6 or 9 arguments" in r.stderr
     logs = tmp_path / "logs"
-    r = run_script(f"{fake} fail 60", 2, free_port(), logs, "True", 60)   # 6-argument form, joined
+    r = with_free_port(lambda port: run_script(f"{fake} fail 60", 2, port, logs, "True", 60))
     assert r.returncode == 3
     assert "rank 1 exited with code 3" in r.stderr and "boom: the last words of rank 1" in r.stderr
 
@@ -203,8 +198,9 @@ def test_petrun_launch_cli(tmp_path, fake):
     r = run_cli("launch", "--worker-num", 2, "--log-dir", tmp_path / "l", "--dry-run", "--",
                 "petrun", "finetune", "--config", "x.yaml")
     assert r.returncode == 0 and "msrun --worker_num=2" in r.stdout and "-m petrun finetune" in r.stdout
-    r = run_cli("launch", "--worker-num", 2, "--master-port", free_port(), "--log-dir", tmp_path / "l",
-                "--", "python", fake, "fail", "60")
+    r = with_free_port(lambda port: run_cli(
+        "launch", "--worker-num", 2, "--master-port", port, "--log-dir", tmp_path / "l",
+        "--", "python", fake, "fail", "60"))
     assert r.returncode == 3
     assert "rank 1 exited with code 3" in r.stderr and "boom" in r.stderr
 
@@ -295,8 +291,9 @@ def test_killing_a_worker_mid_run_ends_the_job(tmp_path):
 
 @pytest.mark.slow
 def test_semi_auto_parallel_under_the_launcher_is_refused_on_cpu(tmp_path):
-    r = run_cli("launch", "--worker-num", 2, "--master-port", free_port(), "--log-dir", tmp_path / "l", "--",
-                "petrun", "finetune", "--config", "configs/llama2/lora_llama2_tiny.yaml", "--use_parallel", "True",
-                "parallel.parallel_mode=1", f"output_dir={tmp_path / 'out'}", timeout=120)
+    r = with_free_port(lambda port: run_cli(
+        "launch", "--worker-num", 2, "--master-port", port, "--log-dir", tmp_path / "l", "--",
+        "petrun", "finetune", "--config", "configs/llama2/lora_llama2_tiny.yaml", "--use_parallel", "True",
+        "parallel.parallel_mode=1", f"output_dir={tmp_path / 'out'}", timeout=120))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "exited with code 2" in r.stderr and "parallel.parallel_mode=0" in r.stderr

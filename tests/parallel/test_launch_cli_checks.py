@@ -1,12 +1,12 @@
 """`petrun launch`: worker-count mistakes (message, Fix, exit 2) and what rank 0's echo shows:
 MindSpore's C++ INFO lines stay in the worker log unless the user asked for them with GLOG_v.
 The workers are small Python scripts (no MindSpore), so these run in a few seconds."""
-import socket
 
 import pytest
 
 from petrun.parallel import launch as L
 from tests.conftest import run_cli
+from tests.ports import with_free_port
 
 WORKER = """
 import os, sys, time
@@ -22,12 +22,6 @@ time.sleep(0.5)
 print("Start] Event base dispatch success!", flush=True)
 print("done", flush=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("args,message,fix", [
@@ -51,8 +45,9 @@ def _launch(tmp_path, glog):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     logs = tmp_path / "logs"
-    r = run_cli("launch", "--worker-num", 2, "--master-port", free_port(), "--log-dir", logs,
-                "--", "python", script, env={"GLOG_v": glog}, timeout=120)
+    r = with_free_port(lambda port: run_cli(
+        "launch", "--worker-num", 2, "--master-port", port, "--log-dir", logs,
+        "--", "python", script, env={"GLOG_v": glog}, timeout=120))
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout, (logs / "worker_0.log").read_text()
 

@@ -3,7 +3,6 @@ or a folder in front) and msrun's own option spellings. Fast: no worker imports 
 one real launch stops at a missing config)."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
@@ -13,15 +12,10 @@ from petrun.cli.launch_cmd import msrun_spellings
 from petrun.errors import UserError
 from petrun.parallel import launch as L
 from tests.conftest import ROOT, run_cli
+from tests.ports import with_free_port
 
 SCRIPT = ROOT / "scripts" / "msrun_launcher.sh"
 PETRUN_RUN = [sys.executable, "-m", "petrun", "run"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("command", [
@@ -52,8 +46,9 @@ def test_the_seed_command_string_no_longer_says_script_not_found(tmp_path):
     logs = tmp_path / "logs"
     cmd = ("run_mindformer.py --config configs/llama2/no_such.yaml --train_dataset_dir D "
            "--load_checkpoint C --auto_trans_ckpt False --use_parallel True --run_mode finetune")
-    r = subprocess.run(["bash", str(SCRIPT), cmd, "2", str(free_port()), str(logs), "True", "60"],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = with_free_port(lambda port: subprocess.run(
+        ["bash", str(SCRIPT), cmd, "2", str(port), str(logs), "True", "60"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT))
     assert "script not found" not in r.stderr
     assert r.returncode == 2, r.stdout + r.stderr
     assert "exited with code 2" in r.stderr and "no_such.yaml" in r.stderr, r.stderr
@@ -104,7 +99,8 @@ def test_tail_worker_log_chooses_the_echoed_rank(tmp_path):
     script = tmp_path / "w.py"
     script.write_text("import os\nif os.environ['MS_ROLE'] == 'MS_WORKER':\n"
                       "    print('hello from rank', os.environ['RANK_ID'], flush=True)\n")
-    r = run_cli("launch", "--worker_num", "2", "--master_port", free_port(), "--log_dir",
-                tmp_path / "l", "--tail_worker_log=1", "python", script, timeout=120)
+    r = with_free_port(lambda port: run_cli(
+        "launch", "--worker_num", "2", "--master_port", port, "--log_dir", tmp_path / "l",
+        "--tail_worker_log=1", "python", script, timeout=120))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "hello from rank 1" in r.stdout and "hello from rank 0" not in r.stdout

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.parallel.strategy_helpers import load
+from tests.ports import with_free_port
 
 pytestmark = pytest.mark.slow
 
@@ -24,19 +24,13 @@ BASE = "data/demo/llama2_tiny_base.ckpt"
 DATA = "data/demo/alpaca_demo_seq256.jsonl"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launcher(command: str, logs: Path, timeout: int = 300):
     """bash scripts/msrun_launcher.sh "COMMAND" 2 PORT LOG_DIR True 300, from the repo root as the
     documents run it from MindFormers' root."""
-    return subprocess.run(["bash", str(ROOT / "scripts" / "msrun_launcher.sh"), command, "2",
-                           str(free_port()), str(logs), "True", "300"], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return with_free_port(lambda port: subprocess.run(
+        ["bash", str(ROOT / "scripts" / "msrun_launcher.sh"), command, "2", str(port), str(logs),
+         "True", "300"], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}))
 
 
 @pytest.fixture(scope="module")
