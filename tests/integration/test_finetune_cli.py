@@ -52,10 +52,13 @@ def test_measured_peak_memory_is_recorded_beside_the_plan(full_run):
     assert memory["planned_peak"] >= sum(parts.values()) * 0.99 > 0
     # How close the plan comes is the benchmark's business (benchmarks/plan_vs_measured.py): the
     # same run's peak RSS moves with the machine's state, so only consistency is asserted here.
-    assert memory["plan_error"] == round(memory["planned_peak"] / memory["measured_peak"] - 1, 4)
+    # (plan_error's arithmetic: tests/plan/test_measure.py::test_plan_error_by_hand.)
+    # The console line reports the record's own numbers:
     line = next(x for x in r.stdout.splitlines() if x.startswith("memory: measured peak "))
     assert "(peak RSS of this process); planned" in line
-    assert line.endswith("% high" if memory["plan_error"] > 0 else "% low")
+    err = memory["plan_error"]
+    assert -1 < err < 1
+    assert line.endswith(f"{abs(err) * 100:.1f}% {'high' if err > 0 else 'low'}")
 
 
 def test_adapter_checkpoints_follow_mindformers_layout(full_run):
