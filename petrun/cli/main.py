@@ -31,6 +31,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.add_typer(config_cmd.app, name="config")
 from petrun.cli import configs_cmd  # noqa: E402  (shipped configs: list, copy)
 app.add_typer(configs_cmd.app, name="configs")
+from petrun.cli import plot_cmd  # noqa: E402  (issue 18: plots of runs)
+plot_cmd.register(app)
 app.add_typer(ckpt_cmd.app, name="ckpt")
 run.register(app)
 from petrun.cli import ckpt_transform_cmd, launch_cmd  # noqa: E402  (issue 7: launch, ckpt transform)

@@ -457,6 +457,10 @@ ROOT = Section({
     "parallel": PARALLEL, "parallel_config": PARALLEL_CONFIG, "recompute_config": RECOMPUTE_CONFIG,
     "context": CONTEXT, "callbacks": ListOf(CALLBACK), "model": MODEL, "processor": PROCESSOR,
     "metric": ANY,
+    # MindFormers (1.5+) `tensorboard:` section, written with tensorboardX as MindFormers does.
+    "tensorboard": Section({
+        "tensorboard_dir": STR_OR_NONE, "tensorboard_queue_size": POS_INT,
+        "log_loss_scale_to_tensorboard": BOOL, "log_timers_to_tensorboard": BOOL}),
 }, ignored=frozenset({
     "profile", "profile_start_step", "profile_stop_step", "init_start_profile",
     "profile_communication", "profile_memory", "auto_tune", "filepath_prefix", "autotune_per_step",

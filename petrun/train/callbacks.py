@@ -22,10 +22,12 @@ class MetricsLog:
     {"event": "resume", "step": N, ...} and its own records.
     """
 
-    def __init__(self, path: Path, run_id: str | None = None, resume_step: int | None = None):
+    def __init__(self, path: Path, run_id: str | None = None, resume_step: int | None = None,
+                 mirrors: tuple = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.run_id = run_id
+        self.mirrors = mirrors   # other sinks fed the same records (TensorBoard)
         if resume_step is not None and path.is_file():
             self._drop_after(resume_step)
         self.f = open(path, "a", encoding="utf-8")
@@ -56,9 +58,13 @@ class MetricsLog:
             record = {**record, "run_id": self.run_id}
         self.f.write(json.dumps(record) + "\n")
         self.f.flush()
+        for sink in self.mirrors:
+            sink.write(record)
 
     def close(self) -> None:
         self.f.close()
+        for sink in self.mirrors:
+            sink.close()
 
 
 class Progress:

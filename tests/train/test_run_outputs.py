@@ -1,0 +1,99 @@
+"""What a run leaves to look at: the loss/lr plot and TensorBoard event files, both fed from the
+metrics records; checked against hand-written records and read back from the files."""
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from petrun.errors import UserError
+from petrun.train.plot import plot, read_series
+from tests.conftest import run_cli
+
+RECORDS = [
+    {"step": 1, "loss": 2.5, "lr": 0.0, "grad_norm": 1.0, "loss_scale": 1.0,
+     "tokens_per_second": 100.0, "step_time_s": 0.5},
+    {"step": 2, "loss": 2.0, "lr": 1e-3, "grad_norm": 0.9, "loss_scale": 1.0,
+     "tokens_per_second": 110.0, "step_time_s": 0.4},
+    {"event": "eval", "step": 2, "eval_loss": 2.2, "eval_perplexity": 9.03},
+    {"step": 3, "loss": 1.5, "lr": 2e-3, "grad_norm": 0.8, "loss_scale": 1.0,
+     "tokens_per_second": 120.0, "step_time_s": 0.3},
+]
+
+
+def _run(tmp_path, name, records):
+    path = tmp_path / name / "log" / "rank_0" / "metrics.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "lo')  # cut line
+    return tmp_path / name
+
+
+def test_the_plot_draws_the_recorded_values(tmp_path):
+    a = read_series(_run(tmp_path, "a", RECORDS), "a")
+    b = read_series(_run(tmp_path, "b", [dict(r, loss=r["loss"] + 1) for r in RECORDS
+                                         if "loss" in r]), "b")
+    out = tmp_path / "p.png"
+    fig = plot([a, b], out)
+    loss_ax, lr_ax = fig.axes
+    lines = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in loss_ax.lines}
+    assert lines["a loss"] == ([1, 2, 3], [2.5, 2.0, 1.5])
+    assert lines["a eval loss"] == ([2], [2.2])
+    assert lines["b loss"] == ([1, 2, 3], [3.5, 3.0, 2.5])
+    assert [list(ln.get_ydata()) for ln in lr_ax.lines] == [[0.0, 1e-3, 2e-3]] * 2
+    import matplotlib.image as mpimg
+    pixels = mpimg.imread(out)
+    assert pixels.shape[0] > 100 and float(np.std(pixels)) > 0.05   # not a blank canvas
+
+
+def test_petrun_plot_cli(tmp_path):
+    run = _run(tmp_path, "a", RECORDS)
+    r = run_cli("plot", run, run, "--labels", "r8,r16", "-o", tmp_path / "cmp.png")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cmp.png").stat().st_size > 1000 and "r8: 3 steps" in r.stdout
+    bad = run_cli("plot", run, "--labels", "x,y", "-o", tmp_path / "x.png")
+    assert bad.returncode == 2 and "--labels" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run_cli("plot", tmp_path / "nothing")
+    assert missing.returncode == 2 and "no metrics.jsonl" in missing.stderr
+
+
+def test_a_run_without_steps_is_refused(tmp_path):
+    run = _run(tmp_path, "a", [{"event": "resume", "step": 0}])
+    with pytest.raises(UserError, match="no training steps"):
+        plot([read_series(run)], tmp_path / "p.png")
+
+
+def read_events(folder):
+    """Scalars and texts of tensorboard event files: TFRecord framing (length, crc, data, crc)
+    around Event protos, parsed with tensorboardX's own proto classes."""
+    from tensorboardX.proto.event_pb2 import Event
+    scalars, texts = {}, {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                if v.HasField("tensor") and v.tensor.string_val:
+                    texts[v.tag] = v.tensor.string_val[0].decode()
+                elif v.HasField("simple_value") or v.simple_value:
+                    scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return scalars, texts
+
+
+def test_tensorboard_events_hold_the_records(tmp_path):
+    from petrun.train.tensorboard import TensorBoardLog
+    section = {"tensorboard_dir": str(tmp_path / "tb"), "log_loss_scale_to_tensorboard": True,
+               "log_timers_to_tensorboard": False}
+    tb = TensorBoardLog(section, rank=1, config_yaml="seed: 0\nrun_mode: finetune\n", run_id="abc")
+    for r in RECORDS:
+        tb.write(r)
+    tb.close()
+    scalars, texts = read_events(tmp_path / "tb" / "rank_1")
+    assert scalars["loss"] == [(1, 2.5), (2, 2.0), (3, 1.5)]
+    assert [s for s, _ in scalars["lr"]] == [1, 2, 3]
+    assert scalars["lr"][2][1] == pytest.approx(2e-3)
+    assert scalars["eval/loss"] == [(2, pytest.approx(2.2))]
+    assert "loss-scale" in scalars and "throughput" not in scalars   # as the section asks
+    assert "run_mode: finetune" in texts["config/text_summary"]
