@@ -10,7 +10,7 @@ from petrun.version import __version__
 from petrun.cli import ckpt_cmd, config_cmd, plan_cmd, run
 
 app = typer.Typer(
-    name="petrun", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="petrun", no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
     help="Parameter-efficient finetuning of LLMs on MindSpore, driven by MindFormers-style YAML.\n\n"
          "Add --debug anywhere to see full tracebacks.",
 )
