@@ -17,13 +17,18 @@ from petrun.errors import UserError
 _TRAINING_STATE = re.compile(
     r"^(adam_m\.|adam_v\.|moment1\.|moment2\.|accu_grads\.|global_step$|epoch_num$|step_num$|"
     r"loss_scale$|scale_sense$|current_iterator_step$|last_overflow_iterator_step$|"
-    r"learning_rate$|beta1_power$|beta2_power$)")
+    r"learning_rate$|beta1_power$|beta2_power$"
+    # MindFormers' P-Tuning v2 / prefix-tuning models keep their prefix token ids (a constant
+    # arange(pre_seq_len), not trained) as a Parameter, so its whole-network checkpoints carry
+    # it; petrun's prefix encoders need no such table (found by tests/oracle against 1.3.2).
+    r"|(?:.+\.)?mindpet_delta_(?:ptuning2|prefixtuning)_prefix$)")
 
 ADAPTER_PATTERN = "*mindpet_delta_*"  # every PET parameter carries this infix (MindFormers)
 
 
 def is_training_state(name: str) -> bool:
-    """Optimizer moments, step counters, loss scale: entries that are not network weights."""
+    """Optimizer moments, step counters, loss scale, MindFormers' prefix token ids: entries that
+    are not network weights."""
     return bool(_TRAINING_STATE.match(name))
 
 
