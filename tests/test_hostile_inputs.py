@@ -277,6 +277,30 @@ def mindrecord_with_wrong_columns(h):
     return h.finetune(data=path), [str(path), "input_ids"]
 
 
+def _damage_mindrecord_page(path: Path, nbytes: int = 1024) -> None:
+    """Overwrite `nbytes` in the middle of the first data page (after the header), where neither
+    the header nor the .db index notice it."""
+    import json
+    import struct
+    with open(path, "r+b") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        page = header["page"][0]
+        assert page["page_size"] > 4 * nbytes, page
+        f.seek(header["header_size"] + page["page_size"] // 2)
+        f.write(b"\xa5" * nbytes)
+
+
+@case
+def mindrecord_with_a_damaged_page(h):
+    # Was: pre-flight fine, then exit 139 (SIGSEGV in MindSpore's reader) at the damaged step.
+    path = h.tmp / "prepared.mindrecord"
+    r = _run(["data", "prepare", "alpaca", "-i", DEMO / "alpaca_demo.json", "-o", path,
+              "--config", CONFIG])
+    assert r.returncode == 0, r.stdout + r.stderr
+    _damage_mindrecord_page(path)
+    return h.finetune(data=path), [str(path), "damaged", "re-create"]
+
+
 @case
 def directory_without_data_files(h):
     empty = h.tmp / "nodata"

@@ -363,7 +363,12 @@ def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[
                                            or [np.zeros(0)])
                          for c in columns if records and isinstance(records[0], dict)
                          and c in records[0]}, vocab_size, where, key)
-    # MindRecord: read batch by batch (DataSource.check_batch), as a full pass would be slow.
+    # MindRecord: token ids are checked batch by batch (DataSource.check_batch); that every page
+    # can be read at all is checked once per file version, in a child process (a damaged page
+    # crashes MindSpore's reader).
+    if src.fmt == "mindrecord":
+        from petrun.data.integrity import verify_mindrecord
+        verify_mindrecord(info["files"], key)
     return info, records
 
 

@@ -155,6 +155,8 @@ def write_mindrecord(path: str | os.PathLike, samples: Iterable[Mapping[str, Any
             os.unlink(f)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+    from petrun.data.integrity import remember_written
+    remember_written(finals, count)   # just written whole: no need to read it back before a run
     return count
 
 
