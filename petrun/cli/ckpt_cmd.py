@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from petrun.cli.common import console
+from petrun.cli.common import TensorProgress, console
 
 app = typer.Typer(help="Checkpoint tools: HF conversion, resharding, strategy files, adapter merge, PEFT format.",
                   no_args_is_help=True)
@@ -30,26 +30,14 @@ def convert(
 
     Unknown or missing tensors are errors that name them. Nothing is downloaded.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from petrun.ckpt import hf
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("[dim]{task.fields[name]}"))
-    with Progress(*columns, console=console, transient=True) as bar:
-        state = {}
-
-        def on_plan(plan):
-            state["task"] = bar.add_task("converting", total=plan.num_tensors, name="")
-
-        def step(name):
-            bar.update(state["task"], advance=1, name=name)
-
+    with TensorProgress() as bar:
         if reverse:
-            result = hf.convert_ms_to_hf(model, src, dst, config, dtype, step, on_plan,
+            result = hf.convert_ms_to_hf(model, src, dst, config, dtype, bar.step, bar.on_plan,
                                          overwrite=overwrite)
         else:
-            result = hf.convert_hf_to_ms(model, src, dst, dtype, step, on_plan,
+            result = hf.convert_hf_to_ms(model, src, dst, dtype, bar.step, bar.on_plan,
                                          overwrite=overwrite)
     console.print(f"[green]wrote[/green] {result.dst} — {result.tensors} tensors, "
                   f"{result.bytes_written / 2**20:,.1f} MiB"

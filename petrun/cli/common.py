@@ -19,3 +19,30 @@ def collect_overrides(extra: list[str], flags: dict[str, Optional[str]]) -> list
     out = [convert_flag(name, value) for name, value in flags.items()
            if value is not None and name in MF_FLAGS]
     return out + parse_args(extra)
+
+
+class TensorProgress:
+    """A bar over the tensors of a conversion: `on_plan(plan)` sizes it from plan.num_tensors,
+    `step(name)` advances it and shows the tensor. Transient: only the final line stays."""
+
+    def __init__(self, what: str = "converting"):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+        self.what = what
+        self.task = None
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("[dim]{task.fields[name]}"),
+                            console=console, transient=True)
+
+    def __enter__(self) -> "TensorProgress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def on_plan(self, plan) -> None:
+        self.task = self.bar.add_task(self.what, total=plan.num_tensors, name="")
+
+    def step(self, name: str) -> None:
+        self.bar.update(self.task, advance=1, name=name)

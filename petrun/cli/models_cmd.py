@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from petrun.cli.common import console
+from petrun.cli.common import TensorProgress, console
 
 app = typer.Typer(help="The local model store: MindFormers model names (gpt2, llama2_7b, glm2_6b, "
                        "...) for Trainer(model=NAME), without any download.",
@@ -34,23 +34,12 @@ def add(
     The store is ~/.cache/petrun/models (or $PETRUN_MODEL_STORE); an entry appears only once it
     is complete.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from petrun import store
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("[dim]{task.fields[name]}"))
-    with Progress(*columns, console=console, transient=True) as bar:
-        state = {}
-
-        def on_plan(plan):
-            state["task"] = bar.add_task("converting", total=plan.num_tensors, name="")
-
-        def step(tensor):
-            bar.update(state["task"], advance=1, name=tensor)
-
+    with TensorProgress() as bar:
         entry = store.add(name, src, config=config, tokenizer=tokenizer, family=family,
-                          dtype=dtype, overwrite=overwrite, progress=step, on_plan=on_plan)
+                          dtype=dtype, overwrite=overwrite, progress=bar.step,
+                          on_plan=bar.on_plan)
     tok = ", ".join(entry.meta.get("tokenizer") or []) or "none (add one with --tokenizer)"
     console.print(f"[green]added[/green] {entry.name} ({entry.family}, "
                   f"{store.human_count(entry.params)} parameters) → {entry.path}\n"
