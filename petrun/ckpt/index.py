@@ -193,6 +193,8 @@ def _read_safetensors(path: str) -> dict[str, TensorInfo]:
 def read_index(path: str | os.PathLike, key: str = "load_checkpoint") -> dict[str, TensorInfo]:
     """{name: TensorInfo} of one .ckpt or .safetensors file; UserError if it cannot be read."""
     path = os.fspath(path)
+    from petrun.ckpt.io import refuse_pickle
+    refuse_pickle(path, key)
     reader = _read_safetensors if path.endswith(".safetensors") else _read_ckpt
     try:
         return reader(path)

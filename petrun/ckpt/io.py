@@ -26,6 +26,43 @@ _TRAINING_STATE = re.compile(
 ADAPTER_PATTERN = "*mindpet_delta_*"  # every PET parameter carries this infix (MindFormers)
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle")
+
+
+def pickle_kind(path: str | Path) -> str | None:
+    """What kind of Python pickle the file is (PyTorch's torch.save zip or a raw pickle), judged
+    by its first bytes only; None for anything else. Nothing is unpickled."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:         # PROTO opcode, pickle protocols 2-5
+        return "a Python pickle"
+    if head == b"PK\x03\x04":
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as z:
+                if any(n.endswith(("data.pkl", ".pkl")) for n in z.namelist()):
+                    return "a PyTorch torch.save file (a zip holding a pickle)"
+        except (OSError, zipfile.BadZipFile):
+            return None
+    return None
+
+
+def refuse_pickle(path: str | Path, key: str) -> None:
+    """A UserError for a pickle: petrun never unpickles (loading a pickle runs any code it holds,
+    so a downloaded .bin/.pt is a program, not weights)."""
+    kind = pickle_kind(path)
+    if kind is None:
+        return
+    raise UserError(f"this is {kind}; petrun never loads pickles, because unpickling runs any code "
+                    "the file holds", file=str(path), key=key,
+                    fix="get the safetensors version of the weights (HF: model.safetensors, PEFT: "
+                        "adapter_model.safetensors, save_pretrained(safe_serialization=True)) "
+                        "and convert it with `petrun ckpt convert` / `petrun ckpt import-peft`")
+
+
 def is_training_state(name: str) -> bool:
     """Optimizer moments, step counters, loss scale, MindFormers' prefix token ids: entries that
     are not network weights."""

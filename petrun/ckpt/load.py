@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 from petrun.ckpt.diagnose import names_fix, shapes_fix
-from petrun.ckpt.io import ADAPTER_PATTERN, is_training_state
+from petrun.ckpt.io import ADAPTER_PATTERN, PICKLE_SUFFIXES, is_training_state, refuse_pickle
 from petrun.ckpt.store import CheckpointFolder, verify_against_manifest
 from petrun.errors import UserError
 
@@ -24,6 +24,7 @@ def checkpoint_files(path: str | Path, key: str = "load_checkpoint") -> list[Pat
     """
     p = Path(path)
     if p.is_file():
+        refuse_pickle(p, key)
         return [p]
     if p.is_dir():
         folder = CheckpointFolder(p)
@@ -39,6 +40,9 @@ def checkpoint_files(path: str | Path, key: str = "load_checkpoint") -> list[Pat
                        and not f.name.startswith("."))
         if files:
             return files
+        for f in sorted(p.iterdir()):
+            if f.is_file() and f.suffix in PICKLE_SUFFIXES:
+                refuse_pickle(f, key)   # e.g. a PEFT folder with only adapter_model.bin
         ranks = sorted(d.name for d in p.iterdir() if d.is_dir() and d.name.startswith("rank_"))
         if ranks:
             fix = ("load it with --auto_trans_ckpt True and --src_strategy_path_or_dir, or merge "

@@ -195,22 +195,28 @@ class SafetensorsReader(TensorReader):
                 "save_pretrained(..., safe_serialization=True)")
 
     def _index(self, path: Path) -> None:
+        from petrun.ckpt.io import refuse_pickle
+        refuse_pickle(path, "--src")
         try:
             f = open(path, "rb")
         except OSError as e:
-            raise UserError(f"cannot open ({e.strerror})", file=str(path)) from None
+            raise UserError(f"cannot open ({e.strerror})", file=str(path),
+                            fix="check the path and its read permission") from None
         self._handles[path] = f
         head = f.read(8)
+        damaged = "re-download the file or re-save it with save_pretrained(safe_serialization=True)"
         if len(head) != 8:
-            raise UserError("not a safetensors file (too short)", file=str(path))
+            raise UserError("not a safetensors file (too short)", file=str(path), fix=damaged)
         (n,) = struct.unpack("<Q", head)
         size = path.stat().st_size
         if n > min(size - 8, 100 * 1024 * 1024):
-            raise UserError("not a safetensors file (bad header length)", file=str(path))
+            raise UserError("not a safetensors file (bad header length), or truncated inside its "
+                            "header", file=str(path), fix=damaged)
         try:
             header = json.loads(f.read(n))
         except ValueError:
-            raise UserError("not a safetensors file (header is not JSON)", file=str(path)) from None
+            raise UserError("not a safetensors file (header is not JSON)", file=str(path),
+                            fix=damaged) from None
         base = 8 + n
         for name, meta in header.items():
             if name == "__metadata__":

@@ -172,6 +172,7 @@ def load_tokenizer(tokenizer_cfg: Mapping) -> Tokenizer:
                         fix=f"set processor.tokenizer.vocab_file to a {what} or tokenizer_file to "
                             "a tokenizer.json (petrun never downloads one)")
     vocab_file = _local(vocab_file)
+    _check_family(kind, vocab_file)
     if kind in _GPT2_TYPES or cfg.get("merges_file"):
         from petrun.data.bpe import HFTokenizer
         merges = cfg.get("merges_file") or os.path.join(os.path.dirname(vocab_file), "merges.txt")
@@ -179,6 +180,31 @@ def load_tokenizer(tokenizer_cfg: Mapping) -> Tokenizer:
     if kind in _GLM2_TYPES:
         return ChatGLM2Tokenizer(vocab_file)
     return SentencePieceTokenizer(vocab_file, **specials)
+
+
+def _check_family(kind: str, vocab_file: str) -> None:
+    """The type says how vocab_file is read; a file of another family's kind (GPT-2's vocab.json
+    given to a SentencePiece type, or a SentencePiece model to GPT2Tokenizer) is an error, not a
+    tokenizer that runs and yields nonsense ids (it trained at loss 0 before this check)."""
+    try:
+        with open(vocab_file, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError:
+        return   # the reader reports a missing/unreadable file with its own message
+    is_json = head[:1] in (b"{", b"[")
+    if kind in _GPT2_TYPES and head and not is_json:
+        raise UserError(f"{kind} reads GPT-2's vocab.json (with merges.txt), and this file is not "
+                        "JSON: a SentencePiece tokenizer.model, the tokenizer of another model "
+                        "family?", file=vocab_file, key=VOCAB_FILE_KEY,
+                        fix="point vocab_file at the model's own vocab.json, or set "
+                            f"{TYPE_KEY} to the family this tokenizer.model belongs to "
+                            "(LlamaTokenizer, ChatGLM2Tokenizer)")
+    if kind not in _GPT2_TYPES and is_json:
+        raise UserError(f"{kind} reads a SentencePiece tokenizer.model, and this file is a JSON "
+                        "vocabulary: GPT-2's vocab.json or a tokenizer.json, the tokenizer of "
+                        "another model family", file=vocab_file, key=VOCAB_FILE_KEY,
+                        fix="point vocab_file at the model's own tokenizer.model (or set "
+                            "tokenizer_file for a Hugging Face tokenizer.json)")
 
 
 def _local(path) -> str:
