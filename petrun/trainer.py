@@ -31,6 +31,7 @@ from typing import Any, Iterable
 from petrun.config import Config, load_config, with_overrides
 from petrun.config.overrides import Override
 from petrun.errors import UserError
+from petrun.models.registry import family_of_arch
 
 # MindFormers' task names (MindFormerBook r1.0–r1.3); petrun runs the causal-LM ones.
 SUPPORTED_TASKS = ("text_generation", "general")
@@ -43,8 +44,6 @@ MINDFORMERS_TASKS = ("general", "masked_image_modeling", "image_classification",
 _DTYPE_KEYS = ("compute_dtype", "param_init_type", "layernorm_compute_type",
                "softmax_compute_type", "rotary_dtype", "residual_dtype", "embedding_init_type")
 _TOKENIZER_FILES = ("vocab_file", "merges_file", "tokenizer_file")
-_FAMILY_OF_ARCH = {"LlamaForCausalLM": "llama2", "ChatGLM2ForConditionalGeneration": "glm2",
-                   "ChatGLM2WithPtuning2": "glm2", "GPT2LMHeadModel": "gpt2"}
 
 
 def _check_task(task: str) -> None:
@@ -191,7 +190,7 @@ class Trainer:
     def _store_overlay(self, base: Config) -> list[Override]:
         """The store entry's model sizes, weights and tokenizer on top of the recipe."""
         entry = self.entry
-        family = _FAMILY_OF_ARCH.get(base.get("model.arch.type"))
+        family = family_of_arch(base.get("model.arch.type"))
         if family != entry.family:
             raise UserError(f"model {entry.name!r} is a {entry.family} model but the config's "
                             f"model.arch.type is {base.get('model.arch.type')!r}", key="model",
@@ -245,7 +244,7 @@ class Trainer:
             return []
         if pet is None:   # a user YAML without pet_config: the family's default
             from petrun.store import recipes
-            family = _FAMILY_OF_ARCH.get(base.get("model.arch.type"))
+            family = family_of_arch(base.get("model.arch.type"))
             if family is None:
                 raise UserError(f"pet_method={method!r} but the config has no pet_config",
                                 key="model.model_config.pet_config",
@@ -311,7 +310,7 @@ class Trainer:
         text = str(value)
         if store.exists(text):
             entry = store.get(text, key=key)
-            family = _FAMILY_OF_ARCH.get(self.config.get("model.arch.type"))
+            family = family_of_arch(self.config.get("model.arch.type"))
             if entry.family != family:
                 raise UserError(f"{key}={text!r} is a {entry.family} model, this run is {family}",
                                 key=key, fix="pass weights of this model")

@@ -18,9 +18,12 @@ FAMILIES = (("Llama2", "LlamaForCausalLM", ("model.layers.", "model.tok_embeddin
 # Fragments only Hugging Face checkpoints have (Llama's self_attn/gate_proj, GPT-2's h.N.attn).
 HF_FRAGMENTS = (".self_attn.", ".mlp.gate_proj.", ".attn.c_attn.", "transformer.h.",
                 ".embed_tokens.")
-METHOD_NAMES = {"lora": "LoRA", "ia3": "IA3", "adapter": "adapters", "ptuning2": "P-Tuning v2",
-                "ptuning": "P-Tuning", "prefixtuning": "prefix tuning", "prefix": "prefix tuning",
-                "prompt": "prompt tuning"}
+
+
+def _method_names() -> dict[str, str]:
+    """{parameter tag: the method's title}, from the PET-method registry."""
+    from petrun.pet.config import methods
+    return {tag: m.title for m in methods() for tag in m.tags}
 
 SIZE_FIX = ("the checkpoint is from another model size; match model.model_config (hidden_size, "
             "num_layers, vocab_size, n_kv_heads) to the checkpoint")
@@ -49,7 +52,7 @@ def methods_of(names: Iterable[str]) -> set[str]:
 
 
 def _methods(found: set[str]) -> str:
-    return "/".join(sorted(METHOD_NAMES.get(m, m) for m in found))
+    return "/".join(sorted(_method_names().get(m, m) for m in found))
 
 
 def names_fix(checkpoint: Sequence[str], model: Sequence[str]) -> str:

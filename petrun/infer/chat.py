@@ -55,9 +55,6 @@ def render_none(prompt: str | Mapping[str, Any]) -> str:
 TEMPLATES = {"alpaca": render_alpaca, "vicuna": render_vicuna, "glm2": render_glm2,
              "none": render_none}
 
-# What each family's finetune data looks like in MindFormers' recipes.
-_FAMILY_DEFAULT = {"LlamaForCausalLM": "alpaca", "ChatGLM2ForConditionalGeneration": "glm2",
-                   "ChatGLM2WithPtuning2": "glm2", "GPT2LMHeadModel": "none"}
 
 
 def _text(prompt: str | Mapping[str, Any]) -> str:
@@ -76,7 +73,8 @@ def default_template(arch: str, tokenizer_type: str | None = None) -> str:
     if arch in ("ChatGLM2ForConditionalGeneration", "ChatGLM2WithPtuning2") and \
             tokenizer_type in ("LlamaTokenizer", "LlamaTokenizerFast"):
         return "alpaca"
-    return _FAMILY_DEFAULT.get(arch, "none")
+    from petrun.models.registry import known_archs, arch_entry
+    return arch_entry(arch).chat_template if arch in known_archs() else "none"
 
 
 def check_template(name: str, key: str = TEMPLATE_KEY) -> str:

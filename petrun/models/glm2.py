@@ -368,6 +368,24 @@ class ChatGLM2ForConditionalGeneration(nn.Cell):
         self.transformer = ChatGLM2Model(config, self.dtypes)
         self.loss = MaskedCrossEntropy(IGNORE_INDEX)
 
+    # What other code sizes itself by, and the two things prompt-learning methods (pet/virtual.py)
+    # need from a model: the vocabulary's embedding table and more positions for virtual tokens.
+    def dims(self) -> dict:
+        c = self.config
+        return dict(family="glm2", num_layers=c.num_layers, kv_heads=c.kv_heads,
+                    head_dim=c.head_dim, hidden=c.hidden_size, vocab=c.vocab,
+                    max_positions=c.seq_length, seq_length=c.seq_length)
+
+    def word_embedding(self):
+        return self.transformer.embedding.embedding_weight
+
+    def extend_positions(self, extra: int, key: str) -> None:
+        """Number `extra` more positions: the rotary table is a constant, rebuilt longer."""
+        c = self.config
+        self.transformer.rotary_pos_emb = GLM2RotaryEmbedding(
+            c.head_dim // 2, c.seq_length + extra, 10000.0 * float(c.rope_ratio),
+            self.dtypes["rotary_dtype"])
+
     def construct(self, input_ids, labels=None, prefix_key_values=None, prompt_embeds=None,
                   position_ids=None, segment_ids=None):
         hidden = self.transformer(input_ids, prefix_key_values, prompt_embeds, position_ids,

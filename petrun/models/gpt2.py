@@ -276,6 +276,27 @@ class GPT2LMHeadModel(nn.Cell):
                              self.compute_dtype)
         self.loss = MaskedCrossEntropy(IGNORE_INDEX)
 
+    # What other code sizes itself by, and the two things prompt-learning methods (pet/virtual.py)
+    # need from a model: the vocabulary's embedding table and more positions for virtual tokens.
+    def dims(self) -> dict:
+        c = self.config
+        return dict(family="gpt2", num_layers=c.num_layers, kv_heads=c.num_heads,
+                    head_dim=c.head_dim, hidden=c.hidden_size, vocab=c.vocab_size,
+                    max_positions=c.max_positions, seq_length=c.seq_length)
+
+    def word_embedding(self):
+        return self.backbone.embedding.word_embedding.embedding_table
+
+    def extend_positions(self, extra: int, key: str) -> None:
+        """The learned position table cannot grow: the virtual tokens and the sequence must fit."""
+        from petrun.errors import UserError
+        c = self.config
+        if c.seq_length + extra > c.max_positions:
+            raise UserError(f"{extra} virtual tokens + seq_length {c.seq_length} exceed GPT-2's "
+                            f"{c.max_positions} learned positions", key=key,
+                            fix=f"lower {key.rsplit('.', 1)[-1]} or model.model_config.seq_length "
+                                "so that their sum fits max_position_embeddings")
+
     def logits(self, hidden):
         table = self.backbone.embedding.word_embedding.embedding_table
         return ops.cast(self.head(hidden, table), ms.float32)

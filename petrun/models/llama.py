@@ -230,6 +230,24 @@ class LlamaForCausalLM(nn.Cell):
             self.tied_head = TiedHead("model.tok_embeddings.embedding_weight", self.compute_dtype)
         self.loss = MaskedCrossEntropy(config.ignore_token_id)
 
+    # What other code sizes itself by, and the two things prompt-learning methods (pet/virtual.py)
+    # need from a model: the vocabulary's embedding table and more positions for virtual tokens.
+    def dims(self) -> dict:
+        c = self.config
+        return dict(family="llama2", num_layers=c.num_layers, kv_heads=c.kv_heads,
+                    head_dim=c.head_dim, hidden=c.hidden_size, vocab=c.vocab_size,
+                    max_positions=c.max_positions, seq_length=c.seq_length)
+
+    def word_embedding(self):
+        return self.model.tok_embeddings.embedding_weight
+
+    def extend_positions(self, extra: int, key: str) -> None:
+        """Number `extra` more positions: the rotary table is a constant, rebuilt longer."""
+        c, old = self.config, self.model.rotary
+        self.model.rotary = RotaryEmbedding(c.head_dim, old.max_positions + extra, c.theta,
+                                            c.extend_method, c.scaling_factor,
+                                            self.dtypes["rotary_dtype"])
+
     def logits(self, hidden):
         if self.tie_word_embeddings:
             out = self.tied_head(hidden, self.model.tok_embeddings.embedding_weight)

@@ -1,7 +1,13 @@
-"""Model registry: MindFormers `model.arch.type` → (config class name, builder path).
+"""The model-family registry: MindFormers `model.arch.type` → everything petrun asks about it.
 
-Builders are "module:attr" strings imported on use, so reading this module (config validation,
-`petrun config show`) never imports MindSpore. A new family is one more `register_arch` call.
+An entry names the config class, the builder, the family (llama2/glm2/gpt2: the key of the
+family's HF name map in ckpt/hf.py, its shard layout in parallel/strategy.py and its parameter
+shapes in models/shapes.py), the chat template its finetune data uses, and the planner's default
+LoRA targets. What PET needs from a built model (the word embedding, more positions for virtual
+tokens) the model classes expose themselves (`word_embedding`, `extend_positions`), so PET never
+switches on a model's class. Builders are "module:attr" strings imported on use, so reading this
+module (config validation, `petrun config show`) never imports MindSpore. A new family is one
+model module plus one `register_arch` call per arch name (ARCHITECTURE.md has the checklist).
 """
 from __future__ import annotations
 
@@ -21,6 +27,9 @@ class ArchEntry:
     # Tokens per training sample beyond seq_length: 1 when the model shifts labels itself
     # (Llama2, GPT2 data are seq_length + 1 long), 0 when the data arrives shifted (GLM2).
     extra_tokens: int = 1
+    family: str = ""   # llama2 | glm2 | gpt2
+    # The prompt template of the family's finetune data in MindFormers' recipes (infer/chat.py).
+    chat_template: str = "none"
     # LoRA target_modules the planner's "LoRA instead of a full finetune" lever proposes.
     lora_targets: str | None = None
 
@@ -28,22 +37,36 @@ class ArchEntry:
 _ARCHS: dict[str, ArchEntry] = {}
 
 
-def register_arch(arch: str, config_type: str, builder: str, extra_tokens: int = 1,
+def register_arch(arch: str, config_type: str, builder: str, *, family: str,
+                  extra_tokens: int = 1, chat_template: str = "none",
                   lora_targets: str | None = None) -> None:
-    _ARCHS[arch] = ArchEntry(arch, config_type, builder, extra_tokens, lora_targets)
+    _ARCHS[arch] = ArchEntry(arch, config_type, builder, extra_tokens, family, chat_template,
+                             lora_targets)
 
 
 register_arch("LlamaForCausalLM", "LlamaConfig", "petrun.models.llama:LlamaForCausalLM",
-              lora_targets=".*wq|.*wk|.*wv|.*wo")
+              family="llama2", chat_template="alpaca", lora_targets=".*wq|.*wk|.*wv|.*wo")
 register_arch("ChatGLM2ForConditionalGeneration", "ChatGLM2Config",
-              "petrun.models.glm2:ChatGLM2ForConditionalGeneration", extra_tokens=0,
-              lora_targets=".*query_key_value")
+              "petrun.models.glm2:ChatGLM2ForConditionalGeneration", family="glm2",
+              extra_tokens=0, chat_template="glm2", lora_targets=".*query_key_value")
 # MindFormers names GLM2's P-Tuning v2 model as an arch of its own; petrun builds the same base
 # model and leaves the prefix to pet_config (pet_type: ptuning2).
 register_arch("ChatGLM2WithPtuning2", "ChatGLM2Config",
-              "petrun.models.glm2:ChatGLM2ForConditionalGeneration", extra_tokens=0)
+              "petrun.models.glm2:ChatGLM2ForConditionalGeneration", family="glm2",
+              extra_tokens=0, chat_template="glm2")
 register_arch("GPT2LMHeadModel", "GPT2Config", "petrun.models.gpt2:GPT2LMHeadModel",
-              lora_targets=".*dense1|.*dense3")   # MindFormers' GPT2WithLora
+              family="gpt2", lora_targets=".*dense1|.*dense3")   # MindFormers' GPT2WithLora
+
+
+def family_of_arch(arch: str | None) -> str | None:
+    """llama2 / glm2 / gpt2 for a known model.arch.type, else None."""
+    entry = _ARCHS.get(arch)  # type: ignore[arg-type]
+    return entry.family if entry else None
+
+
+def arch_families() -> dict[str, str]:
+    """{model.arch.type: family} of every registered arch."""
+    return {a: e.family for a, e in _ARCHS.items()}
 
 
 def known_archs() -> list[str]:

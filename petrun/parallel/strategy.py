@@ -214,15 +214,13 @@ FAMILIES: dict[str, list[tuple[re.Pattern, Rule]]] = {
         (r"backbone\.layernorm\.(gamma|beta)", Rule("replicated", place="last")),
     ),
 }
-ARCH_FAMILY = {"LlamaForCausalLM": "llama2", "ChatGLM2ForConditionalGeneration": "glm2",
-               "ChatGLM2WithPtuning2": "glm2", "GPT2LMHeadModel": "gpt2"}
-
-
 def family_of(arch: str) -> str:
-    fam = ARCH_FAMILY.get(arch)
-    if fam is None:
+    from petrun.models.registry import arch_families
+    families = arch_families()
+    fam = families.get(arch)
+    if fam is None or fam not in FAMILIES:
         raise UserError(f"petrun has no parallel layout for model.arch.type {arch!r}",
-                        key="model.arch.type", fix=f"use one of {', '.join(sorted(ARCH_FAMILY))}")
+                        key="model.arch.type", fix=f"use one of {', '.join(sorted(families))}")
     return fam
 
 

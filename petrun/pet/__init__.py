@@ -6,29 +6,17 @@ MindSpore. Each method is "module:function", imported only when that method is a
 from __future__ import annotations
 
 import difflib
-import importlib
 from typing import Any, Mapping
 
 from petrun.errors import UserError
-from petrun.pet.config import PET_CONFIGS, PetConfigBase
+from petrun.pet.config import METHODS, PET_CONFIGS, PetConfigBase, resolve
 
 KEY = "model.model_config.pet_config"
 
-# pet_type -> "module:function"; the function is apply(net, config) -> PetReport.
-METHODS: dict[str, str] = {
-    "lora": "petrun.pet.lora:apply",
-    "ptuning2": "petrun.pet.ptuning2:apply",
-    "prefixtuning": "petrun.pet.prefix:apply",
-    "prompt_tuning": "petrun.pet.prompt:apply",
-    "ptuning": "petrun.pet.ptuning:apply",
-    "ia3": "petrun.pet.ia3:apply",
-    "adapter": "petrun.pet.adapter:apply",
-}
-
 
 def resolve_method(pet_type: str):
-    module, func = METHODS[pet_type].split(":")
-    return getattr(importlib.import_module(module), func)
+    """The registered apply(net, config) -> PetReport of `pet_type` (petrun/pet/config.py)."""
+    return resolve(METHODS[pet_type])
 
 
 def parse_pet_config(pet_config: Mapping[str, Any] | PetConfigBase) -> PetConfigBase:

@@ -1,4 +1,5 @@
-"""PET method hyper-parameters as plain dataclasses (no MindSpore import).
+"""PET method hyper-parameters as plain dataclasses, and the PET-method registry (no MindSpore
+import).
 
 `model.model_config.pet_config` is validated against the dataclass registered for its `pet_type`
 (key names and defaults as MindFormers' pet_config.py, reference/mindformers.md §1.8).
@@ -6,8 +7,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from collections.abc import Mapping as _Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 
 @dataclass
@@ -238,13 +241,113 @@ class AdapterConfig(PetConfigBase):
         return errs
 
 
-# pet_type -> config class; each has a method in petrun.pet.METHODS.
-PET_CONFIGS: dict[str, type[PetConfigBase]] = {
-    "lora": LoraConfig,
-    "ptuning2": Ptuning2Config,
-    "prefixtuning": PrefixTuningConfig,
-    "prompt_tuning": PromptTuningConfig,
-    "ptuning": PtuningConfig,
-    "ia3": IA3Config,
-    "adapter": AdapterConfig,
-}
+# =============================================================================================
+# The PET-method registry: each method is described once, in one `register_method` call.
+#
+# An entry says everything the rest of petrun asks about a method: its config class (above:
+# validation, defaults, `petrun config show`), how to apply it, whether and how it merges, its PEFT
+# type, whether packed rows may carry it, the planner's shape function (parameters without
+# building) and the names its parameters carry. Config validation, the recipe, checkpoint
+# diagnostics, the planner and the pre-flight read these entries, so a new method is one module plus
+# one registration (ARCHITECTURE.md, "Adding a PET method"; tests/pet/test_toy_method.py does it).
+# Callables are "module:function" strings imported on first use: reading the registry
+# (validation, `petrun --help`) never imports MindSpore. It lives beside the config classes so
+# that config validation, which reads PET_CONFIGS, sees every registered method.
+
+@dataclass(frozen=True)
+class PetMethod:
+    pet_type: str
+    config: type[PetConfigBase]
+    apply: str                    # "module:function": apply(net, config) -> PetReport
+    shapes: str | None = None     # "module:function": the planner's (specs, cfg, dims, arch, target)
+    merge: str | None = None      # "module:function": merge(net) -> layers merged, in place
+    unmerge: str | None = None
+    peft_type: str | None = None  # Hugging Face PEFT's name for it, if PEFT has it
+    title: str = ""               # how messages name it ("LoRA")
+    # Packed rows hold several samples; virtual tokens or a key/value prefix belong to one.
+    packing: bool = True
+    # Words after "mindpet_delta_" in its parameter names (checkpoint diagnostics).
+    tags: tuple[str, ...] = ()
+
+    @property
+    def mergeable(self) -> bool:
+        return self.merge is not None
+
+
+_METHODS: dict[str, PetMethod] = {}
+
+
+def register_method(method: PetMethod) -> PetMethod:
+    """Add (or replace, for tests) a method; returns it."""
+    _METHODS[method.pet_type] = method
+    return method
+
+
+def unregister_method(pet_type: str) -> None:
+    _METHODS.pop(pet_type, None)
+
+
+def method(pet_type: str | None) -> PetMethod | None:
+    return _METHODS.get(pet_type)  # type: ignore[arg-type]
+
+
+def methods() -> list[PetMethod]:
+    return list(_METHODS.values())
+
+
+def resolve(path: str) -> Callable:
+    module, func = path.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+class RegistryView(_Mapping):
+    """A read-only {pet_type: field} view that follows later registrations."""
+
+    def __init__(self, field: Callable[[PetMethod], object], only=lambda m: True):
+        self._field, self._only = field, only
+
+    def _items(self) -> dict:
+        return {k: self._field(m) for k, m in _METHODS.items() if self._only(m)}
+
+    def __getitem__(self, key):
+        return self._items()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __repr__(self) -> str:
+        return repr(self._items())
+
+
+# The views the rest of petrun reads (names kept from when each was a table of its own).
+PET_CONFIGS: Mapping[str, type[PetConfigBase]] = RegistryView(lambda m: m.config)
+METHODS: Mapping[str, str] = RegistryView(lambda m: m.apply)
+
+
+def _m(name: str) -> str:
+    return f"petrun.pet.{name}"
+
+
+register_method(PetMethod("lora", LoraConfig, f"{_m('lora')}:apply", "petrun.plan.pet:_lora",
+                          merge=f"{_m('lora')}:merge", unmerge=f"{_m('lora')}:unmerge",
+                          peft_type="LORA", title="LoRA", tags=("lora",)))
+register_method(PetMethod("ptuning2", Ptuning2Config, f"{_m('ptuning2')}:apply",
+                          "petrun.plan.pet:_ptuning2", peft_type="PREFIX_TUNING",
+                          title="P-Tuning v2", packing=False, tags=("ptuning2",)))
+register_method(PetMethod("prefixtuning", PrefixTuningConfig, f"{_m('prefix')}:apply",
+                          "petrun.plan.pet:_prefixtuning", peft_type="PREFIX_TUNING",
+                          title="prefix tuning", packing=False, tags=("prefixtuning", "prefix")))
+register_method(PetMethod("prompt_tuning", PromptTuningConfig, f"{_m('prompt')}:apply",
+                          "petrun.plan.pet:_prompt_tuning", peft_type="PROMPT_TUNING",
+                          title="prompt tuning", packing=False, tags=("prompt",)))
+register_method(PetMethod("ptuning", PtuningConfig, f"{_m('ptuning')}:apply",
+                          "petrun.plan.pet:_ptuning", peft_type="P_TUNING", title="P-Tuning",
+                          packing=False, tags=("ptuning",)))
+register_method(PetMethod("ia3", IA3Config, f"{_m('ia3')}:apply", "petrun.plan.pet:_ia3",
+                          merge=f"{_m('ia3')}:merge", unmerge=f"{_m('ia3')}:unmerge",
+                          peft_type="IA3", title="IA3", tags=("ia3",)))
+register_method(PetMethod("adapter", AdapterConfig, f"{_m('adapter')}:apply",
+                          "petrun.plan.pet:_adapter", title="adapters", tags=("adapter",)))

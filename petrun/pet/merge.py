@@ -10,8 +10,10 @@ merged checkpoint file without building the model twice.
 from __future__ import annotations
 
 from petrun.errors import UserError
+from petrun.pet.config import RegistryView, method, resolve
 
-MERGEABLE = ("lora", "ia3")
+# The registered methods with a merge (petrun/pet/config.py).
+MERGEABLE = RegistryView(lambda m: m.merge, only=lambda m: m.mergeable)
 
 
 def pet_type_of(net) -> str | None:
@@ -38,18 +40,10 @@ def merge(net) -> int:
     """Merge every adapter layer of `net`; returns how many layers were merged now."""
     kind = pet_type_of(net)
     check_mergeable(kind)
-    if kind == "lora":
-        from petrun.pet.lora import merge as lora_merge
-        return lora_merge(net)
-    from petrun.pet.ia3 import merge as ia3_merge
-    return ia3_merge(net)
+    return resolve(method(kind).merge)(net)
 
 
 def unmerge(net) -> int:
     kind = pet_type_of(net)
     check_mergeable(kind)
-    if kind == "lora":
-        from petrun.pet.lora import unmerge as lora_unmerge
-        return lora_unmerge(net)
-    from petrun.pet.ia3 import unmerge as ia3_unmerge
-    return ia3_unmerge(net)
+    return resolve(method(kind).unmerge)(net)

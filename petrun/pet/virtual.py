@@ -48,51 +48,29 @@ class Family:
         return 2 * self.num_layers * self.kv_heads * self.head_dim
 
 
+# Where MindFormers keeps a family's prefix encoder: ChatGLM2WithPtuning2 names it
+# `prefix_encoder` (reference/mindformers.md §5.6); the others adopt it without a prefix.
+ENCODER_PREFIX = {"glm2": "prefix_encoder."}
+
+
 def family_of(net) -> Family:
-    """Dimensions of a petrun Llama2 / ChatGLM2 / GPT2 model; a UserError for anything else."""
-    kind = type(net).__name__
-    c = getattr(net, "config", None)
-    if kind == "LlamaForCausalLM":
-        return Family("llama2", c.num_layers, c.kv_heads, c.head_dim, c.hidden_size, c.vocab_size,
-                      c.max_positions, c.seq_length, net.model.tok_embeddings.embedding_weight, "")
-    if kind == "ChatGLM2ForConditionalGeneration":
-        # MindFormers' ChatGLM2WithPtuning2 keeps its encoder as `prefix_encoder` (§5.6).
-        return Family("glm2", c.num_layers, c.kv_heads, c.head_dim, c.hidden_size, c.vocab,
-                      c.seq_length, c.seq_length, net.transformer.embedding.embedding_weight,
-                      "prefix_encoder.")
-    if kind == "GPT2LMHeadModel":
-        return Family("gpt2", c.num_layers, c.num_heads, c.head_dim, c.hidden_size, c.vocab_size,
-                      c.max_positions, c.seq_length,
-                      net.backbone.embedding.word_embedding.embedding_table, "")
-    raise UserError(f"prompt-learning methods need a petrun Llama2, ChatGLM2 or GPT2 model, not "
-                    f"{kind}", key=f"{pet_base.KEY_PREFIX}.pet_type",
-                    fix="use one of the model.arch.type values petrun builds")
+    """Dimensions of a petrun model, read through the hooks every family's model class has
+    (dims, word_embedding, extend_positions); a UserError for a model without them."""
+    if not all(hasattr(net, h) for h in ("dims", "word_embedding", "extend_positions")):
+        raise UserError(f"prompt-learning methods need a petrun Llama2, ChatGLM2 or GPT2 model, "
+                        f"not {type(net).__name__}", key=f"{pet_base.KEY_PREFIX}.pet_type",
+                        fix="use one of the model.arch.type values petrun builds")
+    d = net.dims()
+    return Family(d["family"], d["num_layers"], d["kv_heads"], d["head_dim"], d["hidden"],
+                  d["vocab"], d["max_positions"], d["seq_length"], net.word_embedding(),
+                  ENCODER_PREFIX.get(d["family"], ""))
 
 
 def extend_positions(net, family: Family, extra: int, key: str) -> None:
     """Let the model number `extra` more positions: virtual tokens come first and take positions
-    0..extra-1, as in PEFT. Rotary tables are constants (no parameters) and are rebuilt longer;
-    GPT-2's learned position table cannot grow, so there the sequence must fit."""
-    if family.name == "gpt2":
-        if family.seq_length + extra > family.max_positions:
-            raise UserError(f"{extra} virtual tokens + seq_length {family.seq_length} exceed GPT-2's "
-                            f"{family.max_positions} learned positions", key=key,
-                            fix=f"lower {key.rsplit('.', 1)[-1]} or model.model_config.seq_length "
-                                "so that their sum fits max_position_embeddings")
-        return
-    from petrun.models import glm2, layers
-
-    if family.name == "llama2":
-        c = net.config
-        old = net.model.rotary
-        net.model.rotary = layers.RotaryEmbedding(
-            c.head_dim, old.max_positions + extra, c.theta, c.extend_method, c.scaling_factor,
-            net.dtypes["rotary_dtype"])
-    else:
-        c = net.config
-        net.transformer.rotary_pos_emb = glm2.GLM2RotaryEmbedding(
-            c.head_dim // 2, c.seq_length + extra, 10000.0 * float(c.rope_ratio),
-            net.dtypes["rotary_dtype"])
+    0..extra-1, as in PEFT (the model class knows how: rotary tables are rebuilt longer, GPT-2's
+    learned table must already fit)."""
+    net.extend_positions(extra, key)
 
 
 class PromptLearningModel(nn.Cell):

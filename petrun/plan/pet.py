@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from petrun.errors import UserError
 from petrun.models.shapes import Dims, ParamSpec, device_dtype
 from petrun.pet import base as pet_base
-from petrun.pet.config import PetConfigBase
+from petrun.pet.config import PetConfigBase, RegistryView, resolve
 
 
 @dataclass
@@ -295,10 +295,10 @@ def _ptuning(specs, cfg, dims, arch, device):
     return added, [], {"virtual_tokens": p}
 
 
-# pet_type -> shape function. tests/plan/test_pet_shapes.py checks each against petrun.pet's real
-# apply and that every built method (petrun.pet.METHODS) has one here.
-PET_SHAPES = {"lora": _lora, "ia3": _ia3, "adapter": _adapter, "ptuning2": _ptuning2,
-              "prefixtuning": _prefixtuning, "prompt_tuning": _prompt_tuning, "ptuning": _ptuning}
+# pet_type -> shape function, as each method's registry entry names it (petrun/pet/config.py).
+# tests/plan/test_pet_shapes.py checks each against petrun.pet's real apply and that every
+# registered method has one.
+PET_SHAPES = RegistryView(lambda m: resolve(m.shapes), only=lambda m: m.shapes is not None)
 
 
 def apply_pet_shapes(specs: dict[str, ParamSpec], pet_config: PetConfigBase | None, dims: Dims,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from petrun.errors import UserError
+from petrun.models.registry import arch_families, family_of_arch
 from petrun.store import hf_config
 
 ENV = "PETRUN_MODEL_STORE"
@@ -45,8 +46,6 @@ FAMILIES = ("llama2", "glm2", "gpt2")
 TOKENIZER_TYPE = {"llama2": "LlamaTokenizer", "glm2": "ChatGLM2Tokenizer", "gpt2": "GPT2Tokenizer"}
 # What a tokenizer is made of, by the file that identifies it.
 _TOKENIZER_SETS = (("tokenizer.model",), ("vocab.json", "merges.txt"), ("tokenizer.json",))
-_ARCH_FAMILY = {"LlamaForCausalLM": "llama2", "ChatGLM2ForConditionalGeneration": "glm2",
-                "ChatGLM2WithPtuning2": "glm2", "GPT2LMHeadModel": "gpt2"}
 
 
 def root() -> Path:
@@ -165,11 +164,11 @@ def add(name: str, src: str | Path, *, config: str | Path | None = None,
         raise UserError(f"model {name!r} is already in the store", file=str(final), key="NAME",
                         fix="pass --overwrite to replace it, or choose another name")
     model, capacity, source_kind = _model_section(name, src, config, family)
-    fam = _ARCH_FAMILY.get(model["arch"]["type"])
+    fam = family_of_arch(model["arch"]["type"])
     if fam is None:
         raise UserError(f"model.arch.type {model['arch']['type']!r} is not a Llama2, ChatGLM2 or "
                         "GPT-2 model", file=str(config), key="model.arch.type",
-                        fix=f"use one of {', '.join(_ARCH_FAMILY)}")
+                        fix=f"use one of {', '.join(arch_families())}")
     mc = _typed(model)
     tok_files = _tokenizer_files(src, tokenizer)
     base.mkdir(parents=True, exist_ok=True)
