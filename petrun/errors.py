@@ -1,9 +1,13 @@
-"""The one exception type for mistakes a user can fix.
+"""The exception types the CLI turns into exit codes.
 
-The CLI prints a UserError as a short paragraph and exits 2 with no traceback (`--debug` shows it).
-Anything else escaping the CLI is a bug in petrun and keeps its traceback.
+UserError is the one type for mistakes a user can fix: the CLI prints it as a short paragraph and
+exits 2 with no traceback (`--debug` shows it). Interrupted is a training run stopped by a signal
+after saving (exit 128 + signal). Anything else escaping the CLI is a bug in petrun and keeps its
+traceback.
 """
 from __future__ import annotations
+
+import signal
 
 
 class UserError(Exception):
@@ -28,3 +32,12 @@ class UserError(Exception):
         if self.fix:
             text += f"\nFix: {self.fix}"
         return text
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint. The CLI exits 128 + signal."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None, summary: dict):
+        self.signum, self.step, self.checkpoint, self.summary = signum, step, checkpoint, summary
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}")

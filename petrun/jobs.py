@@ -5,7 +5,8 @@ from petrun.errors import UserError
 
 
 def run_job(cfg, verb: str, console, preflight: bool = True, options: dict | None = None) -> dict:
-    """options: the verb-only CLI options (predict/eval: petrun.cli.infer_cmd)."""
+    """options: the verb-only options (predict/eval: declared in petrun.cli.infer_cmd, taken by
+    petrun.infer.recipe)."""
     if preflight:  # seconds-fast checks before anything heavy is imported or built
         from petrun.preflight import run_preflight
         report = run_preflight(cfg, verb, adapter=(options or {}).get("adapter"))
@@ -14,10 +15,10 @@ def run_job(cfg, verb: str, console, preflight: bool = True, options: dict | Non
         from petrun.train.recipe import FinetuneRecipe
         return FinetuneRecipe(cfg, console=console).run()
     if verb == "predict":
-        from petrun.cli.infer_cmd import run_predict
+        from petrun.infer.recipe import run_predict
         return run_predict(cfg, console, **(options or {}))
     if verb == "eval":
-        from petrun.cli.infer_cmd import run_eval
+        from petrun.infer.recipe import run_eval
         return run_eval(cfg, console, **(options or {}))
     raise UserError(f"`petrun {verb}` is not built yet in this version",
                     fix="finetune/train work now; eval and predict come with the inference release")

@@ -85,7 +85,8 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
         else:
             _refuse_resume(ctx.args, mode)
             args, resume = ctx.args, []
-            from petrun.cli.infer_cmd import check_options, take_predict_input
+            from petrun.cli.infer_cmd import take_predict_input
+            from petrun.infer.recipe import check_options
             if mode == "predict":   # run_mindformer.py's --predict_data / --predict_batch_size
                 args, predict_input = take_predict_input(args, options)
             check_options(mode, options)   # option mistakes before the config is even read
@@ -100,7 +101,7 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
                               soft_wrap=True)
         cfg = load_config(config, overrides)
         from petrun.jobs import run_job
-        from petrun.train.recipe import Interrupted
+        from petrun.errors import Interrupted
         # With --output json, stdout carries the JSON alone; progress goes to stderr.
         out = err_console if options.get("output") == "json" else console
         try:

@@ -25,7 +25,6 @@ import logging
 import re
 import signal
 import statistics
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from petrun.config import Config
-from petrun.errors import UserError
+from petrun.errors import Interrupted, UserError
+from petrun.train import resume
 
 log = logging.getLogger("petrun")
 # Steps in a row with a gradient norm of exactly 0 that mean training has collapsed.
@@ -53,90 +53,11 @@ def nonfinite_count(params) -> int:
 # config, and accumulation buffers are zero at every optimizer-step boundary (where we save).
 _NOT_STATE = re.compile(r"^(learning_rate|seen_overflow)$|^accu_grads\.")
 
-# Config keys whose change makes a checkpoint's data cursor or optimizer state meaningless.
-RESUME_MUST_MATCH = ("model", "seed", "runner_config.batch_size",
-                     "runner_config.gradient_accumulation_steps", "train_dataset.batch_size",
-                     "train_dataset.seed", "train_dataset.drop_remainder",
-                     "train_dataset.data_loader.shuffle", "optimizer.type",
-                     "runner_wrapper.scale_sense")
-RESUME_IGNORED = ("resume_training", "output_dir")
-
-
 def _callback(cfg: Config, kind: str) -> dict:
     for cb in cfg.get("callbacks") or []:
         if isinstance(cb, dict) and cb.get("type") == kind:
             return cb
     return {}
-
-
-def _flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict) and node:
-        out = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(node, list) and node:
-        out = {}
-        for i, v in enumerate(node):
-            out.update(_flatten(v, f"{prefix}.{i}"))
-        return out
-    return {prefix: node}
-
-
-def _under(key: str, roots) -> bool:
-    return any(key == r or key.startswith(r + ".") for r in roots)
-
-
-class Interrupted(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint. The CLI exits 128 + signal."""
-
-    def __init__(self, signum: int, step: int, checkpoint: str | None, summary: dict):
-        self.signum, self.step, self.checkpoint, self.summary = signum, step, checkpoint, summary
-        self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}")
-
-
-class _StopOnSignal:
-    """The first SIGTERM/SIGINT asks the loop to save and stop at the next step boundary (a
-    scheduler's preemption notice, or Ctrl-C); a second one aborts at once, without saving.
-
-    While a graph runs, MindSpore's own SIGINT handler is active and re-raises SIGINT as SIGTERM,
-    so a Ctrl-C during a step is reported (and exits) as SIGTERM.
-    """
-
-    def __init__(self, note):
-        self.note = note
-        self.signum: int | None = None
-        self.in_step = False   # set around a compiled step, where MindSpore owns SIGINT
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is None:
-            self.signum = signum
-            name = signal.Signals(signum).name
-            if signum == signal.SIGTERM and self.in_step:
-                name += " (or Ctrl-C: during a step MindSpore turns it into SIGTERM)"
-            self.note(f"{name}: saving a checkpoint after this step, then stopping (Ctrl-C again "
-                      "to abort without saving)")
-        else:
-            raise KeyboardInterrupt
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def reclaim(self) -> None:
-        """Install our handlers again: a graph run leaves MindSpore's SIGINT handler in place."""
-        if self._previous:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, self._handle)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
 
 
 class FinetuneRecipe:
@@ -203,13 +124,13 @@ class FinetuneRecipe:
         self.lock = RunLock(self.output_dir, self.rank).acquire(origin=cfg.origin("output_dir"))
         self.store = CheckpointFolder(self.ckpt_dir)
         self.store.remove_leftovers()  # temporary files of a save that was killed midway
-        resume = cfg.get("resume_training")
+        wanted = cfg.get("resume_training")
         self.resume_from = None
-        if resume not in (None, False, ""):
+        if wanted not in (None, False, ""):
             self.resume_from = find_resume_checkpoint(
-                resume, output_dir=self.output_dir, rank=self.rank, warn=self.warn)
+                wanted, output_dir=self.output_dir, rank=self.rank, warn=self.warn)
             if self.world_size > 1:
-                self.resume_from = self._agree_on_resume_step(self.resume_from, explicit=resume is not True)
+                self.resume_from = self._agree_on_resume_step(self.resume_from, explicit=wanted is not True)
             if self.resume_from is None:
                 self.warn(f"resume requested, but {self.ckpt_dir} holds no checkpoint yet: "
                           "starting from step 0")
@@ -315,8 +236,9 @@ class FinetuneRecipe:
         cfg = self.cfg
         if not cfg.get("train_dataset.packing"):
             return False
+        from petrun.pet.config import method
         pet = (cfg.get("model.model_config.pet_config") or {}).get("pet_type")
-        if pet in ("ptuning2", "prefixtuning", "prompt_tuning", "ptuning") or \
+        if (method(pet) is not None and not method(pet).packing) or \
                 "Ptuning2" in str(cfg.get("model.arch.type")):
             raise UserError(f"packing is not supported with pet_type {pet}: its virtual tokens or "
                             "key/value prefix belong to one sample, not to a packed row",
@@ -425,31 +347,21 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------ resume
     def restore(self) -> None:
-        """Put the run where the checkpoint left it (a no-op for a fresh run)."""
+        """Put the run where the checkpoint left it (a no-op for a fresh run): train/resume.py."""
         self.start_step, self.start_epoch, self.skip_batches = 0, 1, 0
         self.last_saved_step: int | None = None
         ckpt = self.resume_from
         if ckpt is None:
             return
-        import mindspore as ms
         m = ckpt.manifest
-        self._check_resumable(m, ckpt.manifest_path)
-        for what, path, targets, cell in (
-                ("adapter", ckpt.adapter, self.trainable, self.model),
-                ("training state", ckpt.state, self.state_params(), self.train_cell)):
-            try:
-                values = ms.load_checkpoint(str(path))
-            except (ValueError, RuntimeError, OSError) as e:
-                raise UserError(f"cannot read checkpoint: {str(e).splitlines()[0][:200]}",
-                                file=str(path), key="resume_training",
-                                fix="resume from an earlier checkpoint") from None
-            self._assign(values, targets, cell, what, path)
-        self._restore_rng(m.get("rng") or {})
-        self.start_step = int(m["step"])
-        if int(m["step_in_epoch"]) >= self.steps_per_epoch:
-            self.start_epoch = int(m["epoch"]) + 1          # saved at the end of its epoch
-        else:
-            self.start_epoch, self.skip_batches = int(m["epoch"]), int(m["batches_in_epoch"])
+        resume.check_compatible(m, ckpt.manifest_path, cfg=self.cfg, world_size=self.world_size,
+                                data_files=self.data_files, order_digest=self._order_digest,
+                                warn=self.warn)
+        resume.load_state((("adapter", ckpt.adapter, self.trainable, self.model),
+                           ("training state", ckpt.state, self.state_params(), self.train_cell)))
+        resume.restore_rng(m.get("rng") or {})
+        at = resume.Progress.from_manifest(m, self.steps_per_epoch)
+        self.start_step, self.start_epoch, self.skip_batches = at.step, at.epoch, at.skip_batches
         self.last_saved_step = self.start_step
         self.say(f"resumed from {ckpt.adapter} (step {self.start_step}, epoch {self.start_epoch}"
                  + (f", {self.skip_batches} batches of it already trained" if self.skip_batches else "")
@@ -462,103 +374,10 @@ class FinetuneRecipe:
                       "here on differ from an uninterrupted run's (everything else is restored "
                       "exactly)")
 
-    def _check_resumable(self, m: dict, where: Path) -> None:
-        cfg = self.cfg
-        fresh = "or start a new run without --resume (into another --output_dir)"
-        if int(m.get("world_size", 1)) != self.world_size:
-            raise UserError(f"the checkpoint was written by {m.get('world_size')} data-parallel "
-                            f"ranks, this run has {self.world_size}", file=str(where),
-                            key="parallel_config.data_parallel",
-                            fix=f"resume with {m.get('world_size')} ranks (each rank's data cursor "
-                                f"belongs to its shard), {fresh}")
-        old, new = _flatten(m.get("config") or {}), _flatten(json.loads(json.dumps(cfg.data, default=str)))
-        changed = sorted(k for k in set(old) | set(new)
-                         if old.get(k) != new.get(k) and not _under(k, RESUME_IGNORED))
-        hard = [k for k in changed if _under(k, RESUME_MUST_MATCH)]
-        if hard:
-            k = hard[0]
-            raise UserError(f"{k} is {new.get(k)!r} but the checkpoint was trained with {old.get(k)!r}"
-                            + (f" (and {len(hard) - 1} more: {', '.join(hard[1:4])})" if len(hard) > 1 else ""),
-                            file=cfg.origin(k), key=k,
-                            fix=f"resume with the checkpoint's value (see {where}), {fresh}")
-        data = m.get("data") or {}
-        old_files = [(f.get("bytes"), f.get("sha256")) for f in data.get("files", [])]
-        if old_files != [(f["bytes"], f["sha256"]) for f in self.data_files]:
-            key = "train_dataset.data_loader.dataset_dir"
-            raise UserError("the training data differs from the data this checkpoint was trained on "
-                            "(file sizes or SHA-256 changed), so its data cursor would repeat or "
-                            "skip samples", file=cfg.origin(key), key=key,
-                            fix=f"resume with the original data (listed in {where}), {fresh}")
-        if data.get("order_sha256") != self._order_digest(int(m["epoch"])):
-            raise UserError("this run would read the epoch in a different order than the run that "
-                            "wrote the checkpoint (was numpy upgraded?)", file=str(where),
-                            key="train_dataset.data_loader.shuffle",
-                            fix=f"resume with the numpy version recorded in {where}, {fresh}")
-        if changed:
-            self.warn(f"config differs from the checkpoint's in {', '.join(changed[:6])}"
-                      + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
-                      + "; the new values apply from here on")
-
-    def _assign(self, values: dict, targets: list, cell, what: str, path: Path) -> None:
-        import mindspore as ms
-        values = {n: v for n, v in values.items() if n not in ("epoch_num", "step_num")}
-        want = {p.name: p for p in targets}
-        missing, unexpected = sorted(set(want) - set(values)), sorted(set(values) - set(want))
-        if missing or unexpected:
-            parts = ([f"{len(missing)} missing, e.g. {', '.join(missing[:3])}"] if missing else []) + \
-                    ([f"{len(unexpected)} unexpected, e.g. {', '.join(unexpected[:3])}"] if unexpected else [])
-            raise UserError(f"the checkpoint's {what} does not fit this model: {'; '.join(parts)}",
-                            file=str(path), key="model.model_config.pet_config",
-                            fix="resume with the model and pet_config that wrote the checkpoint")
-        for n, v in values.items():
-            if tuple(v.shape) != tuple(want[n].shape):
-                raise UserError(f"the checkpoint's {what} has {n} of shape {tuple(v.shape)}, this "
-                                f"model needs {tuple(want[n].shape)}", file=str(path),
-                                key="model.model_config",
-                                fix="resume with the model size and pet_config that wrote the checkpoint")
-        not_loaded, _ = ms.load_param_into_net(cell, values, strict_load=True)
-        if set(not_loaded) & set(values):
-            raise UserError(f"MindSpore did not load {sorted(set(not_loaded) & set(values))[:3]}",
-                            file=str(path), fix="report this as a petrun bug")
-
     def _order_digest(self, epoch: int) -> str:
         import hashlib
         return hashlib.sha256(np.ascontiguousarray(self.data.order(epoch), dtype=np.int64)
                               .tobytes()).hexdigest()[:16]
-
-    @staticmethod
-    def _capture_rng() -> dict:
-        """Python, numpy and MindSpore generator state (the data order needs none of them), as
-        hex strings of their uint32/uint8 words so the manifest stays readable."""
-        import random
-
-        import mindspore as ms
-        version, internal, gauss = random.getstate()
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        return {"python": {"version": version, "words": np.asarray(internal, np.uint32).tobytes().hex(),
-                           "gauss": gauss},
-                "numpy": {"kind": kind, "keys": keys.astype(np.uint32).tobytes().hex(), "pos": int(pos),
-                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-                "mindspore": ms.get_rng_state().asnumpy().astype(np.uint8).tobytes().hex()}
-
-    @staticmethod
-    def _restore_rng(state: dict) -> None:
-        import random
-
-        import mindspore as ms
-
-        def words(text, dtype):
-            return np.frombuffer(bytes.fromhex(text), dtype=dtype)
-        if "python" in state:
-            s = state["python"]
-            random.setstate((s["version"], tuple(int(w) for w in words(s["words"], np.uint32)),
-                             s["gauss"]))
-        if "numpy" in state:
-            s = state["numpy"]
-            np.random.set_state((s["kind"], words(s["keys"], np.uint32).copy(), s["pos"],
-                                 s["has_gauss"], s["cached_gaussian"]))
-        if "mindspore" in state:
-            ms.set_rng_state(ms.Tensor(words(state["mindspore"], np.uint8).copy()))
 
     # ------------------------------------------------------------------ run manifest
     def record_run(self) -> None:
@@ -618,7 +437,7 @@ class FinetuneRecipe:
         step, times, start = self.start_step, [], time.perf_counter()
         epoch = step_in_epoch = 0
         try:
-            with _StopOnSignal(self.say) as stop:
+            with resume.StopOnSignal(self.say) as stop:
                 for epoch in range(self.start_epoch, self.epochs + 1):
                     skip = self.skip_batches if epoch == self.start_epoch else 0
                     step_in_epoch, group = skip // self.accum, []
@@ -790,7 +609,7 @@ class FinetuneRecipe:
             "data": {"files": self.data_files, "num_samples": self.data.num_samples,
                      "seed": self.data.seed, "shuffle": self.data.shuffle,
                      "order_sha256": self._order_digest(epoch)},
-            "rng": self._capture_rng(), "versions": versions(),
+            "rng": resume.capture_rng(), "versions": versions(),
             "config_hash": self.cfg.hash(), "config": json.loads(json.dumps(self.cfg.data, default=str)),
             "finite": True,
         }

@@ -65,7 +65,7 @@ def test_temperature_zero_means_greedy_and_cannot_sample():
     assert [f for f, _ in SamplingConfig(do_sample=True, temperature=0.0).check()] == ["temperature"]
     from types import SimpleNamespace
 
-    from petrun.cli.infer_cmd import _sampling
+    from petrun.infer.recipe import _sampling
     sampling_model = SimpleNamespace(do_sample=True, top_k=0, top_p=1.0, repetition_penalty=1.0)
     cfg = _sampling(sampling_model, None, None, None, 0.0, None)   # --temperature 0
     assert cfg.do_sample is False and cfg.temperature == 1.0
