@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from petrun.ckpt import stream
-from petrun.ckpt.io import refuse_existing
+from petrun.ckpt.io import is_training_state, refuse_existing
 from petrun.ckpt.stream import TensorInfo
 from petrun.errors import UserError
 
@@ -38,11 +38,6 @@ ARCH_OF = {"llama2": ("LlamaForCausalLM",),
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16",
                  "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
-# Entries a MindSpore training checkpoint carries besides weights: skipped by --reverse.
-_TRAINING_STATE = re.compile(
-    r"^(adam_m\.|adam_v\.|moment1\.|moment2\.|accu_grads\.|global_step$|epoch_num$|step_num$|"
-    r"loss_scale$|scale_sense$|current_iterator_step$|last_overflow_iterator_step$|"
-    r"learning_rate$|beta1_power$|beta2_power$)")
 
 
 @dataclass(frozen=True)
@@ -506,7 +501,7 @@ def convert_ms_to_hf(family: str, src: str | Path, dst: str | Path, config,
     for name in ("model.safetensors", "config.json"):
         refuse_existing(dst / name, overwrite)
     with stream.CkptReader(src) as reader:
-        infos = {n: i for n, i in reader.infos.items() if not _TRAINING_STATE.match(n)}
+        infos = {n: i for n, i in reader.infos.items() if not is_training_state(n)}  # skipped by --reverse
         adapters = [n for n in infos if "mindpet_delta_" in n]
         if adapters:
             raise UserError(f"the checkpoint holds adapter tensors ({_listing(adapters, 3)})",

@@ -41,7 +41,7 @@ def merge_plan(side, arrays: dict[str, np.ndarray]) -> dict[str, tuple]:
     check_mergeable(side.pet_type)
     plan: dict[str, tuple] = {}
     if side.pet_type == "lora":
-        scaling = float(side.pet.lora_alpha) / float(side.pet.lora_rank)
+        scaling = side.pet.scaling   # LoraConfig's, the one rule the live layer uses too
         for name, a in arrays.items():
             if name.endswith(".mindpet_delta_lora_a"):
                 layer = name[:-len(".mindpet_delta_lora_a")]
