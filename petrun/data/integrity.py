@@ -41,7 +41,7 @@ def _stamp(path: str) -> dict | None:
 
 
 def _cache_file(stamp: dict) -> str:
-    from petrun.data.ondemand import default_cache_dir
+    from petrun.data.cache import default_cache_dir
 
     digest = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:32]
     return os.path.join(default_cache_dir(), "verified", digest + ".json")

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from petrun.atomic import atomic_file
+from petrun.data.cache import default_cache_dir
 from petrun.data.tokenizer import load_tokenizer
 
 CACHE_VERSION = 1   # bump when the tokenized output of the same inputs changes
@@ -36,13 +37,6 @@ class RawText:
         tok = cfg.get(f"{section}.tokenizer") or cfg.get("processor.tokenizer") or {}
         return cls(dict(tok), None, cfg.get(f"{section}.max_source_length"),
                    cfg.get(f"{section}.max_target_length"))
-
-
-def default_cache_dir() -> str:
-    if os.environ.get("PETRUN_CACHE_DIR"):
-        return os.path.expanduser(os.environ["PETRUN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "petrun", "data")
 
 
 def raw_format(first: Any) -> str | None:
