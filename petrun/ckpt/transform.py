@@ -159,6 +159,7 @@ def check_source(files: dict[int, Path], layouts: dict[str, Layout] | None, *, k
     index = {r: _index(f, key) for r, f in files.items()}
     info = SourceInfo({}, {})
     loose: dict[str, list[int]] = {}
+    whole: dict[str, list[int]] = {}    # laid out unsliced: every holder has the same tensor
     for r, names in index.items():
         for name, shape in names.items():
             lay = (layouts or {}).get(name)
@@ -170,6 +171,8 @@ def check_source(files: dict[int, Path], layouts: dict[str, Layout] | None, *, k
                                 f"(stage {r // per_stage}) holds it", file=str(files[r]), key=key,
                                 fix="the strategy and the shards come from different runs")
             full = lay.full_shape(shape)
+            if tuple(full) == tuple(shape):
+                whole.setdefault(name, []).append(r)
             seen = info.full_shapes.setdefault(name, full)
             if seen != full:
                 raise UserError(f"{name}: rank {r}'s shard {shape} implies a full shape {full}, other "
@@ -184,6 +187,7 @@ def check_source(files: dict[int, Path], layouts: dict[str, Layout] | None, *, k
                             key=key, fix="some rank folders hold another run's shards")
     if loose and layouts is not None:
         _check_unsliced(loose, files, index, per_stage, stages, strategy_key)
+    _check_replicas({n: r for n, r in whole.items() if len(r) > 1}, files, strategy_key)
     for name, ranks in loose.items():
         info.full_shapes[name] = index[ranks[0]][name]
         info.stage_of[name] = None
@@ -195,6 +199,32 @@ def check_source(files: dict[int, Path], layouts: dict[str, Layout] | None, *, k
                             fix="the strategy does not describe how these shards were cut; pass the "
                                 "strategy of the run that saved them")
     return info
+
+
+def _check_replicas(whole: dict[str, list[int]], files, strategy_key) -> None:
+    """Tensors the source strategy lays out whole (replicated, e.g. data parallel) must be equal
+    on the ranks holding them. Shards cut by another layout (say model parallel 2 read with a data
+    parallel 2 strategy) have the right rank count and consistent shapes, and were merged into a
+    'complete' checkpoint of half-size tensors before this check."""
+    import mindspore as ms
+    import numpy as np
+
+    values: dict[str, np.ndarray] = {}
+    for r, f in files.items():
+        names = {n for n, ranks in whole.items() if r in ranks}
+        if not names:
+            continue
+        got = ms.load_checkpoint(str(f), choice_func=lambda n, keep=names: n in keep)
+        for name, param in got.items():
+            arr = param.asnumpy() if hasattr(param, "asnumpy") else np.asarray(param)
+            first = values.setdefault(name, arr)
+            if first is not arr and not np.array_equal(first, arr):
+                raise UserError(f"{name} differs between rank folders {whole[name]}, but the "
+                                "source strategy says every rank holds it whole: the shards were "
+                                "cut by another layout than this strategy's", key=strategy_key,
+                                fix="pass the strategy of the run that saved these shards (its "
+                                    "output/strategy/, or `petrun ckpt strategy` with that run's "
+                                    "parallel_config)")
 
 
 def _check_unsliced(loose: dict[str, list[int]], files, index, per_stage, stages, strategy_key):
