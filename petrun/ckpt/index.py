@@ -22,26 +22,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
+# One dtype table and one TensorInfo for every checkpoint reader: ckpt/stream.py's.
+from petrun.ckpt.stream import TensorInfo, dtype_from_ckpt, dtype_from_safetensors
 from petrun.errors import UserError
 
-# MindSpore tensor_type strings → canonical dtype names (what petrun.models.shapes uses).
-_MS_TYPES = {"Float32": "float32", "Float16": "float16", "BFloat16": "bfloat16",
-             "Float64": "float64", "Int8": "int8", "Int16": "int16", "Int32": "int32",
-             "Int64": "int64", "UInt8": "uint8", "UInt16": "uint16", "UInt32": "uint32",
-             "UInt64": "uint64", "Bool": "bool", "str": "str"}
-_ST_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-             "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8",
-             "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool"}
 _CRC_TRAILER = b"crc_num"
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    shape: tuple[int, ...]
-    dtype: str
 
 
 class _Corrupt(Exception):
@@ -145,16 +132,16 @@ def _read_ckpt(path: str) -> dict[str, TensorInfo]:
                     dims, dtype = _read_tensor(r, tensor_end)
                     if dims == [0]:                   # how MindSpore stores a scalar
                         dims = []
-                    info = TensorInfo(tuple(dims), _MS_TYPES.get(dtype, dtype.lower()))
+                    info = TensorInfo(shape=tuple(dims), dtype=dtype_from_ckpt(dtype))
                 else:                                 # map tensors: names only
                     r.skip(wire)
-                    info = info or TensorInfo((), "map")
+                    info = info or TensorInfo(shape=(), dtype="map")
             if r.pos() != value_end:
                 raise _Corrupt("value record overruns its length")
             if tag is None:
                 raise _Corrupt(f"record at byte {start} has no name")
             # Slices of one large tensor repeat the tag with the full dims: keep the first.
-            out.setdefault(tag, info or TensorInfo((), "unknown"))
+            out.setdefault(tag, info or TensorInfo(shape=(), dtype="unknown"))
     return out
 
 
@@ -179,11 +166,11 @@ def _read_safetensors(path: str) -> dict[str, TensorInfo]:
             continue
         try:
             shape = tuple(int(d) for d in entry["shape"])
-            dtype = _ST_TYPES.get(entry["dtype"], str(entry["dtype"]).lower())
+            dtype = dtype_from_safetensors(entry["dtype"])
             data_end = max(data_end, int(entry["data_offsets"][1]))
         except (KeyError, TypeError, ValueError, IndexError):
             raise _Corrupt(f"malformed header entry for {name!r}") from None
-        out[name] = TensorInfo(shape, dtype)
+        out[name] = TensorInfo(shape=shape, dtype=dtype)
     if 8 + n + data_end > size:
         raise _Corrupt(f"the header describes {8 + n + data_end} bytes but the file has {size} "
                        "(truncated?)")

@@ -48,6 +48,16 @@ _FROM_ST = {v[1]: k for k, v in DTYPES.items()}
 _FROM_CKPT = {v[2]: k for k, v in DTYPES.items()}
 FLOATS = ("float64", "float32", "float16", "bfloat16")
 
+
+def dtype_from_ckpt(tensor_type: str) -> str:
+    """A MindSpore ckpt tensor_type ("BFloat16") as petrun's dtype name; unknown ones lowercased."""
+    return _FROM_CKPT.get(tensor_type, str(tensor_type).lower())
+
+
+def dtype_from_safetensors(code: str) -> str:
+    """A safetensors dtype code ("BF16") as petrun's dtype name; unknown ones lowercased."""
+    return _FROM_ST.get(code, str(code).lower())
+
 # MindSpore splits tensors above 512 MiB into several Values with the same tag (protobuf
 # messages must stay under 2 GiB); its loader joins them. Same here.
 CKPT_SLICE_BYTES = 512 * 1024 * 1024

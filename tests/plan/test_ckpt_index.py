@@ -31,7 +31,7 @@ def _params():
 
 def _expected(path, fmt="ckpt"):
     loaded = ms.load_checkpoint(str(path), format=fmt)
-    return {n: TensorInfo(tuple(p.shape), DTYPES[p.dtype]) for n, p in loaded.items()
+    return {n: TensorInfo(shape=tuple(p.shape), dtype=DTYPES[p.dtype]) for n, p in loaded.items()
             if isinstance(p, Parameter)}
 
 
@@ -54,7 +54,7 @@ def test_sliced_tensors_append_dict_and_crc(tmp_path, monkeypatch):
     ms.save_checkpoint(_params() + [big], str(path), append_dict={"epoch_num": 3, "note": "hi"},
                        crc_check=True)
     index = read_index(path)
-    assert index["big.weight"] == TensorInfo((64, 33), "float32")
+    assert index["big.weight"] == TensorInfo(shape=(64, 33), dtype="float32")
     assert "epoch_num" in index and index["note"].dtype == "str"
     expected = _expected(path)
     assert {n: index[n] for n in expected} == expected
@@ -105,4 +105,4 @@ def test_index_of_a_large_file_does_not_read_it(tmp_path):
     # Bytes this process read (Linux /proc/self/io rchar), not seconds: a full read is ~400 MB.
     # Speed: benchmarks/bench_preflight.py.
     assert _bytes_read() - before < 1 << 20
-    assert index == {f"w{i}": TensorInfo((2048, 12800), "float32") for i in range(4)}
+    assert index == {f"w{i}": TensorInfo(shape=(2048, 12800), dtype="float32") for i in range(4)}
