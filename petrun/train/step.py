@@ -13,6 +13,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from petrun.errors import UserError
+from petrun.train.compile_cache import CachedCompile
 
 
 def build_loss_scale(scale_sense: Any):
@@ -78,12 +79,14 @@ class _GradCore(nn.Cell):
         return overflow
 
 
-class TrainStep(_GradCore):
+class TrainStep(CachedCompile, _GradCore):
     """forward + backward + clipped optimizer update. Returns (loss, overflow, loss_scale, norm).
 
     With a loss scale (fp16) an overflowing step is skipped and the scale adapts, as MindFormers
     does. Without one (scale 1.0, the fp32 case) the update is unconditional: a graph branch costs
     about 2x step time on CPU, and the recipe stops on the first non-finite step anyway.
+
+    Its graph is kept across runs (petrun.train.compile_cache), keyed by everything it depends on.
     """
 
     def __init__(self, network, optimizer, scale_value=1.0, scale_update=None, clip_norm=1.0,
