@@ -8,6 +8,7 @@ its line; it never stops the run and never vanishes silently.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 import multiprocessing
@@ -275,8 +276,18 @@ def prepare(fmt: str, input_path: str, output: str, *, tokenizer: Mapping, seq_l
         first = next(samples, None)
         if first is None:
             raise _nothing_to_write(spec, report)
-        mr.write_samples(output, itertools.chain([first], samples), columns=spec.columns,
-                         overwrite=overwrite, schema_name=spec.schema_name, num_shards=num_shards)
+        try:
+            mr.write_samples(output, itertools.chain([first], samples), columns=spec.columns,
+                             overwrite=overwrite, schema_name=spec.schema_name,
+                             num_shards=num_shards)
+        except OSError as e:
+            raise _write_failed(output, e.strerror or str(e), e.errno) from None
+        except RuntimeError as e:   # MindSpore's FileWriter reports a full disk this way
+            text = str(e)
+            if "free disk" not in text:
+                raise
+            raise _write_failed(output, "no space left on the device (MindSpore's FileWriter: "
+                                "no free disk)", errno.ENOSPC) from None
     finally:
         samples.close()
     report.bad.sort(key=lambda b: b.order)
@@ -284,6 +295,18 @@ def prepare(fmt: str, input_path: str, output: str, *, tokenizer: Mapping, seq_l
                     else [os.path.abspath(output)])
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _write_failed(output: str, why: str, code: int | None) -> UserError:
+    """The output could not be written; write_mindrecord/write_jsonl left nothing under its
+    name (an earlier output of that name is untouched)."""
+    fix = {errno.ENOSPC: "free disk space or write to a larger disk, then run the same command",
+           errno.EDQUOT: "raise your disk quota or free space, then run the same command",
+           errno.EACCES: "make the folder writable or choose another --output",
+           errno.EROFS: "the file system is read-only: choose another --output"}.get(
+               code, "check free disk space and that the folder is writable")
+    return UserError(f"could not write the prepared data ({why}); nothing was written under "
+                     "this name", file=os.path.abspath(output), key="--output", fix=fix)
 
 
 def _nothing_to_write(spec: Spec, report: Report) -> UserError:

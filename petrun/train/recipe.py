@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from petrun.ckpt import layout
 from petrun.config import Config
 from petrun.errors import Interrupted, UserError
 from petrun.train import resume
@@ -110,8 +111,8 @@ class FinetuneRecipe:
         # weights a resumed run must rebuild identically) depend on it.
         set_seed(self.seed)
         self.output_dir = Path(cfg.get("output_dir") or "./output")
-        self.ckpt_dir = self.output_dir / "checkpoint" / f"rank_{self.rank}"
-        self.log_dir = self.output_dir / "log" / f"rank_{self.rank}"
+        self.ckpt_dir = layout.checkpoint_dir(self.output_dir, self.rank)
+        self.log_dir = layout.log_dir(self.output_dir, self.rank)
         for d in (self.ckpt_dir, self.log_dir):
             try:
                 d.mkdir(parents=True, exist_ok=True)
@@ -387,7 +388,7 @@ class FinetuneRecipe:
         from petrun.ckpt.run_manifest import record_invocation
         cfg = self.cfg
         # The resolved config travels with the checkpoints it produces (each manifest has it too).
-        write_text_atomic(self.ckpt_dir / "config.yaml", cfg.to_yaml())
+        write_text_atomic(self.ckpt_dir / layout.CONFIG_NAME, cfg.to_yaml())
         if self.rank != 0:
             return
         # Base weights can be tens of GB: pinned by size, not hashed at every start.
@@ -427,7 +428,7 @@ class FinetuneRecipe:
             return
         every = int(_callback(cfg, "MFLossMonitor").get("per_print_times") or 1)
         progress = Progress(self.console, self.total_steps, every=every, enabled=self.rank == 0)
-        metrics = MetricsLog(self.log_dir / "metrics.jsonl", run_id=self.run_id,
+        metrics = MetricsLog(self.log_dir / layout.METRICS_NAME, run_id=self.run_id,
                              resume_step=self.start_step if self.resume_from else None)
         if self.resume_from is not None:
             metrics.write({"event": "resume", "step": self.start_step,
@@ -463,13 +464,19 @@ class FinetuneRecipe:
                         times.append(dt)
                         self.scale = scale
                         if not np.isfinite(loss) or (overflow and not self.skips_overflow):
-                            raise UserError(f"loss {loss}, gradient norm {norm} at step {step}: training "
-                                            f"diverged (no checkpoint written for this step); "
+                            before = self.summary["losses"][-1:] or [None]
+                            since = (f" (step {step - 1}: loss {before[0]:.4f})"
+                                     if before[0] is not None else "")
+                            raise UserError(f"loss {loss}, gradient norm {norm} at step {step}{since}: "
+                                            f"training diverged (no checkpoint written for this step); "
                                             f"{self._step_back_from(step - 1)}",
                                             key="lr_schedule.learning_rate",
                                             fix="lower the learning rate, enable use_clip_grad, or use "
                                                 "a dynamic loss scale for float16; --resume continues "
-                                                "from `latest`")
+                                                "from `latest`. If the loss was normal up to here, the "
+                                                f"data of step {step} may be bad instead (a sample "
+                                                "that no finite loss can come from): the same data "
+                                                "order meets it again at that step")
                         lr = float(self.lr[min(step - 1, len(self.lr) - 1)])
                         self.summary["losses"].append(loss)
                         progress.update(step, epoch, loss, lr, step_tokens / dt, norm, overflow)
@@ -598,7 +605,7 @@ class FinetuneRecipe:
                       f"{step} on.")
             from petrun.atomic import write_text_atomic
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.ckpt_dir / "config.yaml", self.cfg.to_yaml())
+            write_text_atomic(self.ckpt_dir / layout.CONFIG_NAME, self.cfg.to_yaml())
         manifest = {
             "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
             "batches_in_epoch": step_in_epoch * self.accum,
@@ -622,7 +629,7 @@ class FinetuneRecipe:
         self.last_saved_step = step
         self.summary["checkpoints"].append({"path": str(ckpt.adapter), "step": step})
         if _callback(self.cfg, "CheckpointMonitor").get("save_network_params"):
-            net_dir = self.output_dir / "checkpoint_network" / f"rank_{self.rank}"
+            net_dir = layout.network_dir(self.output_dir, self.rank)
             save_params(list(self.model.get_parameters()),
                         net_dir / f"{self.prefix}_rank_{self.rank}-network-{epoch}_{step_in_epoch}.ckpt")
         removed = set(self.store.prune(self.keep, self.run_id))
