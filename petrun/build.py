@@ -185,7 +185,8 @@ def auto_trans_files(cfg, *, rank: int, world: int, output_dir: str | Path,
     dst_strategy = None
     if semi:
         from petrun.parallel.strategy_file import write_plan
-        strategy_dir = Path(output_dir) / "strategy"
+        from petrun.ckpt.layout import strategy_dir as strategy_dir_of
+        strategy_dir = strategy_dir_of(output_dir)
         if rank == 0:
             if strategy_dir.exists():
                 shutil.rmtree(strategy_dir)   # MindFormers too starts each run with a fresh strategy/

@@ -331,7 +331,8 @@ class Trainer:
         return path, None
 
     def _checkpoint_dir(self) -> Path:
-        out = Path(str(self.config.get("output_dir") or "./output")) / "checkpoint" / "rank_0"
+        from petrun.ckpt.layout import checkpoint_dir
+        out = checkpoint_dir(str(self.config.get("output_dir") or "./output"), 0)
         if not out.is_dir():
             raise UserError("no checkpoint from an earlier run of this config", file=str(out),
                             key="checkpoint", fix="finetune first, or pass the checkpoint path")

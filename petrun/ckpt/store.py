@@ -34,6 +34,7 @@ from typing import Callable, Iterable
 from petrun.atomic import (describe_file, fsync_dir, is_leftover_tmp, sha256_file, write_error,
                            write_text_atomic)
 from petrun.ckpt.io import save_params
+from petrun.ckpt.layout import checkpoint_dir
 from petrun.errors import UserError
 
 MANIFEST_FORMAT = "petrun.checkpoint/1"
@@ -251,7 +252,7 @@ class CheckpointFolder:
 # -------------------------------------------------------------------- resume
 def _rank_folder_of(path: Path, rank: int) -> Path | None:
     """The rank folder that `path` (an output_dir, its checkpoint/ or a rank_N folder) means."""
-    for candidate in (path / "checkpoint" / f"rank_{rank}", path / f"rank_{rank}"):
+    for candidate in (checkpoint_dir(path, rank), path / f"rank_{rank}"):
         if candidate.is_dir():
             return candidate
     if CheckpointFolder(path).is_petrun_folder():
@@ -289,13 +290,13 @@ def find_resume_checkpoint(value, *, output_dir: Path, rank: int, key: str = "re
         return found
 
     if value is True:
-        folder = CheckpointFolder(output_dir / "checkpoint" / f"rank_{rank}")
+        folder = CheckpointFolder(checkpoint_dir(output_dir, rank))
         if not folder.checkpoints() and folder.latest_stem() is None:
             return None
         return newest(folder)
     path = Path(os.path.expanduser(str(value)))
     if not path.exists() and os.sep not in str(value):
-        path = output_dir / "checkpoint" / f"rank_{rank}" / str(value)
+        path = checkpoint_dir(output_dir, rank) / str(value)
     if not path.exists():
         raise UserError("the checkpoint to resume from does not exist", file=str(path), key=key,
                         fix=f"pass an output_dir, a checkpoint/rank_N folder or a .ckpt file "
