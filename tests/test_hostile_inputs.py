@@ -354,6 +354,87 @@ def strategy_file_for_a_checkpoint_transform(h):
                       "--src_strategy_path_or_dir", strategy), [str(strategy), "src_strategy_path_or_dir"]
 
 
+@case
+def strategy_file_of_another_layout(h):
+    # Shards cut model-parallel 2, merged with a data-parallel 2 strategy: was exit 0 with a
+    # "complete" checkpoint of half-size tensors. The output would land in the checked folder.
+    semi = ["parallel.parallel_mode=1", "parallel_config.data_parallel=1"]
+    for name, layout in (("mp2", ["parallel_config.model_parallel=2"]),
+                         ("dp2", ["parallel_config.data_parallel=2",
+                                  "parallel_config.model_parallel=1"])):
+        r = _run(["ckpt", "strategy", "--config", CONFIG, "--out", h.tmp / name, *semi, *layout])
+        assert r.returncode == 0, r.stdout + r.stderr
+    r = _run(["ckpt", "shard", "--src", BASE, "--strategy", h.tmp / "mp2", "--dst", h.tmp / "shards"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    return (["ckpt", "transform", "--src", h.tmp / "shards", "--src-strategy", h.tmp / "dp2",
+             "--dst", h.out / "checkpoint" / "merged"], ["--src-strategy", "another layout"])
+
+
+# ----------------------------------------------------------------- untrusted and foreign files
+def _torch_save_like(path: Path) -> Path:
+    """The layout of torch.save's zip (archive/data.pkl holding a pickle), made without torch."""
+    import pickle
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": [0.0, 1.0]}, protocol=2))
+        z.writestr("archive/version", "3\n")
+    return path
+
+
+@case
+def load_checkpoint_is_a_pytorch_pickle(h):
+    pt = _torch_save_like(h.tmp / "model.pt")
+    return h.finetune(f"load_checkpoint={pt}"), [str(pt), "never loads pickles"]
+
+
+@case
+def adapter_folder_holding_only_a_pickle(h):
+    import pickle
+    folder = h.tmp / "peft_adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    (folder / "adapter_model.bin").write_bytes(pickle.dumps({"w": [0.0]}, protocol=4))
+    return (["predict", "--config", CONFIG, "--adapter", folder, "--prompt", "hi",
+             "--max-new-tokens", "2"], [str(folder / "adapter_model.bin"), "never loads pickles"])
+
+
+@case
+def peft_import_of_a_pickled_adapter(h):
+    folder = h.tmp / "peft_bin"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    _torch_save_like(folder / "adapter_model.bin")
+    return (["ckpt", "import-peft", "--config", CONFIG, "--src", folder, "--dst",
+             h.out / "checkpoint" / "imported.ckpt"], [str(folder), "pickle", "safe_serialization"])
+
+
+@case
+def convert_of_a_truncated_safetensors(h):
+    import json
+    import struct
+    folder = h.tmp / "hf"
+    folder.mkdir()
+    header = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [512, 64],
+                                                       "data_offsets": [0, 512 * 64 * 4]}}).encode()
+    whole = struct.pack("<Q", len(header)) + header + np.ones(512 * 64, np.float32).tobytes()
+    (folder / "model.safetensors").write_bytes(whole[: len(whole) // 2])   # a cut download
+    return (["ckpt", "convert", "--model", "llama2", "--src", folder, "--dst",
+             h.out / "checkpoint" / "converted.ckpt"], [str(folder / "model.safetensors"),
+                                                       "truncated", "re-download"])
+
+
+@case
+def tokenizer_file_of_another_family(h):
+    # GPT-2's vocab.json given to the Llama config's SentencePiece tokenizer (raw alpaca data is
+    # tokenized on the fly with it). Before: with merges_file set it trained, at loss 0.
+    vocab = h.file("gpt2/vocab.json", '{"<|endoftext|>": 0, "a": 1, "b": 2}')
+    h.file("gpt2/merges.txt", "#version: 0.2\na b\n")
+    return (h.finetune(f"processor.tokenizer.vocab_file={vocab}",
+                       f"processor.tokenizer.merges_file={h.tmp / 'gpt2' / 'merges.txt'}",
+                       data=DEMO / "alpaca_demo.json"),
+            [str(vocab), "processor.tokenizer.vocab_file", "another model family"])
+
+
 # ----------------------------------------------------------------- output_dir
 @case
 def output_dir_below_a_regular_file(h):

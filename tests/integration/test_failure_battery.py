@@ -1,0 +1,102 @@
+"""Failure battery cases that are not one refused command line (those are in
+tests/test_hostile_inputs.py): a loss that turns NaN at step k because of one bad batch, and a disk
+that fills up under `petrun data prepare`. Each ends with exit 2, one message naming the step or
+file and a Fix, no traceback, and nothing lost."""
+import hashlib
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+CONFIG = ROOT / "configs" / "llama2" / "lora_llama2_tiny.yaml"
+DEMO = ROOT / "data" / "demo"
+PREFIX = "llama2_tiny_lora_rank_0"
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_bad_batch_at_step_3_stops_the_run_there_and_keeps_every_checkpoint(tmp_path):
+    """Token id P occurs only in the 8 rows of step 3 (no shuffle, batch 8), and the base
+    checkpoint's embedding row P is NaN: steps 1-2 train normally, step 3's loss is NaN."""
+    import mindspore as ms
+
+    rows = [json.loads(x) for x in (DEMO / "alpaca_demo_seq256.jsonl").read_text().splitlines()[:32]]
+    used = {i for r in rows for i in r["input_ids"]}
+    poison = next(i for i in range(3, 512) if i not in used)
+    for r in rows[16:24]:
+        r["input_ids"][5] = poison
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    params = ms.load_checkpoint(str(DEMO / "llama2_tiny_base.ckpt"))
+    name = "model.tok_embeddings.embedding_weight"
+    table = params[name].asnumpy().copy()
+    table[poison] = np.nan
+    params[name] = ms.Parameter(ms.Tensor(table), name=name)
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(tmp_path / "base.ckpt"))
+
+    out = tmp_path / "out"
+    r = run_cli("finetune", "--config", CONFIG, "--train_dataset_dir", data, "--load_checkpoint",
+                tmp_path / "base.ckpt", "--output_dir", out, "train_dataset.data_loader.shuffle=False",
+                "runner_config.stop_step=6", "runner_config.epochs=1",
+                "callbacks.1.save_checkpoint_steps=1")
+    text = r.stdout + r.stderr
+    assert r.returncode == 2, text
+    assert "Traceback" not in text
+    assert "loss nan" in r.stderr and "at step 3 (step 2: loss " in r.stderr, r.stderr
+    assert "the data of step 3 may be bad" in r.stderr and "Fix:" in r.stderr
+    rank = out / "checkpoint" / "rank_0"
+    assert sorted(p.name for p in rank.glob("*.ckpt")) == [f"{PREFIX}-1_1.ckpt", f"{PREFIX}-1_2.ckpt"]
+    # Which of the two is `latest` is the divergence rule's (it cannot tell a bad batch from a
+    # bad update); both files are kept, and whatever `latest` names loads and is finite.
+    latest = rank / f"{(rank / 'latest').read_text().strip()}.ckpt"
+    for path in (latest, rank / f"{PREFIX}-1_2.ckpt"):
+        values = ms.load_checkpoint(str(path))
+        assert values and all(np.isfinite(v.asnumpy()).all() for v in values.values()), path
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _prepare(out, *extra):
+    return run_cli("data", "prepare", "alpaca", "-i", DEMO / "alpaca_demo.json", "-o", out,
+                   "-t", DEMO / "tokenizer.model", *extra)
+
+
+def test_data_prepare_on_a_full_disk_writes_nothing_and_keeps_the_old_output(tiny_tmpfs):
+    # MindRecord (a 16 MiB header alone does not fit 1 MiB): was a FileWriter traceback, exit 1.
+    r = _prepare(tiny_tmpfs / "alpaca.mindrecord", "--seq-length", "256")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert f"{tiny_tmpfs / 'alpaca.mindrecord'}: key '--output'" in r.stderr
+    assert "no space left" in r.stderr.lower() and "Fix: free disk space" in r.stderr
+    assert list(tiny_tmpfs.iterdir()) == []                 # no data file, index or temp folder
+
+    # JSONL over an earlier output, the disk filled meanwhile: the old file stays as it was.
+    old = tiny_tmpfs / "alpaca.jsonl"
+    r = _prepare(old, "--seq-length", "256")
+    assert r.returncode == 0, r.stdout + r.stderr
+    before = _digests(tiny_tmpfs)
+    free = subprocess.run(["df", "-k", "--output=avail", str(tiny_tmpfs)], capture_output=True,
+                          text=True).stdout.split()[-1]
+    (tiny_tmpfs / "filler").write_bytes(b"\0" * max(0, (int(free) - 8) * 1024))
+    before["filler"] = hashlib.sha256((tiny_tmpfs / "filler").read_bytes()).hexdigest()
+    r = _prepare(old, "--seq-length", "128", "--overwrite")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr and "Fix:" in r.stderr
+    assert f"{old}: key '--output'" in r.stderr and "No space left on device" in r.stderr
+    assert _digests(tiny_tmpfs) == before                   # nothing lost, nothing half-written
