@@ -6,6 +6,8 @@ checkpoint folders with manifests, the `latest` pointer and keep-last-N in ckpt/
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from pathlib import Path
 from typing import Iterable
@@ -87,7 +89,8 @@ def save_params(params: Iterable, path: str | Path, *, append: dict | None = Non
         tmp = tmp.with_name(tmp.name + ".ckpt")
     save_list = list(params)
     try:
-        ms.save_checkpoint(save_list, str(tmp), append_dict=append or None)
+        with _without_mindspore_save_failure_log():
+            ms.save_checkpoint(save_list, str(tmp), append_dict=append or None)
         commit(tmp, path)
     except OSError as e:
         raise write_error(e, path) from None
@@ -97,6 +100,32 @@ def save_params(params: Iterable, path: str | Path, *, append: dict | None = Non
             if leftover.exists():
                 leftover.unlink()
     return path
+
+
+class _DropSaveFailure(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to save the checkpoint file")
+
+
+@contextlib.contextmanager
+def _without_mindspore_save_failure_log():
+    """MindSpore logs "[CRITICAL] Failed to save the checkpoint file ... Maybe don't have the
+    permission to write files, or the disk space is insufficient" before re-raising any write
+    error, whatever its cause (a full disk read as a permission problem). The exception still
+    comes through; petrun's own message (write_error) names the real cause. Only that record is
+    dropped, only while petrun saves."""
+    try:
+        from mindspore import log as ms_log
+        logger = ms_log._get_logger()   # the one MindSpore logs through (name carries the pid)
+    except (ImportError, AttributeError):
+        yield
+        return
+    drop = _DropSaveFailure()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def refuse_existing(dst: Path, overwrite: bool, key: str = "--dst") -> None:
