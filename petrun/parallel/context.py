@@ -48,6 +48,11 @@ def setup_context(cfg) -> str:
     # Before any MindSpore call: a config error must stop the scheduler too, not leave it
     # waiting in init() for workers that already quit.
     check_launch(cfg, target)
+    # MindSpore writes rank_N/om/analyze_fail.ir (a failed or interrupted graph compile) under
+    # $MS_OM_PATH, else the working folder; keep it with the run's logs (a user's setting wins).
+    out = cfg.get("output_dir")
+    if out and "MS_OM_PATH" not in os.environ:
+        os.environ["MS_OM_PATH"] = os.path.join(os.path.abspath(os.path.expanduser(str(out))), "log")
     mode = ms.GRAPH_MODE if int(ctx.get("mode", 0)) == 0 else ms.PYNATIVE_MODE
     kwargs = {"mode": mode}
     if target != "CPU" and ctx.get("max_device_memory"):
