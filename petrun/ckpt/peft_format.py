@@ -52,10 +52,6 @@ LAYER_PREFIX = "base_model.model."
 PROMPT_KEY = "prompt_embeddings"
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-PEFT_TYPES = {"lora": "LORA", "ia3": "IA3", "prompt_tuning": "PROMPT_TUNING",
-              "ptuning": "P_TUNING", "ptuning2": "PREFIX_TUNING", "prefixtuning": "PREFIX_TUNING"}
-FAMILY_OF_ARCH = {"LlamaForCausalLM": "llama2", "ChatGLM2ForConditionalGeneration": "glm2",
-                  "ChatGLM2WithPtuning2": "glm2", "GPT2LMHeadModel": "gpt2"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +154,7 @@ def pet_side(config) -> PetSide:
 
     from petrun.build import build_model
     from petrun.config import Config, load_config
-    from petrun.models.registry import build_config
+    from petrun.models.registry import build_config, family_of_arch
     from petrun.pet import parse_pet_config
 
     cfg = config if isinstance(config, Config) else load_config(str(config))
@@ -168,7 +164,7 @@ def pet_side(config) -> PetSide:
                         file=cfg.source, key="model.model_config.pet_config",
                         fix="pass the YAML the adapter was trained with")
     arch = cfg.get("model.arch.type")
-    family = FAMILY_OF_ARCH.get(arch)
+    family = family_of_arch(arch)
     if family is None:
         raise UserError(f"PEFT conversion does not know model.arch.type {arch!r}",
                         file=cfg.source, key="model.arch.type")

@@ -262,7 +262,9 @@ class PetMethod:
     shapes: str | None = None     # "module:function": the planner's (specs, cfg, dims, arch, target)
     merge: str | None = None      # "module:function": merge(net) -> layers merged, in place
     unmerge: str | None = None
-    peft_type: str | None = None  # Hugging Face PEFT's name for it, if PEFT has it
+    # Hugging Face PEFT's name for it, if PEFT has it (ckpt/peft_format.py's per-method
+    # exporters still write their own literal; they are the next thing to fold in).
+    peft_type: str | None = None
     title: str = ""               # how messages name it ("LoRA")
     # Packed rows hold several samples; virtual tokens or a key/value prefix belong to one.
     packing: bool = True

@@ -57,8 +57,7 @@ def cache_root() -> Path:
 def source_digest() -> str:
     global _SOURCE_DIGEST
     if _SOURCE_DIGEST is None:
-        import petrun
-        root = Path(petrun.__file__).resolve().parent
+        root = Path(__file__).resolve().parents[1]   # the petrun package (no import of its API)
         h = hashlib.sha256()
         for path in sorted(root.rglob("*.py")):
             h.update(str(path.relative_to(root)).encode())
@@ -101,8 +100,8 @@ def graph_key(cell, args) -> str:
         h.update(b"\x1e")
         if debug:
             lines.append(text)
-    import petrun
-    put("ms", ms.__version__, "petrun", getattr(petrun, "__version__", ""), source_digest())
+    from petrun.version import __version__
+    put("ms", ms.__version__, "petrun", __version__, source_digest())
     put("ctx", ms.get_context("mode"), repr(ms.get_context("jit_config")),
         ms.get_context("device_target"))
     for a in args:
