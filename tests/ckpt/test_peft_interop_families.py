@@ -212,11 +212,16 @@ IMPORTS = [
                                               task_type="CAUSAL_LM"), PROMPT),
     ("gpt2", lambda: peft.PromptTuningConfig(num_virtual_tokens=P, task_type="CAUSAL_LM"),
      PROMPT),
+    ("glm2", lambda: peft.PromptTuningConfig(num_virtual_tokens=P, task_type="CAUSAL_LM"),
+     PROMPT),
+    ("gpt2", lambda: peft.PromptEncoderConfig(num_virtual_tokens=P, encoder_hidden_size=24,
+                                              task_type="CAUSAL_LM"), PROMPT),
 ]
 
 
 @pytest.mark.parametrize("family, make, pet_config", IMPORTS,
-                         ids=[f"{f}-{c['pet_type']}" for f, _, c in IMPORTS])
+                         ids=["glm2-lora", "glm2-ia3", "gpt2-ia3", "glm2-prefix", "glm2-ptuning",
+                              "gpt2-prompt_tuning", "glm2-prompt_tuning", "gpt2-ptuning"])
 def test_peft_adapter_imports_with_peft_logits(bases, tmp_path, family, make, pet_config):
     if family not in bases:
         pytest.skip("this transformers has no GlmForCausalLM")
