@@ -6,7 +6,8 @@ length), changed constants (lora_alpha, eps, rope tables) or other input shapes,
 a graph that does not fit. So petrun gives every distinct training graph a folder of its own,
 named by a digest of everything the compiled graph depends on:
 
-- MindSpore's and petrun's versions and the content of petrun's Python sources;
+- MindSpore's and petrun's versions and the content of the graph code (petrun/models, pet,
+  train/step.py, train/optim.py and the file of every cell class in the step cell);
 - the context (mode, jit_config) and the input signature (shapes and dtypes of the batch);
 - every Parameter of the step cell (network, optimizer state, learning-rate table, loss scale)
   by name, shape, dtype and requires_grad — their values are graph inputs, not constants;
@@ -32,7 +33,6 @@ from pathlib import Path
 from mindspore.ops import Primitive
 
 KEEP = 16
-_SOURCE_DIGEST: str | None = None
 
 
 def enabled() -> bool:
@@ -54,16 +54,41 @@ def cache_root() -> Path:
     return base / "compile"
 
 
-def source_digest() -> str:
-    global _SOURCE_DIGEST
-    if _SOURCE_DIGEST is None:
-        root = Path(__file__).resolve().parents[1]   # the petrun package (no import of its API)
-        h = hashlib.sha256()
-        for path in sorted(root.rglob("*.py")):
-            h.update(str(path.relative_to(root)).encode())
-            h.update(path.read_bytes())
-        _SOURCE_DIGEST = h.hexdigest()
-    return _SOURCE_DIGEST
+# Code that runs inside a training graph: the model families and layers, the PET methods, the
+# step cells and the optimizer. The modules of all the step cell's cells are added per graph.
+GRAPH_SOURCES = ("models", "pet", "train/step.py", "train/optim.py", "train/compile_cache.py")
+_FILE_DIGESTS: dict[str, str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    key = str(path)
+    if key not in _FILE_DIGESTS:
+        _FILE_DIGESTS[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _FILE_DIGESTS[key]
+
+
+def source_digest(cell=None) -> str:
+    """Digest of the graph code: GRAPH_SOURCES plus the file of every cell class under `cell`.
+    (Not all of petrun: edits to the CLI or checkpoint code must not cost a recompile.)"""
+    import inspect
+
+    import petrun
+    root = Path(petrun.__file__).resolve().parent
+    files = set()
+    for name in GRAPH_SOURCES:
+        p = root / name
+        files.update(p.rglob("*.py") if p.is_dir() else [p])
+    if cell is not None:
+        for _, c in cell.cells_and_names():
+            try:
+                files.add(Path(inspect.getsourcefile(type(c))).resolve())
+            except (TypeError, OSError):
+                pass
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(str(path).encode())
+        h.update(_file_digest(path).encode())
+    return h.hexdigest()
 
 
 def _plain(value):

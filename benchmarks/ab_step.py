@@ -1,0 +1,95 @@
+"""In-process A/B of a model-level toggle on the real training step: two copies of the model
+built from the same config (bench_vs_torch.py's YAML for --shape), B with the toggle applied,
+each wrapped in petrun's TrainStep; calls alternate A, B, A, B ... on the same batch, so load
+from other processes hits both alike (the tightest comparison on a shared machine).
+
+    .venv/bin/python benchmarks/ab_step.py --shape small --toggle select-mask --iters 8
+
+Toggles (B side):
+  select-mask    DotProductAttention replaces masked scores (broadcast + full_like + select)
+                 instead of adding the mask's bias (the default since 2026-12-02)
+  no-lora-dropout  LoRA dropout p=0 (what the dropout costs; changes the numbers)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def apply_toggle(model, toggle: str) -> int:
+    n = 0
+    for _, cell in model.cells_and_names():
+        if toggle == "select-mask" and type(cell).__name__ == "DotProductAttention":
+            cell.additive_mask = False
+            n += 1
+        elif toggle == "no-lora-dropout" and type(cell).__name__ == "LoRALinear":
+            from mindspore import nn
+            cell.lora_dropout = nn.Dropout(p=0.0)
+            n += 1
+    return n
+
+
+def main() -> int:
+    from bench_vs_torch import SHAPES, THREADS, petrun_config, tokens
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="small", choices=list(SHAPES))
+    ap.add_argument("--toggle", default="select-mask", choices=["select-mask", "no-lora-dropout"])
+    ap.add_argument("--iters", type=int, default=8)
+    args = ap.parse_args()
+    s = SHAPES[args.shape]
+    os.environ["PETRUN_COMPILE_CACHE"] = "0"
+    import mindspore as ms
+    import numpy as np
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    ms.device_context.cpu.op_tuning.threads_num(THREADS)
+    import petrun
+    from petrun.models.registry import arch_entry
+    from petrun.train.optim import build_optimizer
+    from petrun.train.step import TrainStep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = petrun.load_config(str(petrun_config(args.shape, s, 4, Path(tmp), [])))
+    cells, losses = {}, {}
+    extra = arch_entry(cfg.get("model.arch.type")).extra_tokens
+    ids = ms.Tensor(np.random.default_rng(0).integers(3, s["vocab"], (s["batch"], s["seq"] + extra)),
+                    ms.int32)
+    for side in ("A", "B"):
+        ms.set_seed(0)
+        model = petrun.build_model(cfg)
+        if side == "B":
+            print(f"B: {args.toggle} on {apply_toggle(model, args.toggle)} cells")
+        model.set_train(True)
+        params = list(model.trainable_params())
+        opt = build_optimizer(params, cfg.get("optimizer") or {}, np.full(100, 1e-4, np.float32))
+        cells[side] = TrainStep(model, opt, 1.0, None, 1.0, True)
+        cells[side].set_train(True)
+        t0 = time.perf_counter()
+        losses[side] = float(cells[side](ids, ids)[0].asnumpy())
+        print(f"{side}: compile + first step {time.perf_counter() - t0:.1f} s, loss {losses[side]:.6f}",
+              flush=True)
+    times = {"A": [], "B": []}
+    for i in range(args.iters):
+        for side in (("A", "B") if i % 2 == 0 else ("B", "A")):
+            t0 = time.perf_counter()
+            cells[side](ids, ids)[0].asnumpy()
+            times[side].append(time.perf_counter() - t0)
+    for side, t in times.items():
+        print(f"{side}: median {statistics.median(t) * 1000:.0f} ms, min {min(t) * 1000:.0f} ms "
+              f"({tokens(s) / statistics.median(t):,.0f} tok/s)")
+    a, b = statistics.median(times["A"]), statistics.median(times["B"])
+    print(f"A/B time ratio (B slower if > 1): {b / a:.3f}; load {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
