@@ -10,7 +10,9 @@ handles SIGTERM/SIGINT so a stopped run saves first (StopOnSignal). The recipe
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +199,18 @@ class StopOnSignal:
             self.note(f"{name}: saving a checkpoint after this step, then stopping (Ctrl-C again "
                       "to abort without saving)")
         else:
-            raise KeyboardInterrupt
+            # Abort at once, without unwinding: a KeyboardInterrupt raised inside a graph compile
+            # is caught by MindSpore, which prints its analyzer stack dump and writes
+            # analyze_fail.ir. Leaving now loses nothing saved: checkpoints are written
+            # atomically (as a kill -9 finds them) and the output_dir lock is the kernel's.
+            name = signal.Signals(signum).name
+            try:
+                sys.stderr.write(f"{name} again: aborted without saving; `latest` names the last "
+                                 "checkpoint written (--resume continues from it)\n")
+                sys.stderr.flush()
+                sys.stdout.flush()
+            finally:
+                os._exit(128 + signum)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

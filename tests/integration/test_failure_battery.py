@@ -100,3 +100,38 @@ def test_data_prepare_on_a_full_disk_writes_nothing_and_keeps_the_old_output(tin
     assert "Traceback" not in r.stdout + r.stderr and "Fix:" in r.stderr
     assert f"{old}: key '--output'" in r.stderr and "No space left on device" in r.stderr
     assert _digests(tiny_tmpfs) == before                   # nothing lost, nothing half-written
+
+
+def test_a_second_ctrl_c_during_compile_aborts_quietly(tmp_path):
+    """The first SIGINT asks for a save at the next step; a second one, here sent while the
+    first step's graph compiles, aborts at once: exit 130, one line, no MindSpore analyzer dump,
+    no analyze_fail.ir anywhere (it was written into the working folder)."""
+    import os
+    import signal
+    import sys
+    import time
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "petrun", "finetune", "--config", str(CONFIG), "--output_dir",
+         str(tmp_path / "out"), "--load_checkpoint", str(DEMO / "llama2_tiny_base.ckpt"),
+         "--train_dataset_dir", str(DEMO / "alpaca_demo_seq256.jsonl"), "runner_config.stop_step=3"],
+        cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:               # the base weights are loaded right before the compile
+        lines.append(line)
+        if line.startswith("loaded ") or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)                        # the training loop's handlers are installed by now
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, text
+    assert "SIGINT again: aborted without saving" in text
+    assert "ANALYZER" not in text and "Traceback" not in text and "analyze_fail" not in text, text
+    assert not list(tmp_path.rglob("analyze_fail.ir")) and not list(cwd.iterdir())
