@@ -226,15 +226,31 @@ class CheckpointFolder:
         for ckpt in mine[keep:]:
             if ckpt.stem == latest:
                 continue
-            try:
-                ckpt.manifest_path.unlink()
-                fsync_dir(self.path)
-                for entry in ckpt.manifest["files"].values():
-                    (self.path / entry["path"]).unlink(missing_ok=True)
-            except OSError as e:
-                raise write_error(e, ckpt.manifest_path) from None
+            self._remove(ckpt)
             removed.append(ckpt.stem)
         return removed
+
+    def remove_all(self) -> int:
+        """Every checkpoint of the folder and `latest` (a new run replacing an old one, as a
+        set); `latest` goes first, so a crash midway leaves no pointer to a removed checkpoint."""
+        try:
+            (self.path / LATEST).unlink(missing_ok=True)
+        except OSError as e:
+            raise write_error(e, self.path / LATEST) from None
+        found = self.checkpoints()
+        for ckpt in found:
+            self._remove(ckpt)
+        return len(found)
+
+    def _remove(self, ckpt: Checkpoint) -> None:
+        """The manifest first: a crash midway leaves stray files, never a manifest without them."""
+        try:
+            ckpt.manifest_path.unlink()
+            fsync_dir(self.path)
+            for entry in ckpt.manifest["files"].values():
+                (self.path / entry["path"]).unlink(missing_ok=True)
+        except OSError as e:
+            raise write_error(e, ckpt.manifest_path) from None
 
     def remove_leftovers(self) -> list[str]:
         """Temporary files of saves that were killed midway (never a complete file)."""

@@ -16,7 +16,11 @@ TRAIN_VERBS = ("finetune", "train")
 # this option are therefore theirs alone.
 TRAIN_OPTIONS = [inspect.Parameter(
     "resume_training", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
-    default=typer.Option(None, "--resume_training", help="True/False or a checkpoint name."))]
+    default=typer.Option(None, "--resume_training", help="True/False or a checkpoint name.")),
+    inspect.Parameter(
+    "overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+    default=typer.Option(False, "--overwrite", help="Start afresh in an output_dir that holds "
+                         "another run: its checkpoints and metrics are replaced, as a set."))]
 
 
 def _take_resume(args: list[str]) -> tuple[list[str], list[Override]]:
@@ -79,6 +83,8 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
              skip_preflight: bool = typer.Option(False, "--skip-preflight", help="Start without the pre-flight checks (memory, paths, checkpoint, data)."),
              **options):
         resume_training = options.pop("resume_training", None)
+        overwrite = [Override("overwrite_output_dir", True, text="--overwrite")] \
+            if options.pop("overwrite", False) else []
         predict_input: list[Override] = []
         if mode in TRAIN_VERBS:
             args, resume = _take_resume(ctx.args)
@@ -93,7 +99,7 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
         overrides = collect_overrides(args, _flags(
             run_mode, load_checkpoint, auto_trans_ckpt,
             use_parallel, train_dataset_dir, eval_dataset_dir, src_strategy_path_or_dir,
-            output_dir, device_id, seed, resume_training)) + resume + predict_input
+            output_dir, device_id, seed, resume_training)) + resume + predict_input + overwrite
         from petrun.cli import run_mode as modes
         overrides += modes.for_verb(mode, overrides)
         for notice in dict.fromkeys(o.notice for o in overrides if o.notice):
@@ -112,7 +118,13 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
     verb.__doc__ = summary + "\n\nExtra words are overrides: a.b.c=value, ~a.b, or --a.b.c value."
     if mode in TRAIN_VERBS:
         verb.__doc__ += ("\n\n--resume [PATH] continues a run from its newest intact checkpoint "
-                         "(in output_dir, or PATH: an output_dir, a checkpoint folder or file).")
+                         "(in output_dir, or PATH: an output_dir, a checkpoint folder or file); "
+                         "--overwrite starts afresh in an output_dir that holds another run."
+                         f"\n\nExamples:\n\n  petrun {mode} --config lora_llama2_tiny.yaml\n\n"
+                         f"  petrun {mode} --config configs/llama2/lora_llama2_7b.yaml "
+                         "--train_dataset_dir /data/alpaca.mindrecord --load_checkpoint "
+                         "/ckpt/llama2_7b.ckpt model.model_config.pet_config.lora_rank=16\n\n"
+                         f"  petrun {mode} --config my_run.yaml --resume")
     sig = inspect.signature(verb)
     params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
     verb.__signature__ = sig.replace(parameters=params + list(extra))

@@ -445,6 +445,9 @@ ROOT = Section({
     "seed": INT, "output_dir": STR, "run_mode": T((str,), check=_one_of(*RUN_MODES)),
     "load_checkpoint": STR_OR_NONE, "src_strategy_path_or_dir": STR_OR_NONE,
     "auto_trans_ckpt": BOOL, "only_save_strategy": BOOL, "resume_training": T((bool, str)),
+    # petrun-only (Hugging Face TrainingArguments' name): a new run may replace another run's
+    # checkpoints and metrics in output_dir; without it (or --resume) that is refused.
+    "overwrite_output_dir": BOOL,
     "use_parallel": BOOL, "do_eval": BOOL, "eval_step_interval": INT, "eval_epoch_interval": INT,
     "micro_batch_interleave_num": POS_INT, "transform_process_num": POS_INT,
     "transform_by_rank": BOOL, "npu_num_per_node": POS_INT,

@@ -71,16 +71,24 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> dict:
-        self.lock = None
+        self.lock = self.runlog = None
+        self._pending: list[tuple[str, str]] = []   # lines said before the run's logs open
         try:
             self.setup_runtime()
             self.setup_data()
             self.setup_model()
             self.setup_optimizer()
             self.restore()
+            self._replace_earlier_run()
             self.record_run()
             self.train()
+        except BaseException as e:
+            if self.runlog is not None:
+                self.runlog.failed(e)   # error.log: the message, or an internal error's traceback
+            raise
         finally:
+            if self.runlog is not None:
+                self.runlog.close()
             if self.lock is not None:
                 self.lock.release()
         return self.summary
@@ -88,13 +96,22 @@ class FinetuneRecipe:
     def say(self, text: str) -> None:
         if self.console is not None:
             self.console.print(text, highlight=False, soft_wrap=True)
+        if getattr(self, "runlog", None) is not None:
+            self.runlog.info(text)
+        else:
+            getattr(self, "_pending", []).append(("info", text))
 
     def warn(self, text: str) -> None:
+        if getattr(self, "runlog", None) is not None:
+            self.runlog.warning(text)
+        else:
+            getattr(self, "_pending", []).append(("warning", text))
         if self.console is None:
             log.warning(text)
             return
         from rich.markup import escape
-        self.say(f"[yellow]warning:[/yellow] {escape(text)}")
+        self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False,
+                           soft_wrap=True)
 
     # ------------------------------------------------------------------ setup
     def setup_runtime(self) -> None:
@@ -136,13 +153,53 @@ class FinetuneRecipe:
                 self.warn(f"resume requested, but {self.ckpt_dir} holds no checkpoint yet: "
                           "starting from step 0")
         else:
-            earlier = self.store.checkpoints()
-            if earlier:
-                self.say(f"note: {self.ckpt_dir} already holds checkpoints of an earlier run "
-                         f"(newest: step {earlier[0].step}); they are kept. Add --resume to "
-                         "continue that run instead of starting a new one.")
+            self._claim_output()
         self.run_id = (self.resume_from.manifest.get("run_id") if self.resume_from else None) \
             or uuid.uuid4().hex[:12]
+
+    def _claim_output(self) -> None:
+        """A new run into a folder that holds another run's checkpoints or metrics would mix with
+        them (the metrics of both in one file, `latest` of either): refused unless the user says
+        continue (--resume) or replace (--overwrite, which removes that run's files as a set,
+        once every check of this run has passed: a refused run loses nothing)."""
+        self._earlier_files = None
+        earlier = self.store.checkpoints()
+        logs = [self.log_dir / name for name in (layout.METRICS_NAME, "training.png", "info.log",
+                                                 "error.log")]
+        tb = self.cfg.get("tensorboard.tensorboard_dir")
+        if tb:
+            logs += sorted((Path(tb) / f"rank_{self.rank}").glob("events.out.tfevents.*"))
+        metrics = logs[0]
+        if not earlier and not (metrics.is_file() and metrics.stat().st_size):
+            return
+        what = (f"{len(earlier)} checkpoint(s), the newest of step {earlier[0].step}" if earlier
+                else f"the metrics {metrics}")
+        if not self.cfg.get("overwrite_output_dir"):
+            raise UserError(f"{self.output_dir} holds another run ({what}); a new run into it "
+                            "would mix its checkpoints and metrics with that run's",
+                            key="output_dir", file=self.cfg.origin("output_dir"),
+                            fix="add --resume to continue that run, --overwrite to replace it, or "
+                                "choose another --output_dir")
+        self._earlier_files = logs
+
+    def _replace_earlier_run(self) -> None:
+        """Every check passed: --overwrite removes the earlier run now; then this run's text
+        logs open (info.log / error.log of this rank)."""
+        from petrun.train.runlog import RunLog
+        if getattr(self, "_earlier_files", None) is not None:
+            removed = self.store.remove_all()
+            for f in self._earlier_files:
+                f.unlink(missing_ok=True)
+            note = (f"--overwrite: removed the earlier run from {self.output_dir} ({removed} "
+                    "checkpoint(s) and its metrics)")
+        else:
+            note = None
+        self.runlog = RunLog(self.log_dir, self.rank)
+        for level, text in self._pending:
+            getattr(self.runlog, level)(text)
+        self._pending.clear()
+        if note:
+            self.say(note)
 
     def _agree_on_resume_step(self, mine, *, explicit: bool):
         """Data-parallel ranks must resume from the same step, or their AllReduces pair up
@@ -428,8 +485,14 @@ class FinetuneRecipe:
             return
         every = int(_callback(cfg, "MFLossMonitor").get("per_print_times") or 1)
         progress = Progress(self.console, self.total_steps, every=every, enabled=self.rank == 0)
+        mirrors = ()
+        if cfg.get("tensorboard.tensorboard_dir"):
+            from petrun.train.tensorboard import TensorBoardLog
+            mirrors = (TensorBoardLog(cfg.get("tensorboard"), self.rank, cfg.to_yaml(),
+                                      self.run_id),)
         metrics = MetricsLog(self.log_dir / layout.METRICS_NAME, run_id=self.run_id,
-                             resume_step=self.start_step if self.resume_from else None)
+                             resume_step=self.start_step if self.resume_from else None,
+                             mirrors=mirrors)
         if self.resume_from is not None:
             metrics.write({"event": "resume", "step": self.start_step,
                            "checkpoint": str(self.resume_from.adapter)})
@@ -534,6 +597,32 @@ class FinetuneRecipe:
         if memory:
             from petrun.plan.measure import describe
             self.say(describe(memory))
+        self._ending(last)
+
+    def _ending(self, last: str) -> None:
+        """Where the outputs are and what to run next, with the real paths."""
+        if self.rank != 0:
+            return
+        metrics = self.log_dir / layout.METRICS_NAME
+        png = self.log_dir / "training.png"
+        try:
+            from petrun.train.plot import plot, read_series
+            plot([read_series(metrics, "this run")], png)
+        except Exception as e:   # noqa: BLE001  a plot never fails a finished run
+            self.warn(f"no plot written ({type(e).__name__}: {e})")
+            png = None
+        tb = self.cfg.get("tensorboard.tensorboard_dir")
+        config = self.ckpt_dir / layout.CONFIG_NAME   # the resolved config, overrides included
+        lines = [f"metrics: {metrics}" + (f"; plot: {png}" if png else "")
+                 + (f"; TensorBoard: tensorboard --logdir {tb}" if tb else "")]
+        if self.cfg.get("model.model_config.pet_config") and last != "-":
+            lines += ["next:",
+                      f"  petrun predict --config {config} --adapter {self.ckpt_dir} "
+                      "--prompt \"...\"",
+                      f"  petrun eval --config {config} --adapter {self.ckpt_dir} "
+                      "--eval_dataset_dir DATA",
+                      f"  petrun ckpt export-peft --help   # or merge: petrun ckpt merge --help"]
+        self.say("\n".join(lines))
 
     def _memory(self, metrics) -> dict:
         """Measured peak memory beside the planner's estimate, into metrics.jsonl and the summary

@@ -97,3 +97,63 @@ def test_tensorboard_events_hold_the_records(tmp_path):
     assert scalars["eval/loss"] == [(2, pytest.approx(2.2))]
     assert "loss-scale" in scalars and "throughput" not in scalars   # as the section asks
     assert "run_mode: finetune" in texts["config/text_summary"]
+
+
+def test_run_logs_keep_the_console_lines_warnings_and_tracebacks(tmp_path):
+    from petrun.train.runlog import RunLog
+    log = RunLog(tmp_path, rank=3)
+    log.info("[green]ok[/green] step 1 | loss 2.5")
+    log.warning("the checkpoint folder was deleted")
+    log.failed(UserError("loss nan at step 6", key="lr_schedule.learning_rate", fix="lower it"))
+    try:
+        raise KeyError("boom")
+    except KeyError as e:
+        log.failed(e)
+    log.close()
+    info = (tmp_path / "info.log").read_text()
+    error = (tmp_path / "error.log").read_text()
+    assert "rank 3 INFO ok step 1 | loss 2.5" in info          # markup stripped
+    assert "step 1" not in error                               # INFO stays out of error.log
+    assert "WARNING the checkpoint folder was deleted" in error and "WARNING" in info
+    assert "loss nan at step 6" in error and "Traceback" not in error.split("internal error")[0]
+    assert "internal error" in error and "KeyError: 'boom'" in error and "Traceback" in error
+
+
+def test_a_finetune_leaves_plot_tensorboard_logs_and_refuses_to_mix_runs(tmp_path):
+    """Through the real CLI: one run leaves its plot, TensorBoard events (from the same records
+    as metrics.jsonl), info/error logs and an ending that names them and the next commands; a
+    second run into the folder is refused unless --resume or --overwrite, and --overwrite
+    replaces the first run's checkpoints and metrics as a set."""
+    out, tb = tmp_path / "out", tmp_path / "tb"
+    args = ["finetune", "--config", "lora_llama2_tiny.yaml", "--output_dir", out,
+            "runner_config.stop_step=4", f"tensorboard.tensorboard_dir={tb}",
+            "tensorboard.log_loss_scale_to_tensorboard=True"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = out / "log" / "rank_0"
+    records = [json.loads(x) for x in (log / "metrics.jsonl").read_text().splitlines()]
+    losses = [(x["step"], x["loss"]) for x in records if "loss" in x]
+    scalars, texts = read_events(tb / "rank_0")
+    assert [(s, pytest.approx(v, rel=1e-6)) for s, v in losses] == scalars["loss"]
+    assert "loss-scale" in scalars and "lora_rank: 8" in texts["config/text_summary"]
+    assert (log / "training.png").stat().st_size > 1000
+    info = (log / "info.log").read_text()
+    assert "done: 4 steps" in info and "data: " in info
+    assert f"metrics: {log / 'metrics.jsonl'}; plot: {log / 'training.png'}" in r.stdout
+    assert f"petrun predict --config {out / 'checkpoint' / 'rank_0' / 'config.yaml'} --adapter" in r.stdout
+
+    again = run_cli(*args)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert "holds another run" in again.stderr
+    assert "--resume" in again.stderr and "--overwrite" in again.stderr
+    assert len([x for x in (log / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]) == 4
+
+    first_id = records[0]["run_id"]
+    r = run_cli(*args[:-3], "runner_config.stop_step=2", "--overwrite")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "--overwrite: removed the earlier run" in r.stdout
+    steps = [json.loads(x) for x in (log / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in steps if "loss" in x] == [1, 2]
+    assert all(x["run_id"] != first_id for x in steps)
+    ckpts = sorted(p.name for p in (out / "checkpoint" / "rank_0").glob("*.ckpt"))
+    assert ckpts == ["llama2_tiny_lora_rank_0-1_2.ckpt"]
