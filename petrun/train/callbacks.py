@@ -77,6 +77,9 @@ class Progress:
         self.enabled = enabled
         self.bar = None
         self.start = time.perf_counter()
+        # (step, time) when the first step ended: the rate for the ETA is measured from there,
+        # since the first step includes the graph compile (tens of seconds on a small model).
+        self.first: tuple[int, float] | None = None
         if enabled and console is not None and console.is_terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
                                        TextColumn, TimeElapsedColumn, TimeRemainingColumn)
@@ -94,12 +97,16 @@ class Progress:
         stats = f"loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s" + (" overflow" if overflow else "")
         if self.bar is not None:
             self.bar.update(self.task, completed=step, stats=stats)
-        elif step % self.every == 0 or step == self.total:
-            elapsed = time.perf_counter() - self.start
-            eta = elapsed / step * (self.total - step) if step else 0.0
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (step, now)
+        if self.bar is None and (step % self.every == 0 or step == self.total):
+            elapsed = now - self.start
+            done, since = step - self.first[0], now - self.first[1]
+            eta = _fmt_time(since / done * (self.total - step)) if done else "--:--"
             self.console.print(f"epoch {epoch} step {step}/{self.total} | loss {loss:.4f} | "
                                f"lr {lr:.3e} | grad_norm {norm:.3f} | {tok_s:,.0f} tok/s | "
-                               f"elapsed {_fmt_time(elapsed)} | eta {_fmt_time(eta)}"
+                               f"elapsed {_fmt_time(elapsed)} | eta {eta}"
                                + (" | overflow: step skipped" if overflow else ""), highlight=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
