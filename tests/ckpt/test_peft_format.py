@@ -77,7 +77,8 @@ EXACT = [(f, {"pet_type": "lora", "lora_rank": 2, "lora_alpha": 6, "lora_dropout
         [(f, {"pet_type": "ia3", "target_modules": IA3[f][0], "feedforward_modules": IA3[f][1]})
          for f in MODELS] + \
         [(f, {"pet_type": "prompt_tuning", "num_virtual_tokens": 3}) for f in MODELS] + \
-        [(f, {"pet_type": "ptuning2", "pre_seq_len": 3, "dropout_prob": 0.0}) for f in MODELS]
+        [(f, {"pet_type": "ptuning2", "pre_seq_len": 3, "dropout_prob": 0.0}) for f in MODELS
+         if f != "gpt2"]   # GPT-2's prefix methods are refused: test_gpt2_prefix_is_refused
 
 
 @pytest.mark.parametrize("family, pet_config", EXACT,
@@ -97,7 +98,18 @@ def test_export_then_import_gives_the_same_tensors(tmp_path, family, pet_config)
     back = read_ckpt(tmp_path / "back.ckpt")
     assert sorted(back) == sorted(original)
     for name, value in original.items():
-        np.testing.assert_array_equal(back[name], value, err_msg=name)
+        if pet_config["pet_type"] == "ptuning2":
+            # prefix keys go out rotated by R(P) and come back by R(-P): float rounding only
+            np.testing.assert_allclose(back[name], value, rtol=0, atol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(back[name], value, err_msg=name)
+
+
+def test_gpt2_prefix_is_refused(tmp_path):
+    path, _, _ = trained_adapter(tmp_path, "gpt2", {"pet_type": "ptuning2", "pre_seq_len": 3,
+                                                    "dropout_prob": 0.0})
+    with pytest.raises(UserError, match="learned positions"):
+        export_peft(path, tmp_path / "adapter.ckpt", tmp_path / "peft")
 
 
 def test_llama_lora_keys_and_config_are_pefts(tmp_path):
