@@ -31,7 +31,9 @@ Exact conversions only; anything that would change the numbers is an error that 
   - prompt-learning methods save the encoder OUTPUT (as PEFT does): an MLP/LSTM/projection
     cannot be rebuilt from it, so such files import as prompt_tuning or ptuning2 without
     projection. PEFT numbers real tokens after a prefix (positions P..), MindFormers and petrun
-    from 0, so prefix logits differ between the two (RoPE and learned positions).
+    from 0: for RoPE models (Llama2, ChatGLM2) prefix keys are stored rotated by R(P), which
+    gives exactly petrun's logits in PEFT (_prefix_as_peft_cache); GPT-2's learned positions
+    cannot be shifted back, so its prefix methods are refused both ways.
 """
 from __future__ import annotations
 
