@@ -72,8 +72,9 @@ def source_digest(cell=None) -> str:
     (Not all of petrun: edits to the CLI or checkpoint code must not cost a recompile.)"""
     import inspect
 
-    import petrun
-    root = Path(petrun.__file__).resolve().parent
+    # The package folder from this file's own path: importing `petrun` would import its API
+    # facade, which imports the recipe that imports this module (tests/test_architecture.py).
+    root = Path(__file__).resolve().parents[1]
     files = set()
     for name in GRAPH_SOURCES:
         p = root / name
