@@ -69,6 +69,9 @@ def shard_model(net, family: str, dims: ParallelDims, *, num_layers=None, offset
             raise ValueError(f"{path} ({kind}) owns no parameters to shard by")
         if kind == "attention":
             _check_heads(cell, dims)
+            # The additive fp32 mask (a speed path built from functional ops) has no declared
+            # strategies; a sharded attention keeps the select path, whose primitives do.
+            cell.additive_mask = False
         layouts = {local: plan.layouts[name] for local, name in own.items()}
         batched = not any(getattr(param_rule(family, n), "kind", None) == "encoder"
                           for n in own.values())
