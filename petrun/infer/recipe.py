@@ -269,7 +269,8 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
 
     say = _say(console)
     target = _runtime(cfg)
-    net = load_model(cfg, device_target=target, adapter=adapter, merge=merge, say=say)
+    with console.status("building the model and loading its weights…"):
+        net = load_model(cfg, device_target=target, adapter=adapter, merge=merge, say=say)
     capacity = position_capacity(net)
     longest = max(len(r) for r in rows)
     if max_new_tokens is None:
@@ -370,8 +371,13 @@ def run_eval(cfg, console, *, adapter: Optional[str] = None, merge: bool = False
     say = _say(console)
     target = _runtime(cfg)
     evaluator = Evaluator.from_config(cfg)   # checks the data before the model is built
-    net = load_model(cfg, device_target=target, adapter=adapter, merge=merge, say=say)
-    result = evaluator.run(net)
+    with console.status("building the model and loading its weights…"):
+        net = load_model(cfg, device_target=target, adapter=adapter, merge=merge, say=say)
+    # The forward graph compiles on the first batch: on a piped log say so, as a spinner does.
+    say(f"evaluating {cfg.get('eval_dataset.data_loader.dataset_dir')} (the first batch "
+        "compiles the forward graph)…")
+    with console.status("evaluating…"):
+        result = evaluator.run(net)
     if output == "json":
         print(json.dumps(result.as_dict()), flush=True)
     else:
