@@ -7,3 +7,11 @@ def test_shell_completion_is_available():
     assert r.returncode == 0, r.stderr
     assert "_petrun_completion" in r.stdout
     assert "--install-completion" in run_cli("--help").stdout
+
+
+def test_data_prepare_ends_with_the_command_that_uses_its_output(tmp_path):
+    out = tmp_path / "demo.jsonl"
+    r = run_cli("data", "prepare", "alpaca", "-i", "data/demo/alpaca_demo.json", "-o", out,
+                "--config", "configs/llama2/lora_llama2_tiny.yaml")
+    assert r.returncode == 0, r.stderr
+    assert f"next: petrun finetune --config YOUR.yaml --train_dataset_dir {out}" in r.stdout

@@ -16,6 +16,8 @@ def _report(result, what: str) -> None:
                   highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    console.print(f"next: run with --load_checkpoint {result.dst} --auto_trans_ckpt False "
+                  "(its layout is already the job's)", highlight=False, soft_wrap=True)
 
 
 def transform(
@@ -33,8 +35,9 @@ def transform(
     petrun ckpt transform --src tp4/ --src-strategy tp4_strategy/ --dst-strategy tp2_strategy/ --dst tp2/
     """
     from petrun.ckpt.transform import transform as run
-    result = run(src, dst, src_strategy=src_strategy, dst_strategy=dst_strategy, prefix=prefix,
-                 pick=pick, overwrite=overwrite, check_names=True)
+    with console.status("resharding (MindSpore's transform_checkpoints)…"):
+        result = run(src, dst, src_strategy=src_strategy, dst_strategy=dst_strategy,
+                     prefix=prefix, pick=pick, overwrite=overwrite, check_names=True)
     _report(result, "merged into one complete checkpoint" if not dst_strategy else "resharded")
 
 
@@ -63,8 +66,9 @@ def strategy(
         raise UserError(f"unknown format {fmt!r}", key="--format", fix="use ckpt or json")
     check_out_dir(out, overwrite=overwrite)   # before the model is built: fail in a fraction of a second
     cfg = load_config(config, collect_overrides(ctx.args, {}))
-    plan = plan_for_config(cfg)
-    files = write_plan(plan, out, fmt=fmt, overwrite=overwrite)
+    with console.status("laying out the parameters…"):
+        plan = plan_for_config(cfg)
+        files = write_plan(plan, out, fmt=fmt, overwrite=overwrite)
     split = sum(1 for l in plan.layouts.values() if l.is_split())
     console.print(f"[green]wrote[/green] {len(files)} strategy files to {out} for "
                   f"{plan.dims.describe()}: {len(plan.layouts)} parameters, {split} of them split",
@@ -85,7 +89,8 @@ def shard(
     petrun ckpt shard --src llama2_7b.ckpt --strategy strategy_dp2_mp4/ --dst llama2_7b_mp4/
     """
     from petrun.ckpt.transform import shard as run
-    result = run(src, strategy_, dst, prefix=prefix, overwrite=overwrite)
+    with console.status("splitting the checkpoint into rank shards…"):
+        result = run(src, strategy_, dst, prefix=prefix, overwrite=overwrite)
     _report(result, "sharded")
 
 

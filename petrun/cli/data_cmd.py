@@ -110,11 +110,18 @@ def prepare(
     _summary(report)
 
 
+def _next(r) -> None:
+    # MindFormers' dataset_dir takes the first shard of a MindRecord set (it finds the rest).
+    console.print(f"next: petrun finetune --config YOUR.yaml --train_dataset_dir {r.files[0]}",
+                  highlight=False, soft_wrap=True)
+
+
 def _summary(r) -> None:
     files = r.files[0] if len(r.files) == 1 else f"{r.files[0]} … ({len(r.files)} files)"
     console.print(f"[green]wrote[/green] {r.written} samples × {r.sample_length} tokens "
                   f"({', '.join(r.columns)}) to {files} in {r.seconds:.1f} s",
                   highlight=False, soft_wrap=True)
+    _next(r)
     if r.fmt == "wikitext":
         console.print(f"  {r.records} paragraphs, {r.tokens} tokens; dropped {r.dropped_tokens} "
                       f"tail tokens (less than one block)", highlight=False)

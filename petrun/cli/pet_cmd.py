@@ -25,13 +25,18 @@ def merge(
     """
     from petrun.ckpt.merge import merge_checkpoint
 
-    result = merge_checkpoint(config, base, adapter, dst, run_probe=probe, overwrite=overwrite)
+    with console.status("merging the adapter into the base weights"
+                        + (" and comparing logits on a probe batch…" if probe else "…")):
+        result = merge_checkpoint(config, base, adapter, dst, run_probe=probe, overwrite=overwrite)
     console.print(f"[green]wrote[/green] {result.dst} — {result.tensors} tensors, "
                   f"{result.merged_layers} with the {result.pet_type} adapter folded in",
                   highlight=False, soft_wrap=True)
     if result.max_abs_diff is not None:
         console.print(f"probe batch {result.probe_shape[0]}×{result.probe_shape[1]}: max |merged − "
                       f"unmerged| logit difference = {result.max_abs_diff:.3g}", highlight=False)
+    console.print(f"next: petrun predict --config {config} ~model.model_config.pet_config "
+                  f"--load_checkpoint {result.dst} --prompt \"...\"   (the plain model)",
+                  highlight=False, soft_wrap=True)
 
 
 def export_peft(
@@ -50,12 +55,16 @@ def export_peft(
     """
     from petrun.ckpt.peft_format import export_peft as run
 
-    result = run(config, adapter, dst, base_model)
+    with console.status("writing the adapter in PEFT's format…"):
+        result = run(config, adapter, dst, base_model)
     console.print(f"[green]wrote[/green] {result.dst} — {result.peft_type}, {result.tensors} "
                   "tensors (adapter_config.json + adapter_model.safetensors)", highlight=False,
                   soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    console.print(f"next: PeftModel.from_pretrained(model, \"{result.dst}\") on the transformers "
+                  "model of the same base weights (petrun ckpt convert --reverse writes one)",
+                  highlight=False, soft_wrap=True)
 
 
 def import_peft(
@@ -74,9 +83,12 @@ def import_peft(
     """
     from petrun.ckpt.peft_format import import_peft as run
 
-    result = run(config, src, dst, overwrite=overwrite)
+    with console.status("reading the PEFT adapter…"):
+        result = run(config, src, dst, overwrite=overwrite)
     console.print(f"[green]wrote[/green] {result.dst} — {result.tensors} tensors from a "
                   f"{result.peft_type} adapter", highlight=False, soft_wrap=True)
+    console.print(f"next: petrun predict --config {config} --adapter {result.dst} --prompt \"...\"",
+                  highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
