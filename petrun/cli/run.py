@@ -125,6 +125,16 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
                          "--train_dataset_dir /data/alpaca.mindrecord --load_checkpoint "
                          "/ckpt/llama2_7b.ckpt model.model_config.pet_config.lora_rank=16\n\n"
                          f"  petrun {mode} --config my_run.yaml --resume")
+    elif mode == "predict":
+        verb.__doc__ += ("\n\nExamples:\n\n  petrun predict --config lora_llama2_tiny.yaml "
+                         "--adapter output/checkpoint/rank_0 --prompt \"Give three tips.\"\n\n"
+                         "  petrun predict --config configs/llama2/lora_llama2_7b.yaml "
+                         "--load_checkpoint /ckpt/llama2_7b.ckpt --predict_data \"I love Beijing, "
+                         "because\"")
+    elif mode == "eval":
+        verb.__doc__ += ("\n\nExamples:\n\n  petrun eval --config lora_llama2_tiny.yaml "
+                         "--adapter output/checkpoint/rank_0 --eval_dataset_dir "
+                         "data/demo/alpaca_demo_seq256.jsonl")
     sig = inspect.signature(verb)
     params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
     verb.__signature__ = sig.replace(parameters=params + list(extra))
