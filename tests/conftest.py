@@ -41,3 +41,17 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 1 MiB tmpfs: a real ENOSPC for the disk-full cases (root may mount; elsewhere the
+    RLIMIT_FSIZE cases cover a full disk)."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the RLIMIT_FSIZE test covers it")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)

@@ -565,18 +565,6 @@ def test_file_size_limit_during_a_save_keeps_the_old_checkpoints(h):
     _assert_disk_full_refusal(r, h, before, ["File too large"])
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the RLIMIT_FSIZE test covers it")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
-
-
 def test_no_space_left_during_a_save_keeps_the_old_checkpoints(h, tiny_tmpfs):
     """A real ENOSPC: the run lives on a 1 MiB tmpfs that is filled up to the last few KiB."""
     out = tiny_tmpfs / "out"

@@ -660,13 +660,17 @@ class FinetuneRecipe:
         Stop, and point `latest` back at the newest checkpoint saved before the collapse."""
         # The zero gradients of step `since` were computed on the parameters after step
         # since - 1: those are already collapsed.
-        raise UserError(f"training collapsed: the gradient norm is exactly 0 at every step since "
-                        f"step {since} (now {step}) and the loss is stuck at {loss:.4f}; nothing "
-                        f"trains any more; {self._step_back_from(since - 1)}",
-                        key="lr_schedule.learning_rate",
-                        file=self.cfg.origin("lr_schedule.learning_rate"),
-                        fix="lower the learning rate (and keep use_clip_grad on), then start again "
-                            "or --resume from a checkpoint before the collapse")
+        raise self._lr_error(f"training collapsed: the gradient norm is exactly 0 at every step "
+                             f"since step {since} (now {step}) and the loss is stuck at "
+                             f"{loss:.4f}; nothing trains any more; "
+                             f"{self._step_back_from(since - 1)}",
+                             "then start again or --resume from a checkpoint before the collapse")
+
+    def _lr_error(self, message: str, then: str) -> UserError:
+        """Diverged or saturated parameters: the learning rate is the key to change."""
+        return UserError(message, key="lr_schedule.learning_rate",
+                         file=self.cfg.origin("lr_schedule.learning_rate"),
+                         fix=f"lower the learning rate (and keep use_clip_grad on), {then}")
 
     # ------------------------------------------------------------------ save
     def save(self, epoch: int, step_in_epoch: int, step: int) -> Path:
@@ -680,13 +684,10 @@ class FinetuneRecipe:
                 if self.last_saved_step is not None else "no checkpoint was saved yet")
         bad = nonfinite_count(self.trainable)
         if bad:
-            raise UserError(f"after step {step} the trained parameters hold {bad} inf/NaN values: "
-                            f"the last update diverged, so this checkpoint was not saved; "
-                            f"{self._step_back_from(step)}",
-                            key="lr_schedule.learning_rate",
-                            file=self.cfg.origin("lr_schedule.learning_rate"),
-                            fix="lower the learning rate (and keep use_clip_grad on); --resume "
-                                "continues from the intact checkpoint")
+            raise self._lr_error(f"after step {step} the trained parameters hold {bad} inf/NaN "
+                                 "values: the last update diverged, so this checkpoint was not "
+                                 f"saved; {self._step_back_from(step)}",
+                                 "then --resume continues from the intact checkpoint")
         if not self.ckpt_dir.is_dir():
             self.warn(f"the checkpoint folder {self.ckpt_dir} was deleted while this run was "
                       "writing into it: its earlier checkpoints and config.yaml are gone. "

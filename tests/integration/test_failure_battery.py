@@ -60,18 +60,6 @@ def test_a_bad_batch_at_step_3_stops_the_run_there_and_keeps_every_checkpoint(tm
         assert values and all(np.isfinite(v.asnumpy()).all() for v in values.values()), path
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
-
-
 def _prepare(out, *extra):
     return run_cli("data", "prepare", "alpaca", "-i", DEMO / "alpaca_demo.json", "-o", out,
                    "-t", DEMO / "tokenizer.model", *extra)
