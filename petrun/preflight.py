@@ -290,7 +290,7 @@ def _check_checkpoint(cfg, path: Path, model, out: list[Finding]) -> None:
     every weight but the adapters."""
     from petrun.ckpt import io as ckpt_io
     from petrun.ckpt.index import checkpoint_index
-    from petrun.ckpt.diagnose import names_fix, shapes_fix
+    from petrun.ckpt.diagnose import mismatch_message, names_fix, shapes_fix
     _, specs, _, pet = model
     key = "load_checkpoint"
     try:
@@ -315,14 +315,7 @@ def _check_checkpoint(cfg, path: Path, model, out: list[Finding]) -> None:
     unexpected = [n for n in weights if n not in params]
     where = str(files[0]) if len(files) == 1 else str(path)
     if missing or unexpected:
-        lines = []
-        if missing:
-            lines.append(f"{len(missing)} model parameters are not in the checkpoint, e.g. "
-                         + ", ".join(missing[:3]))
-        if unexpected:
-            lines.append(f"{len(unexpected)} checkpoint entries match no model parameter, e.g. "
-                         + ", ".join(unexpected[:3]))
-        out.append(Finding("checkpoint", "checkpoint does not match the model: " + "; ".join(lines),
+        out.append(Finding("checkpoint", mismatch_message(missing, unexpected, 3),
                            names_fix(list(weights), list(params)), key, where))
         return
     bad = [(n, t.shape, params[n].shape) for n, t in weights.items()

@@ -55,6 +55,18 @@ def _methods(found: set[str]) -> str:
     return "/".join(sorted(_method_names().get(m, m) for m in found))
 
 
+def mismatch_message(missing: Sequence[str], unexpected: Sequence[str], examples: int) -> str:
+    """'checkpoint does not match the model: ...' with counts and a few names of each side."""
+    lines = []
+    if missing:
+        lines.append(f"{len(missing)} model parameters are not in the checkpoint, e.g. "
+                     + ", ".join(missing[:examples]))
+    if unexpected:
+        lines.append(f"{len(unexpected)} checkpoint entries match no model parameter, e.g. "
+                     + ", ".join(unexpected[:examples]))
+    return "checkpoint does not match the model: " + "; ".join(lines)
+
+
 def names_fix(checkpoint: Sequence[str], model: Sequence[str]) -> str:
     """The fix for names that do not line up (missing or unexpected entries)."""
     if any(f in n for n in checkpoint for f in HF_FRAGMENTS):

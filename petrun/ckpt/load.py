@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from petrun.ckpt.diagnose import names_fix, shapes_fix
+from petrun.ckpt.diagnose import mismatch_message, names_fix, shapes_fix
 from petrun.ckpt.io import ADAPTER_PATTERN, PICKLE_SUFFIXES, is_training_state, refuse_pickle
 from petrun.ckpt.store import CheckpointFolder, verify_against_manifest
 from petrun.errors import UserError
@@ -106,14 +106,7 @@ def load_into(net, path: str | Path, *, strict: bool = True, allow_missing: Iter
         required = [n for n in params if not any(fnmatch.fnmatchcase(n, p) for p in allow_missing)]
     missing = sorted(n for n in required if n not in weights)
     if strict and (unexpected or missing):
-        lines = []
-        if missing:
-            lines.append(f"{len(missing)} model parameters are not in the checkpoint, e.g. "
-                         + ", ".join(missing[:4]))
-        if unexpected:
-            lines.append(f"{len(unexpected)} checkpoint entries match no model parameter, e.g. "
-                         + ", ".join(unexpected[:4]))
-        raise UserError("checkpoint does not match the model: " + "; ".join(lines), file=str(path),
+        raise UserError(mismatch_message(missing, unexpected, 4), file=str(path),
                         key=key, fix=names_fix(list(weights), list(params)))
     bad_shapes = [(n, tuple(v.shape), tuple(params[n].shape)) for n, v in weights.items()
                   if n in params and tuple(v.shape) != tuple(params[n].shape)]
