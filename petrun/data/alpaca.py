@@ -16,57 +16,25 @@ arithmetic (e.g. it contains unk tokens, id 0 = pad) is masked entirely rather t
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from petrun.data import conversation, formats
+from petrun.data.conversation import IGNORE_TOKEN_ID, TokenizedSample  # noqa: F401
+# The templates' text lives in petrun.data.templates (predict and chat render with it too);
+# these names stay importable from here.
+from petrun.data.templates import (PROMPT_NO_INPUT, PROMPT_WITH_INPUT, VICUNA_ROLES,  # noqa: F401
+                                   VICUNA_SEP, VICUNA_SEP2, VICUNA_SYSTEM, alpaca_prompt,
+                                   render, to_text)
 from petrun.data.tokenizer import Tokenizer
-from petrun.errors import UserError
-
-IGNORE_TOKEN_ID = -100
-
-# Stanford Alpaca's prompts, as used by MindFormers' alpaca_converter.
-PROMPT_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
-)
-PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:"
-)
-
-# FastChat vicuna_v1.1 (separator style "add colon two").
-VICUNA_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-VICUNA_ROLES = ("USER", "ASSISTANT")
-VICUNA_SEP = " "
-VICUNA_SEP2 = "</s>"
-_SPEAKERS = {"human": VICUNA_ROLES[0], "gpt": VICUNA_ROLES[1]}
-
 
 @dataclass(frozen=True)
 class BadRecord:
     index: int          # 0-based position in the input file
     reason: str
-
-
-@dataclass(frozen=True)
-class TokenizedSample:
-    input_ids: list[int]
-    labels: list[int]
-    truncated: bool      # the conversation had more than seq_length + 1 tokens
-    fully_masked: bool   # every label is IGNORE_TOKEN_ID (length disagreement, see module doc)
-    num_tokens: int      # tokens before padding/truncation
-
-    def as_dict(self) -> dict[str, list[int]]:
-        return {"input_ids": self.input_ids, "labels": self.labels}
 
 
 @dataclass
@@ -120,15 +88,6 @@ def check_alpaca_record(record: Any) -> str | None:
     return None
 
 
-def alpaca_prompt(record: Mapping[str, Any]) -> str:
-    """The Stanford Alpaca prompt; the with-input form whenever input is not the empty string."""
-    # `input: null` is treated as absent (MindFormers would print "None" into the prompt).
-    inp = record.get("input") or ""
-    if inp != "":
-        return PROMPT_WITH_INPUT.format(instruction=record["instruction"], input=inp)
-    return PROMPT_NO_INPUT.format(instruction=record["instruction"])
-
-
 def alpaca_to_conversation(record: Mapping[str, Any], index: int) -> dict[str, Any]:
     """The alpaca_converter record: 1-based string id and a human/gpt pair."""
     return {
@@ -142,88 +101,47 @@ def alpaca_to_conversation(record: Mapping[str, Any], index: int) -> dict[str, A
 
 # --------------------------------------------------------------------------- conversation → tokens
 
+def _role_turns(turns: Sequence[Mapping[str, str]]) -> list[dict]:
+    """ShareGPT human/gpt turns as template turns, a leading gpt turn dropped (FastChat)."""
+    out = [{"role": formats.SHAREGPT_ROLES.get(t.get("from"), t.get("from")),
+            "content": t.get("value")} for t in turns]
+    if out and out[0]["role"] == "assistant":
+        out = out[1:]
+    return out
+
+
 def vicuna_text(turns: Sequence[Mapping[str, str]]) -> str:
-    """Render human/gpt turns with the vicuna_v1.1 template."""
-    if turns and _SPEAKERS.get(turns[0].get("from")) != VICUNA_ROLES[0]:
-        turns = turns[1:]   # a leading gpt turn is dropped, as FastChat does
-    text = VICUNA_SYSTEM + VICUNA_SEP
-    for j, turn in enumerate(turns):
-        role = _SPEAKERS.get(turn.get("from"))
-        if role != VICUNA_ROLES[j % 2]:
-            raise ValueError(f"turn {j} should come from "
-                             f"{'human' if j % 2 == 0 else 'gpt'}, got {turn.get('from')!r}")
-        msg = turn.get("value")
-        if msg:
-            text += f"{role}: {msg}" + (VICUNA_SEP if j % 2 == 0 else VICUNA_SEP2)
-        else:
-            text += f"{role}:"
-    return text
+    """Render human/gpt turns with the vicuna_v1.1 template (petrun.data.templates)."""
+    turns = _role_turns(turns)
+    ends_open = bool(turns) and turns[-1]["role"] == "user"
+    return to_text(render("vicuna", turns, add_generation_prompt=ends_open))
 
 
 def tokenize_conversation(turns: Sequence[Mapping[str, str]], tokenizer: Tokenizer,
                           seq_length: int) -> TokenizedSample:
-    """input_ids/labels of length seq_length + 1 for one conversation (MindFormers qa rules)."""
-    total = seq_length + 1
-    rounds = vicuna_text(turns).split(VICUNA_SEP2)
-
-    # input_ids: bos, then each round's tokens followed by eos (which stands for the "</s>"
-    # the split removed).
-    ids = [tokenizer.bos_id]
-    for rnd in rounds:
-        if rnd == "":
-            break
-        ids += tokenizer.encode(rnd) + [tokenizer.eos_id]
-    num_tokens = len(ids)
-    full = np.array(ids + [tokenizer.pad_id] * (total - len(ids)), dtype=np.int64)
-
-    # labels: start from input_ids and blank out bos, each round's prompt, and the padding.
-    labels = full.copy()
-    nonpad = int(np.count_nonzero(full != tokenizer.pad_id))
-    assistant_sep = VICUNA_SEP + VICUNA_ROLES[1] + ": "
-    cur = 1
-    labels[:cur] = IGNORE_TOKEN_ID
-    for rnd in rounds:
-        if rnd == "":
-            break
-        parts = rnd.split(assistant_sep)
-        if len(parts) != 2:
-            break   # the answer or prompt itself contains " ASSISTANT: "; MindFormers stops here
-        prompt_len = len(tokenizer.encode(parts[0] + assistant_sep)) - 1
-        labels[cur:cur + prompt_len] = IGNORE_TOKEN_ID
-        cur += len(tokenizer.encode(rnd)) + 1
-    labels[cur:] = IGNORE_TOKEN_ID
-    fully_masked = False
-    if cur < total and cur != nonpad:
-        labels[:] = IGNORE_TOKEN_ID
-        fully_masked = True
-    return TokenizedSample(
-        input_ids=full[:total].tolist(),
-        labels=labels[:total].tolist(),
-        truncated=num_tokens > total,
-        fully_masked=fully_masked,
-        num_tokens=num_tokens,
-    )
+    """input_ids/labels of length seq_length + 1 for one human/gpt conversation (MindFormers qa
+    rules, petrun.data.conversation)."""
+    return conversation.tokenize("vicuna", _role_turns(turns), tokenizer, seq_length)
 
 
 def tokenize_alpaca_record(record: Mapping[str, Any], tokenizer: Tokenizer,
                            seq_length: int) -> TokenizedSample:
-    return tokenize_conversation(alpaca_to_conversation(record, 0)["conversations"], tokenizer,
-                                 seq_length)
+    turns, reason = formats.alpaca_turns(record)
+    if reason:
+        raise ValueError(reason)
+    return conversation.tokenize("alpaca", turns, tokenizer, seq_length)
 
 
 def record_to_sample(rec: Any, index: int, tokenizer: Tokenizer,
                      seq_length: int) -> tuple[TokenizedSample | None, str | None]:
     """(sample, None), or (None, why the record is unusable). Conversation records
     ({"conversations": [{"from", "value"}, ...]}, the alpaca_converter output) are accepted too."""
-    if isinstance(rec, Mapping) and "conversations" in rec:
-        turns = rec["conversations"]
-        reason = _check_turns(turns)
-    else:
-        reason = check_alpaca_record(rec)
-        turns = None if reason else alpaca_to_conversation(rec, index)["conversations"]
+    fmt = formats.effective_format("alpaca", rec)
+    turns, reason = formats.to_turns(fmt, rec)
     if reason:
         return None, reason
-    return tokenize_conversation(turns, tokenizer, seq_length), None
+    return conversation.tokenize(formats.training_template(fmt, None, "alpaca"), turns,
+                                 tokenizer, seq_length), None
 
 
 def prepare_alpaca(records: Iterable[Any], tokenizer: Tokenizer, seq_length: int) -> PreparedData:
@@ -240,55 +158,11 @@ def prepare_alpaca(records: Iterable[Any], tokenizer: Tokenizer, seq_length: int
     return out
 
 
-def _check_turns(turns: Any) -> str | None:
-    if not isinstance(turns, list) or not turns:
-        return "'conversations' must be a non-empty list"
-    for j, turn in enumerate(turns):
-        if not isinstance(turn, Mapping) or turn.get("from") not in _SPEAKERS:
-            return f"conversation turn {j} needs 'from' = 'human' or 'gpt'"
-        if not isinstance(turn.get("value"), str) or not turn["value"].strip():
-            return f"conversation turn {j} has no text in 'value'"
-    start = 1 if turns[0]["from"] != "human" else 0
-    for j, turn in enumerate(turns[start:]):
-        if turn["from"] != ("human", "gpt")[j % 2]:
-            return "conversation turns must alternate human, gpt, human, ..."
-    if len(turns) == start:
-        return "conversation has no human turn"
-    return None
-
-
 # --------------------------------------------------------------------------- reading alpaca files
 
 def load_alpaca_records(path: str | os.PathLike, *, key: str | None = None) -> list[Any]:
-    """Records of an alpaca file: a JSON list (alpaca_data.json) or JSON lines."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError("alpaca data file not found", file=path, key=key,
-                        fix="give the path of a JSON file such as alpaca_data.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read the alpaca data: {exc}", file=path, key=key,
-                        fix="save the file as UTF-8 JSON") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        # JSON lines are accepted too; anything else is reported at the first bad line.
-        data = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                data.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"not valid JSON or JSON lines (line {lineno}: {exc.msg})",
-                                file=path, key=key,
-                                fix="the file must be a JSON list of {instruction, input, output} "
-                                    "objects, or one such object per line") from None
-    if isinstance(data, Mapping):
-        data = [data]
-    if not isinstance(data, list) or not data:
-        raise UserError("no records in the alpaca data", file=path, key=key,
-                        fix="the file must be a JSON list of {instruction, input, output} objects")
-    return data
+    """Records of an alpaca file (a JSON list, JSON lines, or any source petrun.data.records
+    reads); the first unreadable line stops with its place."""
+    from petrun.data.records import read_strict
+
+    return read_strict(os.fspath(path), key=key, what="{instruction, input, output} object")

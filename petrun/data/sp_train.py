@@ -31,28 +31,27 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, model_type: st
 def corpus_texts(path: str) -> list[str]:
     """The strings a tokenizer should learn from `path`.
 
-    Alpaca / conversation JSON: each vicuna round, exactly as the data pipeline will encode it;
+    Alpaca / ShareGPT / messages JSON: each vicuna round, as the data pipeline will encode it;
     AdvertiseGen JSON lines: content and summary; anything else: its non-empty lines.
     """
     from petrun.data.records import read_records
 
     if path.endswith((".json", ".jsonl")):
-        from petrun.data import alpaca
+        from petrun.data import formats
+        from petrun.data.templates import VICUNA_SEP2, render, to_text
 
         records, _bad = read_records(path)
         texts = []
         for rec in records:
             obj = rec.obj
-            if not isinstance(obj, dict):
+            fmt = formats.detect(obj)
+            turns = formats.to_turns(fmt, obj)[0] if fmt in formats.CHAT_FORMATS else None
+            if turns is None:
+                texts += [v for k in ("content", "summary")
+                          if isinstance(obj, dict) and isinstance(v := obj.get(k), str)]
                 continue
-            if "conversations" in obj and alpaca._check_turns(obj["conversations"]) is None:
-                turns = obj["conversations"]
-            elif alpaca.check_alpaca_record(obj) is None:
-                turns = alpaca.alpaca_to_conversation(obj, 0)["conversations"]
-            else:
-                texts += [v for k in ("content", "summary") if isinstance(v := obj.get(k), str)]
-                continue
-            texts += [r for r in alpaca.vicuna_text(turns).split(alpaca.VICUNA_SEP2) if r]
+            template = formats.training_template(fmt, None, "alpaca")
+            texts += [r for r in to_text(render(template, turns)).split(VICUNA_SEP2) if r]
         return texts
     try:
         with open(path, encoding="utf-8") as f:

@@ -2,7 +2,8 @@
 
 A model finetuned on formatted conversations answers well only when asked in the same format, so
 `petrun predict --prompt` renders the prompt with the template of the training data and stops
-right where the training answer began:
+right where the training answer began. The templates are defined once, in
+petrun/data/templates.py, which the training data is rendered with as well:
 
   alpaca  Llama2 alpaca data (reference/mindformers.md §7.1): the Stanford Alpaca instruction
           prompt inside FastChat's vicuna_v1.1 conversation, "{system} USER: {prompt} ASSISTANT:"
@@ -21,50 +22,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from petrun.data.alpaca import VICUNA_ROLES, VICUNA_SEP, VICUNA_SYSTEM, alpaca_prompt
-from petrun.errors import UserError
+from petrun.data.templates import TEMPLATE_KEY, TEMPLATES, check_template, to_text
+from petrun.data.templates import render as render_turns
 
-TEMPLATE_KEY = "processor.tokenizer.chat_template"
-GLM2_PROMPT = "[Round {round}]\n\n问：{prompt}\n\n答："
-
-
-def _vicuna(user_text: str) -> str:
-    # The generation-time counterpart of petrun.data.alpaca.vicuna_text: the assistant turn is
-    # left open ("ASSISTANT:"), exactly as FastChat renders an empty last message.
-    user, assistant = VICUNA_ROLES
-    return f"{VICUNA_SYSTEM}{VICUNA_SEP}{user}: {user_text}{VICUNA_SEP}{assistant}:"
+__all__ = ["TEMPLATE_KEY", "TEMPLATES", "check_template", "default_template", "encode_prompt",
+           "render"]
 
 
-def render_alpaca(prompt: str | Mapping[str, Any]) -> str:
-    record = dict(prompt) if isinstance(prompt, Mapping) else {"instruction": prompt}
-    return _vicuna(alpaca_prompt(record))
-
-
-def render_vicuna(prompt: str | Mapping[str, Any]) -> str:
-    return _vicuna(_text(prompt))
-
-
-def render_glm2(prompt: str | Mapping[str, Any]) -> str:
-    return GLM2_PROMPT.format(round=1, prompt=_text(prompt))
-
-
-def render_none(prompt: str | Mapping[str, Any]) -> str:
-    return _text(prompt)
-
-
-TEMPLATES = {"alpaca": render_alpaca, "vicuna": render_vicuna, "glm2": render_glm2,
-             "none": render_none}
-
-
-
-def _text(prompt: str | Mapping[str, Any]) -> str:
-    """A plain prompt; an alpaca record becomes its instruction (+ blank line + input)."""
-    if isinstance(prompt, Mapping):
-        text = str(prompt.get("instruction") or prompt.get("prompt") or "")
-        if prompt.get("input"):
-            text += "\n\n" + str(prompt["input"])
-        return text
-    return prompt
+def render(template: str, prompt: str | Mapping[str, Any]) -> str:
+    """One user prompt (a string, or an alpaca record {instruction, input}) rendered with
+    petrun.data.templates, left open where the training answer began."""
+    turns = [{"role": "user", "content": prompt}]
+    return to_text(render_turns(check_template(template), turns, add_generation_prompt=True))
 
 
 def default_template(arch: str, tokenizer_type: str | None = None) -> str:
@@ -75,18 +44,6 @@ def default_template(arch: str, tokenizer_type: str | None = None) -> str:
         return "alpaca"
     from petrun.models.registry import known_archs, arch_entry
     return arch_entry(arch).chat_template if arch in known_archs() else "none"
-
-
-def check_template(name: str, key: str = TEMPLATE_KEY) -> str:
-    if name not in TEMPLATES:
-        raise UserError(f"unknown chat template {name!r}", key=key,
-                        fix=f"use one of: {', '.join(TEMPLATES)} (petrun's named templates; "
-                            "Jinja templates are not supported)")
-    return name
-
-
-def render(template: str, prompt: str | Mapping[str, Any]) -> str:
-    return TEMPLATES[check_template(template)](prompt)
 
 
 def encode_prompt(template: str, prompt: str | Mapping[str, Any], tokenizer) -> list[int]:
