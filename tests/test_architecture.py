@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # without building anything.
     ("descriptions", ("petrun.models.configs", "petrun.models.dtypes", "petrun.models.registry",
                       "petrun.models.shapes", "petrun.pet.config", "petrun.pet.registry",
-                      "petrun.config.mindformers_keys", "petrun.data.tokenizer_keys")),
+                      "petrun.config.mindformers_keys", "petrun.data.tokenizer_keys",
+                      "petrun.data.formats")),
     ("config", ("petrun.config",)),
     # Components: each knows its own subject and what is below.
     ("components", ("petrun.models", "petrun.pet", "petrun.data", "petrun.ckpt",

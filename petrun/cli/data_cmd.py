@@ -11,8 +11,9 @@ import typer
 
 from petrun.cli.common import console, err_console
 
-app = typer.Typer(help="Prepare datasets (alpaca, AdvertiseGen, wikitext → MindRecord) and train "
-                       "tokenizers. Nothing is downloaded.", no_args_is_help=True)
+app = typer.Typer(help="Prepare datasets (alpaca, ShareGPT, OpenAI messages, AdvertiseGen, wikitext "
+                       "→ MindRecord) and train tokenizers. Nothing is downloaded.",
+                  no_args_is_help=True)
 
 
 def _settings(fmt: str, config: Optional[str], tokenizer: Optional[str],
@@ -23,12 +24,18 @@ def _settings(fmt: str, config: Optional[str], tokenizer: Optional[str],
     from petrun.errors import UserError
 
     out = {"tokenizer": None, "seq_length": seq_length, "max_source_length": max_source_length,
-           "max_target_length": max_target_length, "shift_labels": False}
+           "max_target_length": max_target_length, "shift_labels": False, "chat_template": None,
+           "family_template": "alpaca", "columns": None, "split": None}
     if config:
         from petrun.config import load_config
+        from petrun.data.templates import default_template
         from petrun.models.registry import arch_entry
 
         cfg = load_config(config)
+        tok = cfg.get("processor.tokenizer") or {}
+        out["chat_template"] = tok.get("chat_template")
+        out["columns"] = dict(cfg.get("train_dataset.columns") or {}) or None
+        out["split"] = cfg.get("train_dataset.split")
         out["tokenizer"] = dict(cfg.get("train_dataset.tokenizer") or cfg.get("processor.tokenizer")
                                 or {}) or None
         out["seq_length"] = seq_length or cfg.get("model.model_config.seq_length")
@@ -37,6 +44,9 @@ def _settings(fmt: str, config: Optional[str], tokenizer: Optional[str],
         arch = cfg.get("model.arch.type")
         # GLM2 trains on labels already shifted: alpaca samples are shifted to seq_length tokens.
         out["shift_labels"] = bool(arch) and arch_entry(arch).extra_tokens == 0
+        if arch:
+            out["family_template"] = default_template(arch, (cfg.get("train_dataset.tokenizer")
+                                                             or tok).get("type"))
     if tokenizer:
         tok_cfg = tokenizer_config_for_path(tokenizer, tokenizer_type)
         if fmt == "advertisegen" and not tokenizer_type and tok_cfg.get("type") == "LlamaTokenizer":
@@ -49,6 +59,19 @@ def _settings(fmt: str, config: Optional[str], tokenizer: Optional[str],
                         fix="pass --tokenizer PATH (tokenizer.model, tokenizer.json, or GPT2 "
                             "vocab.json with merges.txt beside it), or --config with "
                             "processor.tokenizer.vocab_file set")
+    return out
+
+
+def _columns(pairs: list[str]) -> dict:
+    from petrun.errors import UserError
+
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value:
+            raise UserError(f"expected NAME=COLUMN, got {pair!r}", key="--column",
+                            fix="e.g. --column messages=chats --column role=speaker")
+        out[name.strip()] = value.strip()
     return out
 
 
@@ -68,8 +91,8 @@ def _check_counts(workers: Optional[int], seq_length: Optional[int]) -> None:
 
 @app.command("prepare")
 def prepare(
-        fmt: str = typer.Argument(..., metavar="FORMAT", help="alpaca | advertisegen | wikitext"),
-        input: str = typer.Option(..., "--input", "-i", help="Raw data: alpaca JSON/JSONL, AdvertiseGen JSON lines, or wikitext raw text."),
+        fmt: str = typer.Argument(..., metavar="FORMAT", help="alpaca | sharegpt | messages | advertisegen | wikitext"),
+        input: str = typer.Option(..., "--input", "-i", help="Raw data: JSON, JSON lines, Parquet, Arrow or a Hugging Face save_to_disk folder (alpaca, ShareGPT, messages, AdvertiseGen records), or wikitext raw text."),
         output: str = typer.Option(..., "--output", "-o", help="x.mindrecord (MindFormers' format; with --num-shards K: x.mindrecord0..K-1) or x.jsonl."),
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="tokenizer.model, tokenizer.json, or vocab.json (merges.txt beside it), or their folder."),
         tokenizer_type: Optional[str] = typer.Option(None, "--tokenizer-type", help="MindFormers tokenizer type (LlamaTokenizer, ChatGLM2Tokenizer, GPT2Tokenizer, ...)."),
@@ -77,6 +100,9 @@ def prepare(
         seq_length: Optional[int] = typer.Option(None, "--seq-length", help="The model's seq_length; samples get seq_length + 1 tokens (MindFormers' rule)."),
         max_source_length: Optional[int] = typer.Option(None, "--max-source-length", help="advertisegen: prompt tokens."),
         max_target_length: Optional[int] = typer.Option(None, "--max-target-length", help="advertisegen: answer tokens."),
+        chat_template: Optional[str] = typer.Option(None, "--chat-template", help="alpaca | vicuna | glm2 | none (default: processor.tokenizer.chat_template of --config, else alpaca for alpaca records and the family's chat template for chats, vicuna for Llama)."),
+        column: list[str] = typer.Option([], "--column", help="NAME=COLUMN when the file spells a field differently (names: instruction, input, output, system, conversations, from, value, messages, role, content); repeatable."),
+        split: Optional[str] = typer.Option(None, "--split", help="The split of a Hugging Face DatasetDict folder (default: train)."),
         num_shards: int = typer.Option(1, "--num-shards", help="MindRecord files to split the samples over."),
         workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Tokenizing processes (default: 1 for small inputs, else up to 8)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
@@ -85,6 +111,8 @@ def prepare(
 
     petrun data prepare alpaca -i alpaca_data.json -o alpaca_seq4096.mindrecord -t tokenizer.model --seq-length 4096
     petrun data prepare alpaca -i data/demo/alpaca_demo.json -o out.mindrecord --config configs/llama2/lora_llama2_tiny.yaml
+    petrun data prepare messages -i chats.jsonl -o chats.mindrecord --config configs/llama2/lora_llama2_tiny.yaml
+    petrun data prepare sharegpt -i my_hf_dataset/ --split train -o sg.mindrecord -t tokenizer.model --seq-length 2048
     petrun data prepare advertisegen -i AdvertiseGen/train.json -o adgen.mindrecord -t tokenizer.model --max-source-length 64 --max-target-length 127
     petrun data prepare wikitext -i wiki.train.tokens -o wiki.mindrecord -t gpt2/vocab.json --seq-length 1024
     """
@@ -96,6 +124,8 @@ def prepare(
     _check_counts(workers, seq_length)
     s = _settings(fmt, config, tokenizer, tokenizer_type, seq_length, max_source_length,
                   max_target_length)
+    if column:
+        s["columns"] = {**(s["columns"] or {}), **_columns(column)}
     unit = "paragraphs" if fmt == "wikitext" else "records"
     with Progress(TextColumn("[bold]tokenizing[/bold] " + unit), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
@@ -104,7 +134,9 @@ def prepare(
         report = run(fmt, input, output, tokenizer=s["tokenizer"], seq_length=s["seq_length"],
                      max_source_length=s["max_source_length"],
                      max_target_length=s["max_target_length"], shift_labels=s["shift_labels"],
-                     num_shards=num_shards, workers=workers, overwrite=overwrite,
+                     chat_template=chat_template or s["chat_template"],
+                     family_template=s["family_template"], columns=s["columns"],
+                     split=split or s["split"], num_shards=num_shards, workers=workers, overwrite=overwrite,
                      on_start=lambda n: task.setdefault("id", bar.add_task("", total=n)),
                      progress=lambda n: bar.advance(task["id"], n))
     _summary(report)

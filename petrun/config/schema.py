@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from petrun.config import mindformers_keys as mf
+from petrun.data.formats import COLUMN_NAMES
 from petrun.errors import UserError
 from petrun.models.configs import DTYPES, MODEL_CONFIGS
 from petrun.pet.config import PET_CONFIGS
@@ -355,6 +356,9 @@ DATASET = Section({
     # petrun-only: pack short samples (block-diagonal attention), or batch samples of similar
     # length and trim each batch's padding (bucket widths are multiples of bucket_multiple).
     "packing": BOOL, "bucketing": BOOL, "bucket_multiple": POS_INT,
+    # petrun-only, raw chat/instruction records: the file's names for petrun's column names
+    # (petrun/data/formats.py), and the split of a Hugging Face DatasetDict folder.
+    "columns": Section({name: STR for name in COLUMN_NAMES}), "split": STR,
 }, ignored=frozenset({"numa_enable", "prefetch_size", "column_order", "tokenizer_path",
                      "eos_reset", "text_transforms", *mf.DATASET_IGNORED}),
    refused=mf.DATASET_REFUSED)

@@ -37,6 +37,34 @@ _TOOL_WHY = ("petrun's chat templates have no tool role; drop tool turns (or suc
              "before training")
 
 
+COLUMNS_KEY = "train_dataset.columns"
+
+
+def check_columns(columns: Mapping[str, str] | None,
+                  key: str = COLUMNS_KEY) -> tuple[tuple[str, str], ...]:
+    """The column mapping as sorted pairs (picklable, hashable); UserError for a name petrun
+    does not know or a value that is not a column name."""
+    from petrun.errors import UserError
+
+    if not columns:
+        return ()
+    if not isinstance(columns, Mapping):
+        raise UserError(f"must map petrun's column names to the file's, got "
+                        f"{type(columns).__name__}", key=key,
+                        fix="e.g. {messages: chats, role: speaker, content: text}")
+    for name, value in columns.items():
+        if name not in COLUMN_NAMES:
+            import difflib
+            close = difflib.get_close_matches(str(name), list(COLUMN_NAMES), n=1)
+            raise UserError(f"unknown column name '{name}'"
+                            + (f" (did you mean '{close[0]}'?)" if close else ""),
+                            key=f"{key}.{name}", fix=f"use: {', '.join(COLUMN_NAMES)}")
+        if not isinstance(value, str) or not value:
+            raise UserError(f"must be the file's column name (a string), got {value!r}",
+                            key=f"{key}.{name}", fix=f"e.g. {name}: my_{name}")
+    return tuple(sorted((str(k), str(v)) for k, v in columns.items()))
+
+
 def column(columns: Mapping[str, str] | None, name: str) -> str:
     return (columns or {}).get(name, name)
 
@@ -76,7 +104,8 @@ def _system(record: Mapping, columns) -> tuple[list[dict], str | None]:
 
 def alpaca_turns(record: Any, columns=None) -> tuple[list[dict] | None, str | None]:
     if not isinstance(record, Mapping):
-        return None, f"expected an object with instruction/input/output, got {type(record).__name__}"
+        return None, ("expected an object with instruction/input/output, got "
+                      f"{type(record).__name__}")
     names = {n: column(columns, n) for n in ("instruction", "input", "output")}
     for n in ("instruction", "output"):
         if names[n] not in record:

@@ -3,9 +3,10 @@
 `dataset_dir` follows MindFormers' MindDataset loader (reference/mindformers.md §1.4): a MindRecord
 file (a single path also brings in the other shards of its set, e.g. `x.mindrecord0..3`), or a
 directory walked recursively for files named `*mindrecord` / `*mindrecordN` (`.db` index files
-skipped). petrun also reads tokenized JSON / JSON lines whose records carry integer lists
-`input_ids` and `labels` (the demo data is shipped that way), and raw alpaca / conversation /
-AdvertiseGen JSON when given `raw` (a RawText: the tokenizer to use), tokenized once into a cache
+skipped). petrun also reads record sources (petrun/data/records.py: JSON, JSON lines, Parquet,
+Arrow, a Hugging Face save_to_disk folder) whose records carry integer lists `input_ids` and
+`labels` (the demo data is shipped that way), and raw alpaca / ShareGPT / messages / AdvertiseGen
+records when given `raw` (a RawText: the tokenizer to use), tokenized once into a cache
 (petrun/data/ondemand.py).
 
 Every problem a user can cause is raised as a UserError naming the file, the config key and a fix,
@@ -17,7 +18,6 @@ resumed run reproduces the epoch it stopped in and skips its consumed batches wi
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -26,20 +26,23 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from petrun.data import mindrecord as mr
+from petrun.data import records as rec_io
 from petrun.data import wikitext
 from petrun.errors import UserError
 
 DATASET_DIR_KEY = "train_dataset.data_loader.dataset_dir"
-JSON_SUFFIXES = (".json", ".jsonl")
+JSON_SUFFIXES = rec_io.JSON_SUFFIXES + rec_io.TABLE_SUFFIXES   # every record file the reader takes
 _INT_TYPES = {"int32", "int64"}
 _FORMATS_FIX = ("dataset_dir may be a .mindrecord file, a directory containing MindRecord files, "
-                "a tokenized .json/.jsonl file with input_ids/labels, raw alpaca/AdvertiseGen "
-                "JSON, or raw wikitext (a wiki.*.tokens file or the folder holding it)")
+                "a tokenized .json/.jsonl/.parquet/.arrow file or save_to_disk folder with "
+                "input_ids/labels, raw alpaca/ShareGPT/messages/AdvertiseGen records in any of "
+                "those, or raw wikitext (a wiki.*.tokens file or the folder holding it)")
 
 
 @dataclass
 class _Source:
-    fmt: str                 # "mindrecord", "json", or "arrays" (raw JSON tokenized on the fly)
+    fmt: str                 # "mindrecord", "json" (any record source records.py reads),
+                             # "wikitext", or "arrays" (raw records tokenized on the fly)
     path: str                # what the user gave (for messages)
     files: list[str]         # the data files that will be read
     reader_arg: Any = None   # MindDataset's dataset_files (str loads a whole shard set); arrays
@@ -53,12 +56,15 @@ def _resolve(dataset_dir: str | os.PathLike, key: str) -> _Source:
                         fix=f"check the path. {_FORMATS_FIX}")
     if os.path.isdir(path):
         files = mr.find_mindrecord_files(path)
+        if not files and rec_io.is_table(path):   # a Hugging Face save_to_disk folder
+            return _Source("json", path, [path])
         text = None if files else wikitext.tokens_file(path, split="valid" if key.startswith(
             "eval_dataset") else "train")
         if text is not None:
             return _Source("wikitext", path, [text])
         if not files:
-            jsons = sorted(f for f in os.listdir(path) if f.endswith(JSON_SUFFIXES))
+            jsons = sorted(f for f in os.listdir(path) if f.endswith(JSON_SUFFIXES)
+                           and f not in ("dataset_info.json", "state.json", "dataset_dict.json"))
             hint = (f" It holds {', '.join(jsons[:3])}: point dataset_dir at that file itself."
                     if jsons else "")
             raise UserError("no MindRecord files (named *mindrecord or *mindrecordN) in this "
@@ -81,43 +87,19 @@ def _resolve(dataset_dir: str | os.PathLike, key: str) -> _Source:
 
 # --------------------------------------------------------------------------- JSON
 
-def _json_records(path: str, key: str, first_only: bool = False) -> tuple[list[Any], int]:
-    """(records, count). JSON: a list of records or one record; otherwise JSON lines."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            if first_only and path.endswith(".jsonl"):
-                # Cheap pre-flight: parse one line, count the others without parsing them.
-                first, count = None, 0
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        count += 1
-                        if first is None:
-                            first = _parse_line(line, lineno, path, key)
-                return ([first] if first is not None else []), count
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read the dataset: {exc}", file=path, key=key,
-                        fix="save it as UTF-8 JSON") from None
-    if path.endswith(".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = None   # maybe JSON lines under a .json name (MindFormers' AdvertiseGen style)
-        if isinstance(data, dict):
-            return [data], 1
-        if isinstance(data, list):
-            return data, len(data)
-    records = [_parse_line(line, n, path, key)
-               for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    return records, len(records)
-
-
-def _parse_line(line: str, lineno: int, path: str, key: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"line {lineno} is not valid JSON ({exc.msg})", file=path, key=key,
-                        fix="write one JSON object per line, or one JSON list of objects") from None
+def _json_records(path: str, key: str, first_only: bool = False,
+                  split: str | None = None) -> tuple[list[Any], int]:
+    """(records, count) through the one record reader; with first_only just the first record.
+    Tokenized data must be whole: an unreadable line stops with its place."""
+    if first_only:
+        first, count = rec_io.peek(path, key=key, split=split)
+        return ([first] if first is not None else []), count
+    records, bad = rec_io.read_records(path, key=key, split=split)
+    if bad:
+        why = bad[0].reason.removeprefix("invalid JSON ")
+        raise UserError(f"{bad[0].where} is not valid JSON {why}", file=path, key=key,
+                        fix="write one JSON object per line, or one JSON list of objects")
+    return [r.obj for r in records], len(records)
 
 
 def _is_int_list(value: Any) -> bool:
@@ -170,7 +152,6 @@ def _tokenize_raw(src: _Source, raw, seq_length: int, extra_tokens: int, key: st
     """A raw-text source (JSON records or wikitext) tokenized (or found in the cache) as
     arrays; others unchanged."""
     from petrun.data import ondemand
-    from petrun.data.records import read_records
 
     if src.fmt == "wikitext":
         if not extra_tokens:
@@ -181,10 +162,11 @@ def _tokenize_raw(src: _Source, raw, seq_length: int, extra_tokens: int, key: st
         fmt, path = "wikitext", src.files[0]
     else:
         try:
-            first = _json_records(src.path, key, first_only=True)[0][:1]
+            first = _json_records(src.path, key, first_only=True, split=raw.split)[0][:1]
         except UserError:   # a bad line in raw JSON lines is skipped and reported, not fatal
-            first = [r.obj for r in read_records(src.path, key=key)[0][:1]]
-        fmt, path = ondemand.raw_format(first[0] if first else None), src.path
+            first = [r.obj for r in rec_io.read_records(src.path, key=key,
+                                                         split=raw.split)[0][:1]]
+        fmt, path = ondemand.raw_format(first[0] if first else None, raw.columns), src.path
     if fmt is None:
         return src
     arrays, meta = ondemand.tokenized(path, fmt, raw, seq_length=seq_length,
@@ -198,7 +180,7 @@ def _tokenize_raw(src: _Source, raw, seq_length: int, extra_tokens: int, key: st
             "%s: skipped %d bad record(s) of %d: %s", src.path, meta["bad"], meta["records"],
             meta["bad_preview"])
     cols = list(arrays)
-    info = {"format": f"{fmt} json (tokenized on the fly)", "columns": cols,
+    info = {"format": f"{fmt} records (tokenized on the fly)", "columns": cols,
             "sample_length": int(arrays[cols[0]].shape[1]),
             "num_samples": int(arrays[cols[0]].shape[0]), "files": [path],
             "types": {c: "int32" for c in cols}, "raw": meta}
@@ -238,7 +220,7 @@ def _json_info(src: _Source, key: str, first_only: bool) -> tuple[dict[str, Any]
             "types": {c: "int64" for c in columns}}
     from petrun.data.ondemand import raw_format
     if not columns and raw_format(first):
-        info["raw_text"] = True
+        info["raw_text"] = raw_format(first)
     return info, records
 
 
@@ -312,9 +294,10 @@ def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[
         raise UserError("the dataset has no samples", file=where, key=key,
                         fix="re-create it from non-empty data")
     if info.get("raw_text"):
-        raise UserError("the records are raw text (alpaca or AdvertiseGen), not tokenized",
+        raise UserError(f"the records are raw text ({info['raw_text']}), not tokenized",
                         file=where, key=key,
-                        fix=f"tokenize them first: petrun data prepare alpaca --input {where} "
+                        fix=f"tokenize them first: petrun data prepare {info['raw_text']} "
+                            f"--input {where} "
                             f"--output data.mindrecord --seq-length {seq_length} --tokenizer "
                             f"tokenizer.model (or MindFormers' llama_preprocess.py)")
     found = info["columns"]
@@ -324,10 +307,12 @@ def _check(src: _Source, *, seq_length: int, batch_size: int, columns: Sequence[
     if missing and not found and info.get("keys"):
         raise UserError(f"the records have keys {info['keys']}: neither token-id columns "
                         f"({list(columns)}) nor a raw format petrun tokenizes (alpaca "
-                        "instruction/input/output or conversations, AdvertiseGen content/summary)",
+                        "instruction/input/output, ShareGPT conversations, OpenAI messages, "
+                        "AdvertiseGen content/summary)",
                         file=where, key=key,
-                        fix="convert them to one of those formats, or tokenize them yourself "
-                            "into input_ids/labels")
+                        fix="if the file spells those fields differently, map them with "
+                            "train_dataset.columns (e.g. {messages: chats, role: speaker}); "
+                            "else convert the records, or tokenize them into input_ids/labels")
     if missing:
         raise UserError(f"column(s) {missing} not in the dataset, which has {found}",
                         file=where, key=key,

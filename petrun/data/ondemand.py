@@ -1,5 +1,6 @@
-"""Raw JSON/JSONL records (alpaca, conversations, AdvertiseGen) and raw wikitext, tokenized when
-training starts into a cache so the next run with the same inputs starts at once.
+"""Raw records (alpaca, ShareGPT, messages, AdvertiseGen — from JSON, JSON lines, Parquet, Arrow or
+a save_to_disk folder) and raw wikitext, tokenized when training starts into a cache so the next
+run with the same inputs starts at once.
 
 The cache key is the hash of the data file's bytes, of the tokenizer's files and settings, the
 sample length and the format options: change any of them and the data is tokenized again. Entries
@@ -30,41 +31,56 @@ class RawText:
     cache_dir: str | None = None
     max_source_length: int | None = None      # AdvertiseGen
     max_target_length: int | None = None
+    chat_template: str | None = None          # processor.tokenizer.chat_template
+    family_template: str = "alpaca"           # the model family's default template
+    columns: Mapping | None = None            # <section>.columns: petrun name → the file's
+    split: str | None = None                  # <section>.split of a DatasetDict folder
 
     @classmethod
     def from_config(cls, cfg, section: str = "train_dataset") -> "RawText":
-        """From a resolved Config: the dataset's own tokenizer (GLM2 style) or processor.tokenizer."""
+        """From a resolved Config: the dataset's own tokenizer (GLM2 style) or processor.tokenizer,
+        the chat template predict uses, the column names and split."""
+        from petrun.data.templates import default_template
+
         tok = cfg.get(f"{section}.tokenizer") or cfg.get("processor.tokenizer") or {}
+        arch = cfg.get("model.arch.type")
+        family = default_template(arch, tok.get("type")) if arch else "alpaca"
         return cls(dict(tok), None, cfg.get(f"{section}.max_source_length"),
-                   cfg.get(f"{section}.max_target_length"))
+                   cfg.get(f"{section}.max_target_length"),
+                   cfg.get("processor.tokenizer.chat_template") or tok.get("chat_template"),
+                   family, dict(cfg.get(f"{section}.columns") or {}) or None,
+                   cfg.get(f"{section}.split"))
 
 
-def raw_format(first: Any) -> str | None:
-    """'alpaca' or 'advertisegen' when the first record is raw text, else None."""
-    if not isinstance(first, dict):
-        return None
-    if "conversations" in first or {"instruction", "output"} <= set(first):
-        return "alpaca"
-    if {"content", "summary"} <= set(first):
-        return "advertisegen"
-    return None
+def raw_format(first: Any, columns: Mapping | None = None) -> str | None:
+    """'messages', 'sharegpt', 'alpaca' or 'advertisegen' when the first record is raw text."""
+    from petrun.data.formats import detect
+    return detect(first, columns)
 
 
-def _file_hash(path: str) -> str:
+def _file_hash(path: str, split: str | None = None) -> str:
+    """The bytes of a file, or of a save_to_disk folder's data files (of the split read)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    files = [path]
+    if os.path.isdir(path):
+        from petrun.data.tables import arrow_files
+        files = arrow_files(path, split=split)
+        h.update(json.dumps([os.path.relpath(f, path) for f in files]).encode())
+    for name in files:
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
-def cache_key(path: str, fmt: str, tokenizer, sample_length: int, options: Mapping) -> str:
+def cache_key(path: str, fmt: str, tokenizer, sample_length: int, options: Mapping,
+              split: str | None = None) -> str:
     # The tokenizer as resolved (not the YAML spelling): same files + same ids = same tokens.
     settings = {"class": type(tokenizer).__name__, "family": tokenizer.family,
                 "ids": [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.unk_id],
                 "prefix": list(tokenizer.prefix_ids), "vocab_size": tokenizer.vocab_size}
     material = {
-        "version": CACHE_VERSION, "format": fmt, "data": _file_hash(path),
+        "version": CACHE_VERSION, "format": fmt, "data": _file_hash(path, split),
         "tokenizer": [_file_hash(f) for f in tokenizer.files], "settings": settings,
         "sample_length": sample_length, "options": dict(options),
     }
@@ -85,12 +101,17 @@ def tokenized(path: str, fmt: str, raw: RawText, *, seq_length: int, extra_token
                           # alpaca and wikitext samples: seq_length + 1 tokens (make_spec)
                           seq_length=seq_length if fmt != "advertisegen" else seq_length + extra_tokens,
                           max_source_length=raw.max_source_length,
-                          max_target_length=raw.max_target_length, shift_labels=extra_tokens == 0)
+                          max_target_length=raw.max_target_length, shift_labels=extra_tokens == 0,
+                          chat_template=raw.chat_template, family_template=raw.family_template,
+                          columns=raw.columns, split=raw.split)
     options = {"max_source_length": spec.max_source_length,
                "max_target_length": spec.max_target_length, "shift": spec.shift_labels}
-    digest = cache_key(path, fmt, tok, spec.sample_length, options)
+    if fmt in ("alpaca", "sharegpt", "messages"):   # the tokens depend on these too
+        options.update(template=spec.chat_template, family=spec.family_template,
+                       columns=spec.columns_map, split=spec.split)
+    digest = cache_key(path, fmt, tok, spec.sample_length, options, spec.split)
     folder = os.path.expanduser(raw.cache_dir or default_cache_dir())
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
     entry = os.path.join(folder, f"{stem}-{fmt}-{spec.sample_length}-{digest[:16]}.npz")
     if os.path.isfile(entry):
         try:

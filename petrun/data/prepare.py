@@ -1,7 +1,9 @@
 """`petrun data prepare`: raw data → tokenized samples → MindRecord (or JSON lines), atomically.
 
-Formats (one module each): alpaca (alpaca.py), advertisegen (advertisegen.py), wikitext
-(wikitext.py). Records are tokenized in chunks, in worker processes when workers > 1 (spawned, not
+Formats: alpaca, sharegpt and messages (records → turns in formats.py, rendered with the chat
+template of templates.py and encoded by conversation.py), advertisegen (advertisegen.py), wikitext
+(wikitext.py). Inputs are anything petrun.data.records reads (JSON, JSON lines, Parquet, Arrow, a
+save_to_disk folder). Records are tokenized in chunks, in worker processes when workers > 1 (spawned, not
 forked: the parent may already hold MindSpore's threads), and streamed in input order into the
 writer, so memory holds a few chunks, never the dataset. A bad record is skipped and reported with
 its line; it never stops the run and never vanishes silently.
@@ -20,14 +22,17 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from petrun.data import advertisegen, alpaca, wikitext
+from petrun.data import advertisegen, conversation, formats, wikitext
 from petrun.data import mindrecord as mr
+from petrun.data.conversation import IGNORE_TOKEN_ID
+from petrun.data.templates import TemplateError, check_template
 from petrun.data.records import BadRecord, Record, read_records, read_text
 from petrun.data.tokenizer import load_tokenizer
 from petrun.errors import UserError
 
-FORMATS = ("alpaca", "advertisegen", "wikitext")
-_SCHEMA = {"alpaca": "qa", "advertisegen": "adgen", "wikitext": "wiki"}
+FORMATS = ("alpaca", "sharegpt", "messages", "advertisegen", "wikitext")
+_SCHEMA = {"alpaca": "qa", "sharegpt": "qa", "messages": "qa", "advertisegen": "adgen",
+           "wikitext": "wiki"}
 AUTO_WORKERS_FROM = 5000   # records; below this one process is faster than starting workers
 
 
@@ -39,8 +44,16 @@ class Spec:
     seq_length: int
     max_source_length: int = 0       # advertisegen
     max_target_length: int = 0
-    shift_labels: bool = False       # alpaca for GLM2: labels pre-shifted, seq_length tokens
+    shift_labels: bool = False       # chat formats for GLM2: labels pre-shifted, seq_length tokens
     gpt2_style: bool = False         # wikitext: GPT2's convention (see wikitext.py)
+    chat_template: str | None = None     # processor.tokenizer.chat_template, if set
+    family_template: str = "alpaca"      # the model family's default (templates.default_template)
+    columns_map: tuple[tuple[str, str], ...] = ()   # train_dataset.columns: petrun name → file's
+    split: str | None = None             # a DatasetDict's split
+
+    @property
+    def column_names(self) -> dict[str, str]:
+        return dict(self.columns_map)
 
     @property
     def sample_length(self) -> int:
@@ -85,10 +98,20 @@ class Report:
 
 def _sample(spec: Spec, tok, obj: Any) -> tuple[dict | None, str | None, bool, bool]:
     """(sample, reason, truncated, fully_masked) for one record."""
-    if spec.fmt == "alpaca":
-        s, reason = alpaca.record_to_sample(obj, 0, tok, spec.seq_length)
+    if spec.fmt in formats.CHAT_FORMATS:
+        cols = spec.column_names
+        fmt = formats.effective_format(spec.fmt, obj, cols)
+        turns, reason = formats.to_turns(fmt, obj, cols)
         if reason:
+            other = formats.detect(obj, cols)
+            if other and other not in (spec.fmt, fmt):
+                reason += f" (it looks like a {other} record: use that format)"
             return None, reason, False, False
+        template = formats.training_template(fmt, spec.chat_template, spec.family_template)
+        try:
+            s = conversation.tokenize(template, turns, tok, spec.seq_length)
+        except TemplateError as exc:
+            return None, f"the {template} template cannot render it: {exc}", False, False
         ids, labels = s.input_ids, s.labels
         if spec.shift_labels:
             ids, labels = ids[:-1], labels[1:]
@@ -102,7 +125,7 @@ def _sample(spec: Spec, tok, obj: Any) -> tuple[dict | None, str | None, bool, b
     # Counted whatever the cause (a prompt longer than the sample, or MindFormers' length check):
     # such a sample trains nothing.
     return ({"input_ids": np.asarray(ids, np.int32), "labels": labels}, None, s.truncated,
-            not (labels != alpaca.IGNORE_TOKEN_ID).any())
+            not (labels != IGNORE_TOKEN_ID).any())
 
 
 def process_chunk(spec: Spec, tok, chunk: list[Record]) -> list[tuple]:
@@ -180,15 +203,20 @@ def read_items(spec: Spec, path: str,
     if spec.fmt == "wikitext":
         parts = wikitext.pieces(read_text(path, key), spec.gpt2_style)
         return [Record(i, p) for i, p in enumerate(parts, 1)], []
-    return read_records(path, key=key)
+    return read_records(path, key=key, split=spec.split)
 
 
 def make_spec(fmt: str, tokenizer_cfg: Mapping, tok, *, seq_length: int | None,
               max_source_length: int | None = None, max_target_length: int | None = None,
-              shift_labels: bool = False) -> Spec:
-    """Check the lengths (UserError naming the option) and build the Spec."""
+              shift_labels: bool = False, chat_template: str | None = None,
+              family_template: str = "alpaca", columns: Mapping[str, str] | None = None,
+              split: str | None = None) -> Spec:
+    """Check the lengths and names (UserError naming the option) and build the Spec."""
     if fmt not in FORMATS:
         raise UserError(f"unknown data format '{fmt}'", fix=f"use one of {', '.join(FORMATS)}")
+    if chat_template:
+        check_template(chat_template)
+    columns_map = formats.check_columns(columns)
     src, tgt = max_source_length, max_target_length
     if fmt == "advertisegen":
         if src is None and tgt is not None and seq_length:
@@ -215,8 +243,9 @@ def make_spec(fmt: str, tokenizer_cfg: Mapping, tok, *, seq_length: int | None,
         raise UserError("seq_length must be a positive number", key="model.model_config.seq_length",
                         fix="pass --seq-length N (the model's seq_length; samples get N + 1 tokens)")
     return Spec(fmt, dict(tokenizer_cfg), int(seq_length), int(src or 0), int(tgt or 0),
-                bool(shift_labels and fmt == "alpaca"),
-                fmt == "wikitext" and wikitext.is_gpt2_style(tok))
+                bool(shift_labels and fmt in formats.CHAT_FORMATS),
+                fmt == "wikitext" and wikitext.is_gpt2_style(tok), chat_template or None,
+                family_template, columns_map, split)
 
 
 def _output_kind(output: str, input_path: str, num_shards: int, overwrite: bool) -> str:
@@ -247,7 +276,9 @@ def _output_kind(output: str, input_path: str, num_shards: int, overwrite: bool)
 
 def prepare(fmt: str, input_path: str, output: str, *, tokenizer: Mapping, seq_length: int | None,
             max_source_length: int | None = None, max_target_length: int | None = None,
-            shift_labels: bool = False, num_shards: int = 1, workers: int | None = None,
+            shift_labels: bool = False, chat_template: str | None = None,
+            family_template: str = "alpaca", columns: Mapping[str, str] | None = None,
+            split: str | None = None, num_shards: int = 1, workers: int | None = None,
             overwrite: bool = False, on_start: Callable[[int], None] | None = None,
             progress: Callable[[int], None] | None = None) -> Report:
     """Tokenize `input_path` and write `output`; returns the Report. UserError on bad input.
@@ -260,7 +291,8 @@ def prepare(fmt: str, input_path: str, output: str, *, tokenizer: Mapping, seq_l
     tok = load_tokenizer(tokenizer)
     spec = make_spec(fmt, tokenizer, tok, seq_length=seq_length,
                      max_source_length=max_source_length, max_target_length=max_target_length,
-                     shift_labels=shift_labels)
+                     shift_labels=shift_labels, chat_template=chat_template,
+                     family_template=family_template, columns=columns, split=split)
     kind = _output_kind(output, input_path, num_shards, overwrite)
     if kind == "mindrecord":
         mr.file_writer_class()   # import MindSpore (seconds) before workers start, not mid-stream
@@ -317,7 +349,10 @@ def _nothing_to_write(spec: Spec, report: Report) -> UserError:
     report.bad.sort(key=lambda b: b.order)
     what = (f"all {report.records} records are unusable: {report.bad_preview()}" if report.bad
             else "the input has no records")
-    fields = ("{instruction, input, output}" if spec.fmt == "alpaca" else "{content, summary}")
+    fields = {"alpaca": "{instruction, input, output}",
+              "sharegpt": "{conversations: [{from, value}]}",
+              "messages": "{messages: [{role, content}]}"}.get(spec.fmt, "{content, summary}")
     return UserError(what, file=report.input,
-                     fix=f"the {spec.fmt} input must hold {fields} objects (a JSON list or one per "
-                         "line)")
+                     fix=f"the {spec.fmt} input must hold {fields} records (JSON, JSON lines, "
+                         "Parquet or a save_to_disk folder); fields spelled differently are "
+                         "mapped with --column NAME=COLUMN (train_dataset.columns)")

@@ -70,7 +70,8 @@ def read_strict(path: str, *, key: str | None = None, split: str | None = None,
     be whole: tokenized samples, prompt files)."""
     records, bad = read_records(path, key=key, split=split)
     if bad:
-        raise UserError(f"{bad[0].where} is not valid JSON ({bad[0].reason})", file=path, key=key,
+        why = bad[0].reason.removeprefix("invalid JSON ")
+        raise UserError(f"{bad[0].where} is not valid JSON {why}", file=path, key=key,
                         fix=f"write one JSON {what} per line, or one JSON list of them")
     if not records:
         raise UserError("no records in the file", file=path, key=key,
@@ -91,17 +92,17 @@ def peek(path: str, *, key: str | None = None, split: str | None = None) -> tupl
                 for lineno, line in enumerate(f, 1):
                     if line.strip():
                         count += 1
-                        if first is None:
-                            try:
-                                first = json.loads(line)
-                            except json.JSONDecodeError as exc:
-                                raise UserError(f"line {lineno} is not valid JSON ({exc.msg})",
-                                                file=path, key=key,
-                                                fix="write one JSON object per line") from None
+                        first = first if first is not None else (lineno, line)
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"cannot read the input: {exc}", file=path, key=key,
                             fix="save the file as UTF-8") from None
-        return first, count
+        if first is None:
+            return None, 0
+        try:
+            return json.loads(first[1]), count
+        except json.JSONDecodeError as exc:
+            raise UserError(f"line {first[0]} is not valid JSON ({exc.msg})", file=path, key=key,
+                            fix="write one JSON object per line") from None
     records, bad = read_records(path, key=key)
     return (records[0].obj if records else None), len(records) + len(bad)
 

@@ -70,8 +70,8 @@ def arrow_files(path: str, *, key: str | None = None, split: str | None = None) 
     files = [os.path.join(path, n) for n in names if n]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing or not files:
-        raise UserError(f"the save_to_disk folder lacks its data file {os.path.basename(missing[0])}"
-                        if missing else "the save_to_disk folder has no .arrow data files",
+        raise UserError("the save_to_disk folder lacks its data file "
+                        f"{os.path.basename(missing[0])}" if missing else "the save_to_disk folder has no .arrow data files",
                         file=path, key=key, fix="copy the whole folder written by save_to_disk")
     return files
 

@@ -104,8 +104,9 @@ def split_turns(turns: Sequence[Mapping[str, Any]], add_generation_prompt: bool,
     turns = list(turns)
     for j, t in enumerate(turns):
         if not isinstance(t, Mapping) or t.get("role") not in ROLES:
-            raise TemplateError(f"turn {j} has role {t.get('role') if isinstance(t, Mapping) else t!r}"
-                                f"; petrun's templates know {', '.join(ROLES)}")
+            role = t.get("role") if isinstance(t, Mapping) else t
+            raise TemplateError(f"turn {j} has role {role!r}; petrun's templates know "
+                                f"{', '.join(ROLES)}")
     system = None
     if turns and turns[0]["role"] == "system":
         if not system_allowed:
@@ -190,6 +191,16 @@ def check_template(name: str, key: str = TEMPLATE_KEY) -> str:
                         fix=f"use one of: {', '.join(TEMPLATES)} (petrun's named templates; "
                             "Jinja templates are not supported)")
     return name
+
+
+def default_template(arch: str, tokenizer_type: str | None = None) -> str:
+    """The family's finetune format. A ChatGLM2 model with a Llama tokenizer was trained on data
+    prepared the Llama way (the bundled demo data), so it gets the alpaca template."""
+    if arch in ("ChatGLM2ForConditionalGeneration", "ChatGLM2WithPtuning2") and \
+            tokenizer_type in ("LlamaTokenizer", "LlamaTokenizerFast"):
+        return "alpaca"
+    from petrun.models.registry import arch_entry, known_archs
+    return arch_entry(arch).chat_template if arch in known_archs() else "none"
 
 
 def render(template: str, turns: Sequence[Mapping[str, Any]],

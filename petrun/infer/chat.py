@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from petrun.data.templates import TEMPLATE_KEY, TEMPLATES, check_template, to_text
+from petrun.data.templates import (TEMPLATE_KEY, TEMPLATES, check_template, default_template,
+                                   to_text)
 from petrun.data.templates import render as render_turns
 
 __all__ = ["TEMPLATE_KEY", "TEMPLATES", "check_template", "default_template", "encode_prompt",
@@ -34,16 +35,6 @@ def render(template: str, prompt: str | Mapping[str, Any]) -> str:
     petrun.data.templates, left open where the training answer began."""
     turns = [{"role": "user", "content": prompt}]
     return to_text(render_turns(check_template(template), turns, add_generation_prompt=True))
-
-
-def default_template(arch: str, tokenizer_type: str | None = None) -> str:
-    """The family's finetune format. A ChatGLM2 model with a Llama tokenizer was trained on data
-    prepared the Llama way (the bundled demo data), so it gets the alpaca template."""
-    if arch in ("ChatGLM2ForConditionalGeneration", "ChatGLM2WithPtuning2") and \
-            tokenizer_type in ("LlamaTokenizer", "LlamaTokenizerFast"):
-        return "alpaca"
-    from petrun.models.registry import known_archs, arch_entry
-    return arch_entry(arch).chat_template if arch in known_archs() else "none"
 
 
 def encode_prompt(template: str, prompt: str | Mapping[str, Any], tokenizer) -> list[int]:

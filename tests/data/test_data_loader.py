@@ -202,9 +202,12 @@ def test_error_directory_without_mindrecord(tmp_path, make_samples):
 def test_error_db_and_unknown_suffix(mindrecord_file, tmp_path):
     err = raises_user_error(mindrecord_file + ".db", match="index file")
     assert "train.mindrecord" in err.fix
-    other = tmp_path / "train.parquet"
+    other = tmp_path / "train.csv"
     other.write_text("x")
     raises_user_error(str(other), match="unrecognised")
+    broken = tmp_path / "train.parquet"   # Parquet is read (issue 19); a broken one says so
+    broken.write_text("x")
+    raises_user_error(str(broken), match="cannot read the Parquet data")
 
 
 def test_error_empty_datasets(tmp_path):
