@@ -11,6 +11,9 @@ compile per shape, reference/feasibility.md §1). The cached steps then run one 
              one compiled graph (ms.jit) for every step: ~2 s to compile once per batch/length,
              then each step costs a fraction of PyNative's per-op dispatch;
   jit=False  a cache that grows by concatenation, every step in PyNative.
+A KVCache (the fixed-size one) can also outlive a call: `petrun chat` keeps one per conversation
+and each turn prefills only its new tokens on top of it (KVCache.extend), so earlier turns are
+never run again and the step graph, compiled for the cache's fixed size, is compiled once.
 
 Batching: prompts are left-padded to a common length, so every row's newest token sits in the
 last column. Pad keys are hidden by the attention mask, and positions are counted per row from
@@ -234,33 +237,109 @@ class _GrowingCache:
         return logits
 
 
-class _FixedCache:
-    """Compiled steps over caches padded to every slot the generation will use."""
+class KVCache:
+    """A fixed-size cache: `slots` key/value slots per layer (zeros until written), filled from
+    the front, and one compiled graph (compiled_step) for every one-token step over it.
 
-    def __init__(self, model, past, key_valid, max_new_tokens):
-        filled = key_valid.shape[1]
-        # Slots for the prefix, the prompt and every token fed back (the last one never is).
-        self.slots = filled + max_new_tokens - 1
-        self.past = _fixed_size(past, self.slots)
+    It outlives a generate() call: a chat keeps one for the whole conversation, and each turn
+    prefills only its new tokens on top of what the cache holds (extend), then the one-token
+    steps (__call__) keep writing after them. The graph is compiled for (batch, slots), which do
+    not change between turns, so a session compiles once.
+
+    key_valid (B, slots) marks the slots a query may see (prefix, real tokens, fed-back tokens);
+    slots not yet written are False, so a mask built from it is causal by itself.
+    """
+
+    def __init__(self, model, slots: int, key_valid: np.ndarray, past=None, prefix_len: int = 0):
+        if key_valid.shape[1] > slots:
+            raise ValueError(f"{key_valid.shape[1]} filled slots do not fit in {slots}")
+        self.slots, self.prefix_len = int(slots), int(prefix_len)
+        self.next_slot = key_valid.shape[1]
         self.key_valid = np.concatenate(
-            [key_valid, np.zeros((len(key_valid), self.slots - filled), bool)], 1)
-        self.next_slot = filled
+            [key_valid, np.zeros((len(key_valid), slots - self.next_slot), bool)], 1)
+        self.past = None if past is None else _fixed_size(past, self.slots)
         self.step = compiled_step(model)
 
+    @classmethod
+    def empty(cls, model, capacity: int, batch: int = 1, prefix_key_values=None) -> "KVCache":
+        """A cache for `capacity` tokens per row (after the model's prefix, if any)."""
+        with pynative():
+            if prefix_key_values is None:
+                prefix_key_values = model_prefix(model, batch)
+            past, plen = prefix_cache(prefix_key_values, batch)
+        return cls(model, plen + capacity, np.ones((batch, plen), bool), past, plen)
+
+    def clear(self) -> None:
+        """Forget every token (the prefix stays): their slots are hidden again and will be
+        overwritten; nothing is reallocated and the step graph keeps its shape."""
+        self.key_valid[:, self.prefix_len:] = False
+        self.next_slot = self.prefix_len
+
+    @property
+    def batch(self) -> int:
+        return len(self.key_valid)
+
+    @property
+    def room(self) -> int:
+        """Slots not written yet."""
+        return self.slots - self.next_slot
+
+    def positions(self) -> np.ndarray:
+        """(B,) the position of each row's next token: its real tokens so far."""
+        return self.key_valid[:, self.prefix_len:].sum(1).astype(np.int32)
+
+    def extend(self, model, ids: np.ndarray) -> np.ndarray:
+        """Prefill (B, S) new tokens (no padding) on top of the cache in one PyNative pass;
+        returns the fp32 logits (B, vocab) of the last one. Earlier tokens are not run again."""
+        ids = np.asarray(ids, np.int32)
+        count = ids.shape[1]
+        if count > self.room:
+            raise ValueError(f"{count} new tokens do not fit in the cache's {self.room} free slots")
+        positions = self.positions()[:, None] + np.arange(count, dtype=np.int32)[None, :]
+        with pynative():
+            if self.past is None:     # nothing cached yet, not even a prefix
+                mask = attention_mask(np.ones(ids.shape, bool), 0, count)
+                logits, presents = _step(model, ids, positions, mask, None)
+                self.past = _fixed_size(presents, self.slots)
+            else:
+                # The growing-cache call: keys are the `slots` cached ones then the new ones;
+                # unwritten slots are hidden by key_valid, the new ones see each other causally.
+                key_valid = np.concatenate([self.key_valid, np.ones(ids.shape, bool)], 1)
+                logits, presents = _step(model, ids, positions,
+                                         attention_mask(key_valid, self.slots, count), self.past)
+                self.past = _write_tail(presents, self.next_slot, count, self.slots)
+        self.key_valid[:, self.next_slot:self.next_slot + count] = True
+        self.next_slot += count
+        return logits
+
     def __call__(self, model, tokens, positions):
+        """One token per row, written at the next slot by the compiled step."""
         from mindspore import Tensor, mutable
 
+        if self.room < 1:
+            raise ValueError("the KV cache is full")
         self.key_valid[:, self.next_slot] = True
         write_at = np.zeros((1, 1, self.slots, 1), bool)
         write_at[0, 0, self.next_slot, 0] = True
         self.next_slot += 1
-        # Slots not yet written are False in key_valid, so this mask is already causal.
         mask = self.key_valid[:, None, None, :].astype(np.float32)
         # mutable: the caches are graph inputs, not constants to specialise (and recompile) on.
         logits, presents = self.step(Tensor(tokens), Tensor(positions), Tensor(mask),
                                      mutable(self.past), Tensor(write_at))
         self.past = tuple(tuple(p) for p in presents)
         return logits.asnumpy()[:, -1, :]
+
+
+def _write_tail(presents, at: int, count: int, slots: int):
+    """Per layer, the `slots` cached keys/values with slots [at, at + count) replaced by the
+    `count` new ones that the growing-cache call appended after them."""
+    from mindspore import ops
+
+    def put(full):
+        pieces = (full[:, :, :at], full[:, :, slots:], full[:, :, at + count:slots])
+        return ops.cat([p for p in pieces if p.shape[2]], 2)
+
+    return tuple((put(k), put(v)) for k, v in presents)
 
 
 class _NoCache:
@@ -287,12 +366,20 @@ TokenCallback = Callable[[int, np.ndarray, np.ndarray], None]
 
 
 def generate(model, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(),
-             *, prefix_key_values=None, on_token: TokenCallback | None = None) -> GenerationResult:
+             *, prefix_key_values=None, on_token: TokenCallback | None = None,
+             cache: KVCache | None = None, history: Sequence[Sequence[int]] | None = None,
+             rng: np.random.Generator | None = None) -> GenerationResult:
     """Generate up to config.max_new_tokens tokens after each prompt (lists of token ids).
 
     prefix_key_values: per-layer prefix (see module doc); None asks the model (model_prefix).
     on_token(step, tokens, active): called after each step with the (B,) chosen ids and which
       rows were still generating (finished rows are fed pad tokens that belong to no output).
+    cache: a KVCache to continue (a chat): the prompts are the new tokens only, one row per
+      cache row, all of one length; they are prefilled on top of what the cache holds and the
+      steps write after them. On return the cache holds the prompts and every generated token
+      but the last (never fed), which the next call's prompt should begin with.
+    history: the tokens each row's cache already holds, for the repetition penalty.
+    rng: the sampling generator (default: a fresh one seeded with config.seed).
     A row stops at its first eos token (kept in its output) or after max_new_tokens.
     """
     if not hasattr(model, "decode"):
@@ -305,67 +392,87 @@ def generate(model, prompts: Sequence[Sequence[int]], config: GenerationConfig =
                         key="max_new_tokens")
     capacity = position_capacity(model)
     longest = max((len(p) for p in prompts), default=0)
-    if longest + config.max_new_tokens > capacity:
+    if cache is not None:
+        if len(prompts) != cache.batch or len({len(p) for p in prompts}) != 1 or not longest:
+            raise ValueError(f"a cache of {cache.batch} rows continues with {cache.batch} "
+                             "non-empty prompts of one length")
+        if longest + config.max_new_tokens - 1 > cache.room:
+            raise UserError(f"{longest} new tokens plus {config.max_new_tokens} to generate do "
+                            f"not fit in the {cache.room} free places of the context",
+                            key="model.model_config.seq_length",
+                            fix="start a new conversation or lower --max-new-tokens")
+    elif longest + config.max_new_tokens > capacity:
         raise UserError(f"a {longest}-token prompt plus {config.max_new_tokens} new tokens needs "
                         f"{longest + config.max_new_tokens} positions; the model has {capacity}",
                         key="model.model_config.seq_length",
                         fix="shorten the prompt or lower --max-new-tokens")
-    ids, valid = left_pad(prompts, config.pad_token_id)
     eos = set(int(t) for t in config.eos_token_ids)
-    rng = np.random.default_rng(config.seed)
+    rng = rng if rng is not None else np.random.default_rng(config.seed)
+    history = [list(h) + p for h, p in zip(history, prompts)] if history is not None \
+        else [list(p) for p in prompts]
 
     was_training = bool(getattr(model, "training", False))
     model.set_train(False)
     try:
-        return _generate(model, prompts, config, ids, valid, eos, rng, prefix_key_values,
-                         on_token)
+        with pynative():
+            start = time.perf_counter()
+            if cache is not None:
+                logits, feed = cache.extend(model, np.asarray(prompts, np.int32)), cache
+                next_pos, jit = cache.positions(), True
+            else:
+                logits, feed, next_pos, jit = _prefill(model, prompts, config, prefix_key_values)
+            prefill = time.perf_counter() - start
+            return _decode(model, prompts, config, logits, feed, next_pos, history, eos, rng,
+                           on_token, prefill, jit)
     finally:
         model.set_train(was_training)
 
 
-def _generate(model, prompts, config, ids, valid, eos, rng, prefix_key_values, on_token):
+def _prefill(model, prompts, config, prefix_key_values):
+    """The prompts' pass (left-padded) and how each new token will be fed back."""
+    ids, valid = left_pad(prompts, config.pad_token_id)
     batch, width = ids.shape
-    with pynative():
-        if prefix_key_values is None:
-            prefix_key_values = model_prefix(model, batch)
-        prefix_past, prefix_len = prefix_cache(prefix_key_values, batch)
-        key_valid = np.concatenate([np.ones((batch, prefix_len), bool), valid], axis=1)
-        positions = positions_of(valid)
+    if prefix_key_values is None:
+        prefix_key_values = model_prefix(model, batch)
+    prefix_past, prefix_len = prefix_cache(prefix_key_values, batch)
+    key_valid = np.concatenate([np.ones((batch, prefix_len), bool), valid], axis=1)
+    positions = positions_of(valid)
+    logits, past = _step(model, ids, positions, attention_mask(key_valid, prefix_len, width),
+                         prefix_past)
+    jit = config.use_cache and config.jit and config.max_new_tokens > 1
+    # Slots for the prefix, the prompt and every token fed back (the last one never is).
+    feed = (KVCache(model, key_valid.shape[1] + config.max_new_tokens - 1, key_valid, past,
+                    prefix_len) if jit else
+            _GrowingCache(past, key_valid) if config.use_cache else
+            _NoCache(ids, positions, key_valid, prefix_past))
+    return logits, feed, (positions[:, -1] + 1).astype(np.int32), jit
 
-        start = time.perf_counter()
-        logits, past = _step(model, ids, positions, attention_mask(key_valid, prefix_len, width),
-                             prefix_past)
-        prefill = time.perf_counter() - start
 
-        jit = config.use_cache and config.jit and config.max_new_tokens > 1
-        feed = (_FixedCache(model, past, key_valid, config.max_new_tokens) if jit else
-                _GrowingCache(past, key_valid) if config.use_cache else
-                _NoCache(ids, positions, key_valid, prefix_past))
-
-        history = [list(p) for p in prompts]
-        out = [[] for _ in prompts]
-        reasons = ["length"] * batch
-        done = np.zeros(batch, dtype=bool)
-        next_pos = (positions[:, -1] + 1).astype(np.int32)
-        steps, start = 0, time.perf_counter()
-        for step in range(config.max_new_tokens):
-            active = ~done
-            tokens = np.where(active, next_tokens(logits, history, config.sampling, rng),
-                              config.pad_token_id).astype(np.int32)
-            for b in np.flatnonzero(active):
-                tok = int(tokens[b])
-                out[b].append(tok)
-                history[b].append(tok)
-                if tok in eos:
-                    done[b], reasons[b] = True, "eos"
-            if on_token is not None:
-                on_token(step, tokens, active)
-            if done.all() or step == config.max_new_tokens - 1:
-                break
-            logits = feed(model, tokens[:, None], next_pos[:, None])
-            next_pos = next_pos + 1
-            steps += 1
-        decode = time.perf_counter() - start
+def _decode(model, prompts, config, logits, feed, next_pos, history, eos, rng, on_token,
+            prefill, jit):
+    batch = len(prompts)
+    out = [[] for _ in prompts]
+    reasons = ["length"] * batch
+    done = np.zeros(batch, dtype=bool)
+    steps, start = 0, time.perf_counter()
+    for step in range(config.max_new_tokens):
+        active = ~done
+        tokens = np.where(active, next_tokens(logits, history, config.sampling, rng),
+                          config.pad_token_id).astype(np.int32)
+        for b in np.flatnonzero(active):
+            tok = int(tokens[b])
+            out[b].append(tok)
+            history[b].append(tok)
+            if tok in eos:
+                done[b], reasons[b] = True, "eos"
+        if on_token is not None:
+            on_token(step, tokens, active)
+        if done.all() or step == config.max_new_tokens - 1:
+            break
+        logits = feed(model, tokens[:, None], next_pos[:, None])
+        next_pos = next_pos + 1
+        steps += 1
+    decode = time.perf_counter() - start
     return GenerationResult(prompts=prompts, tokens=out, finish_reasons=reasons,
                             prefill_seconds=prefill, decode_seconds=decode, steps=steps,
                             use_cache=config.use_cache, jit=jit)
