@@ -156,7 +156,7 @@ def _render(cfg, est, options, route) -> None:
         for name, value in est.per_layer.items():
             act.add_row(name, _size(value))
         act.add_row("[bold]total[/bold]", f"[bold]{_size(sum(est.per_layer.values()))}[/bold]")
-        if est.device_target != "CPU":   # petrun's CPU models do not recompute
+        if est.layout.recompute:         # only where the model recomputes (layout.recompute_applied)
             act.caption = (f"with full recompute a layer keeps only its input: "
                            f"{_size(est.per_layer_recompute)}")
         console.print(act)

@@ -6,12 +6,26 @@ Memory of one device at its peak (the pipeline stage that needs most):
                ÷ model_parallel when vocab-parallel (vocab_emb_dp False), layers ÷ pipeline_stage
   gradients    trainable parameters only, in their dtype (LoRA: the adapters; full finetune: all)
   optimizer    AdamW m and v for trainable parameters: fp32 for FP32StateAdamWeightDecay, else the
-               parameter dtype; with the parallel optimizer, trainable weights, gradients and
-               states above parallel_optimizer_threshold are split over data_parallel (the
-               gathered full weights are kept for backward unless parallel_optimizer_comm_recompute)
-  activations  what backward needs, per layer and micro-batch (`layer_inventory`), × layers of the
-               stage × micro-batches in flight (pipeline_stage of them on the first stage with
-               1F1B); full recompute keeps only each layer's input plus one layer being recomputed
+               parameter dtype
+  parallel optimizer (enable_parallel_optimizer): what MindSpore shards, per its docs and source:
+               only parameters the optimizer updates (step_parallel.cc SetParallelShape: "only
+               trainable parameters need parallel optimizer"), only slices of at least
+               parallel_optimizer_threshold KB whose dim 0 divides by the shard group, over the
+               ranks holding the same slice (dp, and mp too for a weight mp leaves whole), or
+               optimizer_weight_shard_size of them. It splits the weights and the optimizer
+               states (optimizer_level level1, MindSpore's default and the only level petrun's
+               schema passes); a sharded weight's gradient arrives as its slice (AllGather's
+               backward is a ReduceScatter); gradient accumulation buffers stay whole unless
+               gradient_accumulation_shard (what level2 "also shards gradients" means: the
+               context.py docstring names level2 its replacement). A sharded weight is
+               all-gathered before its layer runs, in compute precision when the layer casts
+               it down, and the gathered copy is kept for backward unless
+               parallel_optimizer_comm_recompute.
+  activations  what backward needs, per layer and micro-batch (`layer_inventory`, exactly as the
+               selected code path holds it: composite or FlashAttention, composite or fused
+               RmsNorm, layout.kernel_paths), × layers of the stage × micro-batches in flight
+               (pipeline_stage of them on the first stage with 1F1B). Recompute is counted only
+               where the model applies it (layout.recompute_applied: nowhere in petrun today)
   head         logits [batch, seq, vocab] in compute dtype, their fp32 copy, the log-softmax kept
                for backward and its gradient (÷ model_parallel when vocab-parallel)
   runtime      fixed cost of the framework (see the CPU calibration below)
@@ -30,14 +44,14 @@ On Ascend the analytic terms are used as they are plus a fixed ASCEND_RUNTIME (a
 HCCL buffers and workspace; not measured here).
 
 FLOPs per token: forward 2·N_matmul + 4·s·(heads·head_dim)·L (QKᵀ and PV over the full square, as
-petrun masks rather than skips; halved under flash attention); backward twice the forward matmul
+petrun masks rather than skips; halved under flash attention, whose causal sparse mode skips the
+masked blocks); backward twice the forward matmul
 and attention work for activation gradients plus 2·N_trainable for weight gradients; recompute adds
 one more forward (reference/feasibility.md §2 MFU_4N).
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 
 from petrun.errors import UserError
@@ -45,6 +59,8 @@ from petrun.models.shapes import (DTYPE_BYTES, Dims, ParamSpec, family, known_fa
                                   model_dims, param_shapes)
 from petrun.plan import device as dev
 from petrun.plan.layout import Layout, layout_from_config
+from petrun.plan.params import layer_of as _layer_of
+from petrun.plan.params import param_memory, stages_of
 from petrun.plan.pet import PetShapes, apply_pet_shapes
 
 GiB = 2 ** 30
@@ -53,23 +69,22 @@ MiB = 2 ** 20
 # ---- CPU calibration: least squares over the "fit" runs of benchmarks/plan_vs_measured.py
 # (`--from-json --fit`): 9 real `petrun finetune` runs of Llama2 (hidden 64-512, 2-8 layers,
 # vocab 512-32000, seq 256-1024, batch 1-8, LoRA and full finetune) on MindSpore 2.10 CPU, peak
-# RSS by wait4. Held-out runs (GQA, ChatGLM2, GPT2, other sizes) are within 17%; the table is in
+# RSS by wait4. Held-out runs (GQA, ChatGLM2, GPT2, other sizes) are within 22%; the table is in
 # benchmarks/RESULTS.md. ----
-CPU_RUNTIME = 529 * MiB           # MindSpore import + context + dataset pipeline + CLI
-CPU_PER_LAYER = 51 * MiB          # compiled graph and kernel workspace per decoder layer
-CPU_ACT_FACTOR = 6.0              # measured ÷ analytic saved-for-backward set (non-score part)
-CPU_SCORES_FACTOR = 5.26          # same for the [heads, seq, seq] attention-score tensors
-CPU_HEAD_FACTOR = 0.77            # same for the logits / loss tensors
+CPU_RUNTIME = 471 * MiB           # MindSpore import + context + dataset pipeline + CLI
+CPU_PER_LAYER = 65 * MiB          # compiled graph and kernel workspace per decoder layer
+CPU_ACT_FACTOR = 4.91             # measured ÷ analytic saved-for-backward set (non-score part)
+CPU_SCORES_FACTOR = 8.0           # same for the [heads, seq, seq] attention-score tensors
+CPU_HEAD_FACTOR = 0.85            # same for the logits / loss tensors
 CPU_STATE_FACTOR = 1.0            # gradients + AdamW states: exactly as counted (not fitted)
 # ---- Ascend assumption ----
 ASCEND_RUNTIME = 2 * GiB
-# The Ascend figures are analytic (MindSpore's saved-for-backward sets, no fusion assumed) and
-# cannot be measured here; the CPU ones are within ±25% of measured peaks. Within this band
+# The Ascend figures are analytic (MindSpore's saved-for-backward sets of the selected kernels)
+# and cannot be measured here; the CPU ones are within ±25% of measured peaks. Within this band
 # below the estimate a run "may fit": pre-flight warns instead of refusing it.
 ACCELERATOR_UNCERTAINTY = 0.25
 
 TRAIN_MODES = ("finetune", "train")
-_LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
 @dataclass
@@ -172,22 +187,17 @@ INPUT_OF = {
     # Llama
     "attention.wq": "norm1", "attention.wk": "norm1", "attention.wv": "norm1",
     "attention.wo": "attn", "feed_forward.w1": "norm2", "feed_forward.w3": "norm2",
-    "feed_forward.w2": "ffn_mid", "attention_norm.weight": "norm1", "ffn_norm.weight": "norm2",
+    "feed_forward.w2": "ffn_mid", "attention_norm.weight": "normw1", "ffn_norm.weight": "normw2",
     # ChatGLM2
     "self_attention.query_key_value": "norm1", "self_attention.dense": "attn",
     "mlp.dense_h_to_4h": "norm2", "mlp.dense_4h_to_h": "ffn_mid",
-    "input_layernorm.weight": "norm1", "post_attention_layernorm.weight": "norm2",
+    "input_layernorm.weight": "normw1", "post_attention_layernorm.weight": "normw2",
     # GPT2
     "attention.dense1": "norm1", "attention.dense2": "norm1", "attention.dense3": "norm1",
     "attention.projection": "attn", "output.mapping": "norm2", "output.projection": "ffn_mid",
-    "layernorm1.gamma": "norm1", "layernorm1.beta": "norm1", "layernorm2.gamma": "norm2",
-    "layernorm2.beta": "norm2",
+    "layernorm1.gamma": "normw1", "layernorm1.beta": "normw1", "layernorm2.gamma": "normw2",
+    "layernorm2.beta": "normw2",
 }
-
-
-def _layer_of(name: str) -> int | None:
-    m = _LAYER_INDEX.search(name)
-    return int(m.group(1)) if m else None
 
 
 def _kept_inputs(pet: PetShapes, specs: dict[str, ParamSpec],
@@ -220,34 +230,65 @@ def _kept_inputs(pet: PetShapes, specs: dict[str, ParamSpec],
 def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens: int,
                     seq: int, lora_dropout: float = 0.0) -> dict[str, float]:
     """Bytes one decoder layer keeps for backward for `tokens` (batch · sequence) tokens that
-    each attend to `seq` keys."""
+    each attend to `seq` keys, as the code path `lay` selects (layout.kernel_paths) holds them.
+
+    Per token, with c/r/sm/nb the compute, residual, softmax and norm bytes, q = heads·head_dim,
+    kv = kv_heads·head_dim (÷ model_parallel where heads split):
+      norms        two per layer, each its input cast to the norm dtype plus a per-token
+                   statistic: composite RMSNorm (rsqrt, nb) and the fused RmsNorm primitive
+                   (rstd, fp32) alike; LayerNorm (one primitive everywhere) mean and variance
+      composite attention (petrun's DotProductAttention): the query and the kv heads repeated to
+                   all heads, q·c each, held by the two BatchMatMuls; the softmax output
+                   heads·seq·sm, its cast to compute heads·seq·c when the dtypes differ, and the
+                   Select's bool condition heads·seq·1 when softmax is not fp32 (fp32 adds a
+                   bias, whose backward reads nothing)
+      flash attention (FlashAttentionScore): q, k, v as given (no repeat) and its output,
+                   softmax_max/softmax_sum, heads·8 fp32 each, and the uint8 mask, seq bytes
+                   (one per key, not per head)
+      attention dropout: its mask (bit-packed on Ascend, a byte elsewhere) and the dropped
+                   probabilities; under FA only the bit mask FlashAttentionScore reads
+      ffn          SwiGLU: gate, up and silu(gate), f·c each; GELU MLP: the GELU input
+      weight-grad inputs: each trainable weight's input (a norm weight's: the normalised tensor
+                   in the residual dtype, composite RMSNorm only; the fused and LayerNorm
+                   primitives recompute it from their saved input and statistics)
+    Rotary embedding holds nothing: composite or fused, its backward reads only cos/sin."""
     c = DTYPE_BYTES[dims.compute_dtype]
     r = DTYPE_BYTES[dims.residual_dtype]
     sm = DTYPE_BYTES[dims.softmax_dtype]
+    nb = next((DTYPE_BYTES[s.dtype] for s in specs.values() if s.kind == "norm"), 4)
+    mask = 1 / 8 if lay.device_target == "Ascend" else 1   # DropoutGenMask packs bits
     h, f, mp = dims.hidden, dims.ffn, lay.mp
     q = dims.heads * dims.head_dim
     kv = dims.kv_heads * dims.head_dim
     hs = h / mp if lay.seq_parallel else h
     inv: dict[str, float] = {}
-    inv["norm inputs"] = 2 * hs * r
+    stat = 8 if dims.norm == "layer" else (4 if lay.fused_norm else nb)
+    inv["norm inputs"] = 2 * (hs * nb + stat)
     if lay.flash_attention:
-        # FA keeps q, k, v, its output and two fp32 softmax statistics (8 floats per row each).
         inv["attention q/k/v/out"] = (2 * q + 2 * kv) * c / mp
-        inv["attention scores"] = dims.heads * 64 / mp
+        inv["attention scores"] = dims.heads * 2 * 8 * 4 / mp
+        if dims.dropout:
+            inv["attention scores"] += dims.heads * seq * (1 / 8) / mp
+        # each layer's uint8 (B, 1, S, S') mask FlashAttentionScoreGrad reads (kernels.py builds
+        # it per layer; counted per layer, though MindSpore's CSE may let the layers share one)
+        inv["attention mask"] = seq * 1
     else:
-        # petrun (and MindFormers without FA) repeats kv heads before the matmuls.
         inv["attention q/k/v/out"] = 3 * q * c / mp
-        probs = sm + (c if c != sm else 0) + 1          # softmax out, its cast, the bool mask
+        if dims.dropout:
+            probs = sm + mask + c                       # softmax out, mask, dropped probs
+        else:
+            probs = sm + (c if c != sm else 0)          # softmax out, its cast
+        probs += 1 if sm != 4 else 0                    # Select's condition (non-fp32 softmax)
         inv["attention scores"] = dims.heads * seq * probs / mp
         if lay.select_recompute:
             inv["attention scores"] = 0.0
     if dims.dropout:
-        inv["attention scores"] += dims.heads * seq * (1 + c) / mp if not lay.flash_attention else 0
-        inv["dropout masks"] = 2 * hs
+        inv["dropout masks"] = 2 * hs * mask
     inv["ffn"] = (3 if dims.gated_ffn else 1) * f * c / mp
     kinds, adapters = _kept_inputs(pet, specs, lora_dropout)
+    normw = h * r if dims.norm == "rms" and not lay.fused_norm else 0
     size = {"norm1": h * c, "norm2": h * c, "attn": 0 if lay.flash_attention else q * c / mp,
-            "ffn_mid": f * c / mp}
+            "ffn_mid": f * c / mp, "normw1": normw, "normw2": normw}
     inv["weight-grad inputs"] = sum(size[k] for k in kinds)
     if adapters:
         extra = sum(rank * c for _, rank in adapters)
@@ -264,46 +305,6 @@ def head_bytes(dims: Dims, lay: Layout, tokens: int, training: bool) -> float:
     vocab = dims.vocab / (lay.mp if not lay.vocab_emb_dp else 1)
     per = c + 4 + 4 + (4 if training else 0)
     return tokens * vocab * per + tokens * dims.hidden * (DTYPE_BYTES[dims.residual_dtype] + c)
-
-
-# ------------------------------------------------------------------------------------ weights
-def _stages(specs: dict[str, ParamSpec], dims: Dims, pp: int, offset=0) -> dict[str, int]:
-    """Pipeline stage of every parameter: layers split as the models and strategy files split
-    them (strategy.layer_stage, MindFormers' rule); what precedes the first layer (embeddings)
-    on the first stage, what follows the last (final norm, lm_head) on the last."""
-    from petrun.parallel.strategy import layer_stage
-    out, seen_layer = {}, False
-    for name in specs:
-        i = _layer_of(name)
-        if i is not None and not name.startswith("mindpet_delta_"):
-            out[name] = layer_stage(i, dims.num_layers, pp, offset)
-            seen_layer = True
-        elif "mindpet_delta_" in name and i is None:
-            out[name] = 0        # prefix encoders feed every stage; counted on the first
-        else:
-            out[name] = pp - 1 if seen_layer else 0
-    return out
-
-
-def _shard(name: str, spec: ParamSpec, specs: dict, lay: Layout) -> int:
-    """How many ways model parallel splits this parameter."""
-    if lay.mp == 1:
-        return 1
-    parts = name.split(".")
-    layer = _layer_of(name) is not None
-    owner = specs.get(".".join(parts[:-1]) + ".weight")
-    is_matmul = spec.matmul or (spec.kind == "bias" and owner is not None and owner.matmul)
-    if layer and is_matmul:
-        return lay.mp
-    if not layer and not lay.vocab_emb_dp and (is_matmul or spec.kind == "embedding"):
-        return lay.mp
-    return 1
-
-
-def _optimizer_bytes(spec: ParamSpec, optimizer_type: str) -> int:
-    if optimizer_type == "FP32StateAdamWeightDecay":
-        return 2 * 4 * spec.size
-    return 2 * spec.nbytes
 
 
 # ------------------------------------------------------------------------------------- flops
@@ -325,6 +326,20 @@ def step_flops(dims: Dims, pet: PetShapes, specs: dict, tokens: float, seq: int,
 
 
 # ----------------------------------------------------------------------------------- estimate
+def stage_activations(scores_layer: float, other_layer: float, recompute_layer: float,
+                      layers: int, inflight: int, training: bool, lay: Layout) -> tuple:
+    """(score bytes, other bytes) a pipeline stage holds at its peak, from one layer's
+    inventory. Forward only: one layer's tensors at a time. Training: every layer's saved set
+    for each micro-batch in flight. Full recompute (where the model applies it): each layer
+    keeps only its input (`recompute_layer`) and one layer at a time is rebuilt in full;
+    select recompute is applied in the inventory (no score tensors kept)."""
+    if not training:
+        return scores_layer, other_layer
+    if lay.recompute:
+        return scores_layer * inflight, (layers * recompute_layer + other_layer) * inflight
+    return layers * scores_layer * inflight, layers * other_layer * inflight
+
+
 def _scale(target: str) -> dict[str, float]:
     """Multipliers from the analytic activation terms to what the device really holds."""
     if target == "CPU":
@@ -363,27 +378,9 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
         entry = by_dtype.setdefault(spec.dtype, [0, 0])
         entry[0] += spec.size
         entry[1] += spec.nbytes
-    stages = _stages(pet.params, dims, lay.pp, cfg.get("model.model_config.offset") or 0)
+    stages = stages_of(pet.params, dims, lay.pp, cfg.get("model.model_config.offset") or 0)
     trainable = set(pet.trainable)
-    threshold = lay.shard_threshold_kb * 1024
-    w, g, o = [0.0] * lay.pp, [0.0] * lay.pp, [0.0] * lay.pp
-    for name, spec in pet.params.items():
-        st = stages[name]
-        part = _shard(name, spec, pet.params, lay)
-        wb = spec.nbytes / part
-        if name in trainable:
-            split = lay.dp if lay.optimizer_shard and lay.dp > 1 and wb >= threshold else 1
-            w[st] += wb / split
-            if split > 1 and not lay.comm_recompute:
-                # MindSpore all-gathers a sharded weight before its layer runs and, without
-                # parallel_optimizer_comm_recompute, keeps the gathered copy for backward.
-                w[st] += wb
-            g[st] += wb / split
-            o[st] += _optimizer_bytes(spec, opt_type) / part / split
-            if accum > 1:
-                g[st] += spec.size * 4 / part    # fp32 accumulation buffers
-        else:
-            w[st] += wb
+    w, g, o = param_memory(pet, dims, lay, stages, opt_type, accum)
 
     # Activations per layer and micro-batch (analytic), then per stage.
     per_layer = layer_inventory(dims, pet, pet.params, lay, batch * layer_seq, kv_len, lora_dropout)
@@ -405,17 +402,9 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
 
     best = None
     for st in range(lay.pp):
-        layers_per_stage = stage_counts[st]
-        if not training:
-            n_scores, n_other = scores_layer, other_layer      # one layer at a time
-        elif lay.recompute:
-            inflight = min(lay.pp - st, lay.micro_batch_num) if lay.pp > 1 else 1
-            n_scores = scores_layer * inflight
-            n_other = (layers_per_stage * recompute_layer + other_layer) * inflight
-        else:
-            inflight = min(lay.pp - st, lay.micro_batch_num) if lay.pp > 1 else 1
-            n_scores = layers_per_stage * scores_layer * inflight
-            n_other = layers_per_stage * other_layer * inflight
+        inflight = min(lay.pp - st, lay.micro_batch_num) if lay.pp > 1 else 1
+        n_scores, n_other = stage_activations(scores_layer, other_layer, recompute_layer,
+                                              stage_counts[st], inflight, training, lay)
         hd = head if st == lay.pp - 1 else 0.0
         act = scale["attention scores"] * n_scores + scale["other"] * n_other
         total = w[st] + scale["state"] * (g[st] + o[st]) + act + scale["head"] * hd + kv_cache
@@ -442,11 +431,16 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
     eff = dev.efficiency(target, mfu)
     step_time = flops_device / (pk * eff)
     notes = []
-    if cpu and cfg.get("recompute_config.recompute"):
-        notes.append("recompute is ignored on CPU: petrun's CPU models do not recompute")
+    if lay.recompute_requested and not lay.recompute:
+        notes.append("recompute_config asks for recompute, but petrun's models do not recompute "
+                     "(MindFormers' would): counted without it")
     if not cpu:
-        notes.append(f"{target}: flash attention and recompute as configured (MindFormers "
-                     f"semantics); {ASCEND_RUNTIME / GiB:.0f} GiB runtime overhead assumed")
+        paths = [("FlashAttention" if lay.flash_attention else "composite attention "
+                  "(seq×seq scores held)")]
+        if dims.norm == "rms":
+            paths.append("fused RmsNorm" if lay.fused_norm else "composite RMSNorm")
+        notes.append(f"{target}: {', '.join(paths)}, as use_flash_attention/fused_rms_norm select "
+                     f"them; {ASCEND_RUNTIME / GiB:.0f} GiB runtime overhead assumed")
     per_layer_scaled = {k: v * scale["attention scores" if k == "attention scores" else "other"]
                         for k, v in per_layer.items()}
     return Estimate(

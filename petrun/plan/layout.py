@@ -4,6 +4,10 @@ MindFormers' rules (reference/mindformers.md §1.5): without use_parallel everyt
 device; parallel_mode 0 (data parallel) ignores model/pipeline parallel; in semi/auto parallel
 dp·mp·pp (·cp) devices; runner_config.batch_size is the batch of one data-parallel rank and one
 micro-batch; micro_batch_num only matters with pipeline stages.
+
+What the model computes is decided here too, from the same switches and device the model code
+reads (`kernel_paths`), so the estimator counts the tensors the selected code path holds, not the
+ones MindFormers' path would.
 """
 from __future__ import annotations
 
@@ -22,13 +26,19 @@ class Layout:
     pp: int = 1
     micro_batch_num: int = 1
     optimizer_shard: bool = False
-    comm_recompute: bool = False     # parallel_optimizer_comm_recompute: re-gather in backward
+    comm_recompute: bool = False     # parallel_optimizer_comm_recompute, as applied: re-gather
     shard_threshold_kb: int = 64     # parallel_optimizer_threshold: smaller params stay whole
     vocab_emb_dp: bool = True        # True: embedding and lm_head replicated, else split over mp
     seq_parallel: bool = False
+    # Activation recompute as the model applies it. petrun's models apply none on any device
+    # (see `recompute_applied`), so these stay False; recompute_config's wish is kept apart.
     recompute: bool = False
     select_recompute: bool = False
-    flash_attention: bool = False
+    recompute_requested: bool = False
+    flash_attention: bool = False    # FlashAttentionScore: no [heads, seq, seq] scores held
+    fused_norm: bool = False         # the RmsNorm primitive instead of the composite RMSNorm
+    shard_size: int = -1             # parallel_optimizer_config.optimizer_weight_shard_size
+    grad_accum_shard: bool = False   # parallel_optimizer_config.gradient_accumulation_shard
     device_target: str = "CPU"
 
     def describe(self) -> str:
@@ -57,6 +67,35 @@ def _truthy(value) -> bool:
     return bool(value)
 
 
+def kernel_paths(mc: dict, device_target: str) -> dict[str, bool]:
+    """Which attention and norm code paths the model runs for model_config `mc` on
+    `device_target`, by the rules of the models' kernel selection (issue 20): FlashAttention
+    and the RmsNorm primitive only on Ascend, behind MindFormers' switches; everything else
+    composite. flash_attention: use_flash_attention (all three families). fused_norm: Llama's
+    fused_rms_norm (default True, r1.3 llama_layer.LlamaRMSNorm); ChatGLM2 always (r1.3
+    glm2_modules.ChatGLM2RMSNorm takes the primitive whenever it exists); GPT-2's LayerNorm is
+    one primitive everywhere. The chip is not known here: a 910B is assumed (on a 910A RmsNorm
+    stays composite, +0 bytes for frozen norms). Rotary embedding is not listed: in either form
+    its backward reads only the cos/sin tables, so it holds no per-token tensor."""
+    ascend = device_target == "Ascend"
+    kind = str(mc.get("type") or "")
+    if kind == "LlamaConfig":
+        fused = ascend and bool(mc.get("fused_rms_norm", True))
+    else:
+        fused = ascend and kind == "ChatGLM2Config"
+    known = kind in ("LlamaConfig", "ChatGLM2Config", "GPT2Config")
+    return {"flash_attention": ascend and known and bool(mc.get("use_flash_attention")),
+            "fused_norm": fused}
+
+
+def recompute_applied(device_target: str) -> bool:
+    """Whether the model recomputes activations when recompute_config asks. MindFormers calls
+    cell.recompute() on its decoder layers (set_layer_stage_recompute); petrun's models call it
+    nowhere, on any device, so the planner counts no recompute saving and offers no recompute
+    lever. Make this True (per device) in the same change that makes the models recompute."""
+    return False
+
+
 def layout_from_config(cfg, devices: int | None = None, device_target: str = "CPU") -> Layout:
     """The layout `cfg` runs with; `devices` (petrun plan --devices) re-sizes data parallel, and
     devices=1 means a single process whatever use_parallel says."""
@@ -66,9 +105,11 @@ def layout_from_config(cfg, devices: int | None = None, device_target: str = "CP
     mc = cfg.get("model.model_config") or {}
     use_parallel = devices > 1 if devices else bool(cfg.get("use_parallel"))
     lay = Layout(device_target=device_target)
-    # CPU runs have no flash-attention kernel and petrun's CPU models do not recompute.
-    lay.flash_attention = device_target != "CPU" and bool(mc.get("use_flash_attention"))
-    if device_target != "CPU":
+    paths = kernel_paths(mc, device_target)
+    lay.flash_attention, lay.fused_norm = paths["flash_attention"], paths["fused_norm"]
+    lay.recompute_requested = (_truthy(rc.get("recompute", False))
+                               or _truthy(rc.get("select_recompute", False)))
+    if recompute_applied(device_target):
         lay.recompute = _truthy(rc.get("recompute", False))
         lay.select_recompute = _truthy(rc.get("select_recompute", False))
     if not use_parallel:
@@ -92,9 +133,14 @@ def layout_from_config(cfg, devices: int | None = None, device_target: str = "CP
     lay.devices = dp * mp * pp * cp
     lay.micro_batch_num = int(pc.get("micro_batch_num", 1) or 1) if pp > 1 else 1
     lay.optimizer_shard = bool(par.get("enable_parallel_optimizer", pc.get("optimizer_shard", False)))
-    lay.comm_recompute = bool(rc.get("parallel_optimizer_comm_recompute", False))
+    # MindFormers applies it through the same cell.recompute(...) call as recompute
+    # (parallel_optimizer_comm_recompute=...), which petrun's models never make.
+    lay.comm_recompute = (recompute_applied(device_target)
+                          and bool(rc.get("parallel_optimizer_comm_recompute", False)))
     opt_cfg = par.get("parallel_optimizer_config") or {}
     lay.shard_threshold_kb = int(opt_cfg.get("parallel_optimizer_threshold", 64) or 0)
+    lay.shard_size = int(opt_cfg.get("optimizer_weight_shard_size", -1) or -1)
+    lay.grad_accum_shard = bool(opt_cfg.get("gradient_accumulation_shard", False))
     lay.vocab_emb_dp = bool(pc.get("vocab_emb_dp", True))
     lay.seq_parallel = bool(pc.get("use_seq_parallel", False))
     return lay

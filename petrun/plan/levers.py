@@ -1,8 +1,9 @@
 """What to change to make a run fit: each lever is a set of overrides, re-estimated and ranked.
 
-A lever is only offered where it means something for the device (petrun's CPU models neither
-recompute nor shard) and is sized by running the whole estimate again on the changed config, so
-its saving includes every knock-on effect (e.g. model parallel also splits activations).
+A lever is only offered where the model really does it on the device (petrun's models do not
+recompute anywhere, and shard only on accelerators) and is sized by running the whole estimate
+again on the changed config, so its saving includes every knock-on effect (e.g. model parallel
+also splits activations).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from petrun.errors import UserError
 from petrun.plan.estimator import Estimate, estimate
+from petrun.plan.layout import recompute_applied
 
 _MIN_SAVING = 0.01    # ignore levers that save less than 1% of the peak
 
@@ -32,12 +34,18 @@ def _candidates(cfg, est: Estimate) -> list[tuple[str, list[str], str]]:
     mc = cfg.get("model.model_config") or {}
     out: list[tuple[str, list[str], str]] = []
     if not cpu:
-        if not lay.recompute:
+        # Only what the model really does on this device: recompute where the models apply it
+        # (nowhere yet, layout.recompute_applied), FlashAttention on Ascend (layout.kernel_paths).
+        if recompute_applied(est.device_target) and not lay.recompute:
             out.append(("recompute every layer", ["recompute_config.recompute=True"],
                         "~1/3 more compute per step"))
-        if not lay.recompute and not lay.select_recompute and not lay.flash_attention:
-            out.append(("recompute the attention scores",
-                        ["recompute_config.select_recompute=True"], ""))
+            if not lay.select_recompute and not lay.flash_attention:
+                out.append(("recompute the attention scores",
+                            ["recompute_config.select_recompute=True"], ""))
+        if est.device_target == "Ascend" and not lay.flash_attention:
+            out.append(("flash attention (no seq×seq scores kept)",
+                        ["model.model_config.use_flash_attention=True"],
+                        "seq_length must be a multiple of 16"))
         heads = mc.get("num_heads") or mc.get("num_attention_heads") or 0
         if lay.dp >= 2 and heads and heads % (lay.mp * 2) == 0:
             out.append((f"model_parallel {lay.mp * 2} (data_parallel {lay.dp // 2})",

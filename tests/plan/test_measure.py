@@ -62,3 +62,13 @@ def test_a_config_the_planner_cannot_size_gives_no_plan_not_an_error():
     cfg = load_config(TINY)
     cfg.data["model"]["arch"]["type"] = "NoSuchArch"
     assert measure.planned_peak(cfg) == {}
+
+
+def test_memory_record_line_is_what_the_readme_greps_for():
+    """README (On Ascend) asks a user with a card for the line `grep '"event": "memory"'` finds
+    in log/rank_0/metrics.jsonl: the record as the metrics writer serialises it (json.dumps)."""
+    import json
+    rec = measure.memory_record(load_config(TINY), "Ascend")
+    line = json.dumps(rec)
+    assert '"event": "memory"' in line and '"device_target": "Ascend"' in line
+    assert "planned_peak" in rec and "planned_parts" in rec
