@@ -19,8 +19,9 @@ Memory of one device at its peak (the pipeline stage that needs most):
                gradient_accumulation_shard (what level2 "also shards gradients" means: the
                context.py docstring names level2 its replacement). A sharded weight is
                all-gathered before its layer runs, in compute precision when the layer casts
-               it down, and the gathered copy is kept for backward unless
-               parallel_optimizer_comm_recompute.
+               it down, and the gathered copy is kept for backward (MindFormers re-gathers it
+               with parallel_optimizer_comm_recompute, through the cell.recompute() call that
+               petrun's models never make). Arithmetic in petrun/plan/params.py.
   activations  what backward needs, per layer and micro-batch (`layer_inventory`, exactly as the
                selected code path holds it: composite or FlashAttention, composite or fused
                RmsNorm, layout.kernel_paths), × layers of the stage × micro-batches in flight
@@ -44,10 +45,10 @@ On Ascend the analytic terms are used as they are plus a fixed ASCEND_RUNTIME (a
 HCCL buffers and workspace; not measured here).
 
 FLOPs per token: forward 2·N_matmul + 4·s·(heads·head_dim)·L (QKᵀ and PV over the full square, as
-petrun masks rather than skips; halved under flash attention, whose causal sparse mode skips the
-masked blocks); backward twice the forward matmul
-and attention work for activation gradients plus 2·N_trainable for weight gradients; recompute adds
-one more forward (reference/feasibility.md §2 MFU_4N).
+petrun masks rather than skips; halved under flash attention, whose next_tokens 0 band skips the
+blocks above the diagonal); backward twice the forward matmul and attention work for activation
+gradients plus 2·N_trainable for weight gradients; recompute, where applied, adds one more
+forward (reference/feasibility.md §2 MFU_4N).
 """
 from __future__ import annotations
 
