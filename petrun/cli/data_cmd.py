@@ -160,6 +160,10 @@ def _summary(r) -> None:
         return
     console.print(f"  records {r.records} · written {r.written} · truncated {r.truncated} · "
                   f"dropped (bad records) {len(r.bad)}", highlight=False)
+    if r.template:
+        console.print(f"  chat template {r.template}: predict and chat with the same one "
+                      f"(--chat-template {r.template}, or processor.tokenizer.chat_template)",
+                      highlight=False, soft_wrap=True)
     if r.bad:
         err_console.print(f"[yellow]skipped {len(r.bad)} bad record(s)[/yellow] in {r.input}: "
                           f"{r.bad_preview()}", highlight=False, soft_wrap=True)

@@ -88,6 +88,7 @@ class Report:
     dropped_tokens: int = 0          # wikitext: the tail shorter than one block
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    template: str | None = None      # sharegpt/messages: the chat template the turns were rendered
 
     def bad_preview(self, n: int = 5) -> str:
         shown = "; ".join(f"{b.where}: {b.reason}" for b in self.bad[:n])
@@ -299,6 +300,8 @@ def prepare(fmt: str, input_path: str, output: str, *, tokenizer: Mapping, seq_l
     items, bad = read_items(spec, input_path)
     report = Report(fmt, input_path, output, spec.sample_length, spec.columns,
                     records=len(items) + len(bad), bad=list(bad))
+    if fmt in ("sharegpt", "messages"):
+        report.template = formats.training_template(fmt, spec.chat_template, spec.family_template)
     if workers is None:
         workers = 1 if len(items) < AUTO_WORKERS_FROM else min(8, os.cpu_count() or 1)
     if on_start:

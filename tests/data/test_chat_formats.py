@@ -263,7 +263,7 @@ def test_config_schema_refuses_a_misspelt_column_name(tmp_path):
     assert "train_dataset.columns.mesages" in str(e.value) and "messages" in str(e.value)
 
 
-def test_datasetdict_folder_reads_one_split(tmp_path, caplog):
+def test_datasetdict_folder_reads_one_split(tmp_path, caplog, tok_cfg):
     datasets = pytest.importorskip("datasets")
     folder = tmp_path / "dd"
     datasets.DatasetDict(train=datasets.Dataset.from_list(messages()),
@@ -278,6 +278,11 @@ def test_datasetdict_folder_reads_one_split(tmp_path, caplog):
     with pytest.raises(UserError, match="no split 'validation'; it has train, test") as e:
         read_records(str(folder), split="validation", key="train_dataset.data_loader.dataset_dir")
     assert e.value.key == "train_dataset.split"
+    # prepare reads the split asked for; an Arrow file of the folder reads on its own too
+    report, rows = run_prepare(tmp_path, "messages", str(folder), tok_cfg, split="test")
+    assert report.written == 1 and report.template == "vicuna"
+    arrow = sorted((folder / "train").glob("*.arrow"))
+    assert len(arrow) == 1 and [r.obj for r in read_records(str(arrow[0]))[0]] == messages()
 
 
 def test_raw_messages_folder_as_dataset_dir(tmp_path, demo_dir, demo_tokenizer):

@@ -29,6 +29,7 @@ def test_prepare_sharegpt_with_renamed_columns(tmp_path):
                 "--column", "value=text")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "wrote 1 samples × 65 tokens" in r.stdout
+    assert "chat template vicuna" in r.stdout and "--chat-template vicuna" in r.stdout
     assert "line 2: turn 1 is a 'tool' turn" in r.stderr
     assert len(out.read_text().splitlines()) == 1
 
