@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("build", ("petrun.build",)),
     # Whole jobs and tools that need a built model.
     ("recipes", ("petrun.train", "petrun.infer.recipe", "petrun.ckpt.merge",
-                 "petrun.ckpt.peft_format", "petrun.preflight", "petrun.store")),
+                 "petrun.ckpt.peft_format", "petrun.ckpt.export", "petrun.preflight", "petrun.store")),
     ("api", ("petrun.jobs", "petrun.api", "petrun.trainer", "petrun")),
     ("cli", ("petrun.cli", "petrun.__main__")),
 ]

@@ -426,6 +426,47 @@ def ms_rules(family: str, mc) -> tuple[list[Rule], list[str]]:
     return [r.inverse() for r in rules], []
 
 
+@dataclass(frozen=True)
+class ModuleLink:
+    """A MindFormers module and its transformers module(s), read off the weight rules above:
+    "same" one to one; "split": its output rows are the HF modules' (`rows` each, in order;
+    GLM2's query_key_value = q|k|v_proj); "part": it is third `part` of one fused HF module
+    (GPT-2's dense1..3 in c_attn)."""
+    hf: tuple[str, ...]
+    kind: str = "same"
+    part: int = 0
+    rows: tuple[int, ...] = ()
+
+
+def module_links(family: str, mc) -> dict[str, ModuleLink]:
+    """{MindFormers module: ModuleLink} for every linear/norm weight of a typed model config: the
+    one HF ↔ MindFormers name map, which PEFT conversion (ckpt/peft_format.py) reads too."""
+    _check_family(family)
+    if family == "llama2":
+        rules, _ = llama2_rules(mc.num_layers, tied=bool(mc.tie_word_embeddings))
+    elif family == "glm2":
+        q, kv = mc.num_attention_heads * mc.kv_channels, mc.kv_heads * mc.kv_channels
+        rules, _ = glm2_rules(mc.num_layers, "glm", qkv_sizes=(q, kv, kv))
+    else:
+        rules, _ = gpt2_rules(mc.num_layers)
+    links: dict[str, ModuleLink] = {}
+    for rule in rules:   # HF sources → MindFormers targets
+        if not all(n.endswith(".weight") for n in rule.sources + rule.targets):
+            continue     # biases, embeddings (embedding_weight/table), layer-norm gamma/beta
+        hf_mods = tuple(n[:-len(".weight")] for n in rule.sources)
+        ms_mods = [n[:-len(".weight")] for n in rule.targets]
+        if rule.op == "copy":
+            links[ms_mods[0]] = ModuleLink(hf_mods)
+        elif rule.op == "concat0":
+            links[ms_mods[0]] = ModuleLink(hf_mods, "split", rows=tuple(rule.sizes))
+        elif rule.op == "split_last_t":
+            for j, ms in enumerate(ms_mods):
+                links[ms] = ModuleLink(hf_mods, "part", part=j)
+        else:
+            raise ValueError(f"no module link for a {rule.op} rule")
+    return links
+
+
 def hf_config_dict(family: str, mc, dtype: str) -> dict:
     """transformers' config.json for a petrun model config (the architecture petrun computes)."""
     if family == "llama2":
@@ -463,7 +504,8 @@ def hf_config_dict(family: str, mc, dtype: str) -> dict:
             "torch_dtype": dtype}
 
 
-def _unsupported_glm2_for_hf(mc) -> None:
+def check_glm2_for_hf(mc) -> None:
+    """A UserError when transformers' GlmForCausalLM cannot express this ChatGLM2 config."""
     problems = [k for k, bad in (("multi_query_attention", not mc.multi_query_attention),
                                  ("add_bias_linear", mc.add_bias_linear),
                                  ("post_layer_norm", not mc.post_layer_norm),
@@ -488,7 +530,7 @@ def convert_ms_to_hf(family: str, src: str | Path, dst: str | Path, config,
     dtype = canonical_dtype(dtype)
     mc = _family_config(family, config)
     if family == "glm2":
-        _unsupported_glm2_for_hf(mc)
+        check_glm2_for_hf(mc)
     src, dst = Path(src), Path(dst)
     if dst.exists() and not dst.is_dir():
         raise UserError("--reverse writes a folder (model.safetensors + config.json), and this "

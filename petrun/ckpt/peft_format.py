@@ -17,7 +17,7 @@ same base weights (LlamaForCausalLM, GlmForCausalLM, GPT2LMHeadModel). Names:
   mindpet_delta_prefixtuning_*                  (PREFIX_TUNING, prefix_projection false)
   mindpet_delta_adapter_*                       none: PEFT has no bottleneck adapters
 
-Layers (LAYER_MAPS):
+Layers (ckpt/hf.py's module_links: the rules checkpoint conversion uses, read per module):
   llama2  wq/wk/wv/wo → self_attn.q/k/v/o_proj; w1/w3/w2 → mlp.gate/up/down_proj (one to one)
   glm2    query_key_value → self_attn.q_proj | k_proj | v_proj (its rows split), dense → o_proj,
           dense_h_to_4h → mlp.gate_up_proj, dense_4h_to_h → mlp.down_proj, output_layer → lm_head
@@ -46,6 +46,7 @@ from typing import Callable
 import numpy as np
 
 from petrun.ckpt import stream
+from petrun.ckpt.hf import ModuleLink, module_links
 from petrun.ckpt.io import refuse_existing
 from petrun.ckpt.load import checkpoint_files
 from petrun.errors import UserError
@@ -57,78 +58,43 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------
-# Layer maps
+# Layer maps: petrun layer <-> HF module(s), read off ckpt/hf.py's weight rules (one name map)
 
 
-@dataclass(frozen=True)
-class LayerMap:
-    """petrun layer `pattern` (regex, group 1 = layer index, or none) ↔ HF module(s).
-
-    kind "same": one HF module; "split": the petrun layer's output rows are the HF modules'
-    (`rows` sizes, in order); "part": the petrun layer is third `part` of a fused HF module.
-    """
-    pattern: str
-    hf: tuple[str, ...]
-    kind: str = "same"
-    part: int = 0
-    rows: tuple[int, ...] = ()
-    conv1d: bool = False      # HF GPT-2 Conv1D (PEFT's fan_in_fan_out)
+def layer_maps(family: str, mc) -> dict[str, ModuleLink]:
+    """{petrun layer: ModuleLink}: the module links of ckpt/hf.py's conversion rules, so PEFT key
+    names and checkpoint conversion cannot disagree."""
+    return module_links(family, mc)
 
 
-def layer_maps(family: str, mc) -> list[LayerMap]:
-    if family == "llama2":
-        att = r"model\.layers\.(\d+)\.attention\."
-        ffn = r"model\.layers\.(\d+)\.feed_forward\."
-        return ([LayerMap(att + a + "$", (f"model.layers.{{}}.self_attn.{b}",))
-                 for a, b in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj"))]
-                + [LayerMap(ffn + a + "$", (f"model.layers.{{}}.mlp.{b}",))
-                   for a, b in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj"))])
-    if family == "glm2":
-        q, kv = mc.num_attention_heads * mc.kv_channels, mc.kv_heads * mc.kv_channels
-        lay = r"transformer\.encoder\.layers\.(\d+)\."
-        return [LayerMap(lay + r"self_attention\.query_key_value$",
-                         tuple(f"model.layers.{{}}.self_attn.{x}_proj" for x in "qkv"), "split",
-                         rows=(q, kv, kv)),
-                LayerMap(lay + r"self_attention\.dense$", ("model.layers.{}.self_attn.o_proj",)),
-                LayerMap(lay + r"mlp\.dense_h_to_4h$", ("model.layers.{}.mlp.gate_up_proj",)),
-                LayerMap(lay + r"mlp\.dense_4h_to_h$", ("model.layers.{}.mlp.down_proj",)),
-                LayerMap(r"transformer\.output_layer$()", ("lm_head",))]
-    blk = r"backbone\.blocks\.(\d+)\."
-    return ([LayerMap(blk + rf"attention\.dense{j + 1}$", ("transformer.h.{}.attn.c_attn",), "part",
-                      part=j, conv1d=True) for j in range(3)]
-            + [LayerMap(blk + a + "$", (f"transformer.h.{{}}.{b}",), conv1d=True)
-               for a, b in ((r"attention\.projection", "attn.c_proj"),
-                            (r"output\.mapping", "mlp.c_fc"), (r"output\.projection", "mlp.c_proj"))])
-
-
-def _lookup(maps: list[LayerMap], layer: str) -> tuple[LayerMap, list[str]]:
-    for m in maps:
-        hit = re.match(m.pattern, layer)
-        if hit:
-            index = hit.group(1) if hit.groups() else ""
-            return m, [h.format(index) for h in m.hf]
-    raise UserError(f"layer {layer} has no counterpart in the transformers model PEFT adapts",
-                    key="model.model_config.pet_config.target_modules",
-                    fix="adapt only layers listed in petrun/ckpt/peft_format.py (LAYER_MAPS)")
+def _lookup(maps: dict[str, ModuleLink], layer: str) -> tuple[ModuleLink, list[str]]:
+    m = maps.get(layer)
+    if m is None:
+        raise UserError(f"layer {layer} has no counterpart in the transformers model PEFT adapts",
+                        key="model.model_config.pet_config.target_modules",
+                        fix="adapt only layers petrun/ckpt/hf.py maps to transformers (the "
+                            "attention and MLP projections)")
+    return m, list(m.hf)
 
 
 def _short_names(family: str, mc, hf_modules: list[str]) -> list[str]:
     """target_modules for PEFT: the shortest unambiguous suffix of each module kind when every
     layer has it, else the full module paths (PEFT matches names by suffix)."""
-    maps = layer_maps(family, mc)
-    templates = sorted({h for m in maps for h in m.hf})
-    layers = getattr(mc, "num_layers", 0)
+    kinds: dict[str, set] = {}   # "model.layers.{}.self_attn.q_proj" -> every layer's module
+    for m in layer_maps(family, mc).values():
+        for h in m.hf:
+            kinds.setdefault(re.sub(r"\.\d+\.", ".{}.", h), set()).add(h)
+    templates = sorted(kinds)
     out, chosen = [], set(hf_modules)
     for t in templates:
-        wanted = {t.format(i) for i in range(layers)} if "{}" in t else {t}
-        have = wanted & chosen
+        have = kinds[t] & chosen
         if not have:
             continue
         parts = t.split(".")
         suffix = parts[-1]
         if sum(1 for u in templates if u.split(".")[-1] == suffix) > 1:
             suffix = ".".join(parts[-2:])
-        out += [suffix] if have == wanted else sorted(have)
+        out += [suffix] if have == kinds[t] else sorted(have)
     return out
 
 
@@ -587,13 +553,12 @@ def _import_lora(side: PetSide, config: dict, arrays: dict, where: str) -> dict:
     return out
 
 
-def _parts_targeted(side: PetSide, maps: list[LayerMap], module: str) -> list[int]:
+def _parts_targeted(side: PetSide, maps: dict[str, ModuleLink], module: str) -> list[int]:
     """Which thirds of the fused HF `module` the petrun config adapts, in order."""
     out = []
     for name in side.expected:
-        layer = name.rsplit(".", 1)[0]
-        m = next((m for m in maps if re.match(m.pattern, layer)), None)
-        if m is not None and m.kind == "part" and _lookup(maps, layer)[1][0] == module:
+        m = maps.get(name.rsplit(".", 1)[0])
+        if m is not None and m.kind == "part" and m.hf[0] == module:
             out.append(m.part)
     return sorted(set(out))
 

@@ -47,6 +47,8 @@ from petrun.cli import models_cmd  # noqa: E402  (issue 14: the local model stor
 app.add_typer(models_cmd.app, name="models")
 from petrun.cli import run_cmd  # noqa: E402  (issue 14: run_mindformer.py's entry)
 run_cmd.register(app)
+from petrun.cli import export_cmd  # noqa: E402  (issue 19: export to a transformers folder)
+export_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
