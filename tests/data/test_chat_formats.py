@@ -316,3 +316,30 @@ def test_raw_messages_folder_as_dataset_dir(tmp_path, demo_dir, demo_tokenizer):
     plain = RawText(raw.tokenizer, raw.cache_dir, chat_template="none")
     loader.check_dataset(str(folder), seq_length=SEQ, batch_size=2, raw=plain)
     assert len(list((tmp_path / "c").glob("*.npz"))) == 3
+
+
+def test_prepare_messages_on_a_full_disk_leaves_nothing(tiny_tmpfs, tmp_path, tok_cfg):
+    """~3 MB of samples onto a 1 MiB tmpfs: a UserError naming --output, and no partial file."""
+    src = write("jsonl", messages() * 100, tmp_path)
+    out = tiny_tmpfs / "chats.jsonl"
+    with pytest.raises(UserError, match="no space left|could not write") as e:
+        prep.prepare("messages", src, str(out), tokenizer=tok_cfg, seq_length=2048)
+    assert e.value.key == "--output"
+    assert list(tiny_tmpfs.iterdir()) == []
+
+
+def test_glm2_family_messages_are_shifted_glm2_rounds(tmp_path, demo_tokenizer, tok_cfg):
+    """A GLM2 config (labels pre-shifted, family template glm2): samples of seq_length tokens,
+    labels one ahead of the ids, ChatGLM2's rounds."""
+    tok = demo_tokenizer
+    chats = [(None, [("Add 2 and 3.", "5")])]
+    src = write("jsonl", messages(chats), tmp_path)
+    report, rows = run_prepare(tmp_path, "messages", src, tok_cfg, shift_labels=True,
+                               family_template="glm2")
+    prompt = tok.prefix_ids + tok.encode("[Round 1]\n\n问：Add 2 and 3.\n\n答：")
+    ids = prompt + tok.encode("5") + [2]
+    labels = [IGN] * len(prompt) + tok.encode("5") + [2]
+    pad = SEQ + 1 - len(ids)
+    ids, labels = ids + [0] * pad, labels + [IGN] * pad
+    assert report.template == "glm2"
+    assert rows == [(ids[:-1], labels[1:])]
