@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -34,41 +35,19 @@ class MergeResult:
     probe_shape: tuple[int, int] | None
 
 
-def merge_plan(side, arrays: dict[str, np.ndarray]) -> dict[str, tuple]:
-    """{base tensor name: (kind, ...)}: what to fold into which weight or bias."""
+def merge_plan(side, arrays: dict[str, np.ndarray]) -> dict[str, Callable]:
+    """{base tensor name: fp32 array -> merged fp32 array}: the method's streaming merge rule
+    (PetMethod.merge_tensors, e.g. petrun/pet/lora.py:merge_tensors) over the adapter arrays."""
+    from petrun.pet.config import method, resolve
     from petrun.pet.merge import check_mergeable
 
     check_mergeable(side.pet_type)
-    plan: dict[str, tuple] = {}
-    if side.pet_type == "lora":
-        scaling = side.pet.scaling   # LoraConfig's, the one rule the live layer uses too
-        for name, a in arrays.items():
-            if name.endswith(".mindpet_delta_lora_a"):
-                layer = name[:-len(".mindpet_delta_lora_a")]
-                b = arrays[f"{layer}.mindpet_delta_lora_b"]
-                plan[f"{layer}.weight"] = ("add", scaling * (b @ a))   # LoRA wraps [out, in] layers
-        return plan
-    from petrun.pet.ia3 import IA3Linear
-
-    cells = {path: c for path, c in side.model.cells_and_names() if isinstance(c, IA3Linear)}
-    for path, cell in cells.items():
-        vec = arrays[f"{path}.mindpet_delta_ia3_l"]
-        plan[f"{path}.weight"] = ("ia3_weight", vec, cell.feedforward, cell.in_out)
-        if cell.has_bias and not cell.feedforward:
-            plan[f"{path}.bias"] = ("ia3_bias", vec)
-    return plan
-
-
-def _apply(entry: tuple, array: np.ndarray) -> np.ndarray:
-    from petrun.pet.ia3 import merged_tensors
-
-    kind = entry[0]
-    if kind == "add":
-        return array.astype(np.float32) + entry[1]
-    if kind == "ia3_weight":
-        w, _ = merged_tensors(array, None, entry[1], entry[2], entry[3])
-        return w
-    return array.astype(np.float32) * entry[1].reshape(-1)
+    rule = method(side.pet_type).merge_tensors
+    if rule is None:
+        raise UserError(f"pet_type {side.pet_type!r} merges in a built model but has no rule to "
+                        "merge a checkpoint file", key="model.model_config.pet_config.pet_type",
+                        fix="merge in the model (petrun.pet.merge) and save it instead")
+    return resolve(rule)(side.model, side.pet, arrays)
 
 
 def stream_merge(side, base: Path, arrays: dict, dst: Path) -> tuple[int, int]:
@@ -93,7 +72,7 @@ def stream_merge(side, base: Path, arrays: dict, dst: Path) -> tuple[int, int]:
                     continue   # optimizer moments and counters do not belong in merged weights
                 array = reader.read(name)
                 if name in plan:
-                    merged = _apply(plan[name], stream.cast(array, info.dtype, "float32")[0])
+                    merged = plan[name](stream.cast(array, info.dtype, "float32")[0])
                     array, _ = stream.cast(merged.astype(np.float32), "float32", info.dtype)
                 writer.write(name, array, info.dtype)
                 written += 1

@@ -50,6 +50,7 @@ from petrun.ckpt.hf import ModuleLink, module_links
 from petrun.ckpt.io import refuse_existing
 from petrun.ckpt.load import checkpoint_files
 from petrun.errors import UserError
+from petrun.pet.config import method, methods
 
 LAYER_PREFIX = "base_model.model."
 PROMPT_KEY = "prompt_embeddings"
@@ -244,7 +245,7 @@ def _export_lora(side: PetSide, arrays: dict) -> tuple[dict, dict]:
             rank_pattern[name] = r * k
             alpha_pattern[name] = alpha * k
     conv1d = side.family == "gpt2"   # HF GPT-2's Conv1D layers store [in, out]
-    config = {"peft_type": "LORA", "r": base_r, "lora_alpha": _number(base_alpha),
+    config = {"peft_type": _peft_type(side), "r": base_r, "lora_alpha": _number(base_alpha),
               "lora_dropout": float(side.pet.lora_dropout),
               "target_modules": _short_names(side.family, side.mc, list(tensors)),
               "fan_in_fan_out": conv1d, "bias": "none", "use_rslora": False, "use_dora": False,
@@ -252,6 +253,11 @@ def _export_lora(side: PetSide, arrays: dict) -> tuple[dict, dict]:
               "alpha_pattern": {k: _number(v) for k, v in alpha_pattern.items()},
               "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None}
     return out_tensors, config
+
+
+def _peft_type(side: PetSide) -> str:
+    """PEFT's name for the method: its PET-method registry entry (petrun/pet/config.py)."""
+    return method(side.pet_type).peft_type
 
 
 def _number(x: float):
@@ -299,7 +305,7 @@ def _export_ia3(side: PetSide, arrays: dict) -> tuple[dict, dict]:
             tensors[name] = full
     out_tensors = {f"{LAYER_PREFIX}{n}.ia3_l": tensors[n] for n in sorted(tensors)}
     conv1d = side.family == "gpt2"
-    config = {"peft_type": "IA3", "target_modules": _short_names(side.family, side.mc, list(tensors)),
+    config = {"peft_type": _peft_type(side), "target_modules": _short_names(side.family, side.mc, list(tensors)),
               "feedforward_modules": _short_names(side.family, side.mc, sorted(ff)),
               "fan_in_fan_out": conv1d, "init_ia3_weights": True, "modules_to_save": None}
     return out_tensors, config
@@ -319,16 +325,16 @@ def _export_prompt(side: PetSide, arrays: dict) -> tuple[dict, dict]:
     heads = getattr(side.mc, "num_heads", None) or getattr(side.mc, "num_attention_heads", None)
     if side.pet_type in ("ptuning2", "prefixtuning"):
         out = _prefix_as_peft_cache(side, fam, out)
-        config = {"peft_type": "PREFIX_TUNING", "prefix_projection": False,
+        config = {"peft_type": _peft_type(side), "prefix_projection": False,
                   "encoder_hidden_size": fam.hidden,
                   **_prompt_common(side, out.shape[0], fam.kv_heads * fam.head_dim, fam.kv_heads)}
     elif side.pet_type == "prompt_tuning":
-        config = {"peft_type": "PROMPT_TUNING", "prompt_tuning_init": "RANDOM",
+        config = {"peft_type": _peft_type(side), "prompt_tuning_init": "RANDOM",
                   "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
                   "tokenizer_kwargs": None, **_prompt_common(side, out.shape[0], fam.hidden, heads)}
     else:
         p = side.pet
-        config = {"peft_type": "P_TUNING",
+        config = {"peft_type": _peft_type(side),
                   "encoder_reparameterization_type": p.encoder_reparameterization_type,
                   "encoder_hidden_size": p.encoder_hidden_size,
                   "encoder_num_layers": p.encoder_num_layers, "encoder_dropout": p.encoder_dropout,
@@ -665,7 +671,8 @@ def _import_prompt(side: PetSide, config: dict, arrays: dict, where: str) -> dic
           "use an adapter made for a decoder-only causal LM", key="--src")
     table = arrays[PROMPT_KEY]
     names = list(side.expected)
-    if peft_type == "PREFIX_TUNING":
+    prefix = "ptuning2" in _importing(peft_type)   # a key/value prefix, not input embeddings
+    if prefix:
         _need(side.pet_type == "ptuning2" and not side.pet.prefix_projection,
               "PEFT saves a prefix as its final key/values (prompt_embeddings); no encoder MLP "
               "can be rebuilt from that",
@@ -677,7 +684,7 @@ def _import_prompt(side: PetSide, config: dict, arrays: dict, where: str) -> dic
               "output); petrun loads them as prompt tuning",
               f"import with pet_config {{pet_type: prompt_tuning, num_virtual_tokens: "
               f"{table.shape[0]}}}")
-    if peft_type == "PREFIX_TUNING":
+    if prefix:
         from petrun.pet.virtual import family_of
 
         table = _prefix_as_peft_cache(side, family_of(side.model.pet_model), table, inverse=True)
@@ -685,11 +692,16 @@ def _import_prompt(side: PetSide, config: dict, arrays: dict, where: str) -> dic
     return {name: table}
 
 
-_IMPORTERS: dict[str, Callable] = {"LORA": _import_lora, "IA3": _import_ia3,
-                                   "PROMPT_TUNING": _import_prompt, "P_TUNING": _import_prompt,
-                                   "PREFIX_TUNING": _import_prompt}
-_COMPATIBLE = {"LORA": ("lora",), "IA3": ("ia3",), "PROMPT_TUNING": ("prompt_tuning",),
-               "P_TUNING": ("prompt_tuning",), "PREFIX_TUNING": ("ptuning2",)}
+# Per petrun method that PEFT adapters import as; which PEFT types each takes is its registry
+# entry's peft_imports (P_TUNING → prompt_tuning, PREFIX_TUNING → ptuning2).
+_IMPORTERS: dict[str, Callable] = {"lora": _import_lora, "ia3": _import_ia3,
+                                   "prompt_tuning": _import_prompt, "ptuning2": _import_prompt}
+
+
+def _importing(peft_type) -> list[str]:
+    """The petrun methods a PEFT adapter of `peft_type` imports as."""
+    return [m.pet_type for m in methods()
+            if peft_type in m.peft_imports and m.pet_type in _IMPORTERS]
 
 
 @dataclass
@@ -708,16 +720,20 @@ def import_peft(config, src: str | Path, dst: str | Path, overwrite: bool = Fals
     refuse_existing(dst, overwrite)
     peft_config, arrays = read_peft(src)
     peft_type = peft_config.get("peft_type")
-    if peft_type not in _IMPORTERS:
+    targets = _importing(peft_type)
+    if not targets:
+        known = sorted({t for m in methods() if m.pet_type in _IMPORTERS for t in m.peft_imports})
         raise UserError(f"petrun cannot import PEFT type {peft_type!r}", file=str(src),
-                        key="--src", fix=f"supported: {', '.join(_IMPORTERS)}")
+                        key="--src", fix=f"supported: {', '.join(known)}")
     side = pet_side(config)
-    if side.pet_type not in _COMPATIBLE[peft_type] and peft_type in ("LORA", "IA3"):
+    importer = _IMPORTERS[targets[0]]
+    # The prompt importer names the pet_config to use, with the adapter's length.
+    if side.pet_type not in targets and importer is not _import_prompt:
         raise UserError(f"the adapter is {peft_type} but the config's pet_type is "
                         f"{side.pet_type!r}", file=side.cfg.source, key=f"{_pet_key()}.pet_type",
-                        fix=f"use a config with pet_type {_COMPATIBLE[peft_type][0]}")
+                        fix=f"use a config with pet_type {targets[0]}")
     where = str(Path(src) / WEIGHTS_FILE)
-    tensors = _IMPORTERS[peft_type](side, peft_config, arrays, where)
+    tensors = importer(side, peft_config, arrays, where)
     _check_names(tensors, side.expected, where, "--src", "the PEFT adapter",
                  "make pet_config (target_modules, rank, num_virtual_tokens) match the adapter")
     writer = stream.CkptWriter(dst)

@@ -16,8 +16,8 @@ The attribute tree *is* the checkpoint layout (small: hidden 768, 12 layers, 12 
 Block (pre-LN): h = x + attention(layernorm1(x)); out = h + output(layernorm2(h)); learned absolute
 positions; GeLU (`gelu` = tanh approximation as HF's gelu_new, `fast_gelu` = x·sigmoid(1.702x));
 the LM head multiplies by the word-embedding table (tied, no parameter of its own). dense1-3 are
-petrun Linear layers (LoRA targets them); projection/mapping keep MindFormers' in×out storage and
-are NOT Linear, so a LoRA pattern cannot silently adapt a transposed weight.
+petrun Linear layers; projection/mapping keep MindFormers' in×out storage (LinearInOut declares
+weight_in_out, so PET methods that fold into a weight transpose their delta for them).
 Loss as Llama: rows are seq_length + 1 long, shifted inside, labels -100 and pad tokens ignored.
 """
 from __future__ import annotations

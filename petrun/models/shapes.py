@@ -28,8 +28,8 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4, "int64": 8
 class ParamSpec:
     shape: tuple[int, ...]
     dtype: str            # canonical name: float32 / float16 / bfloat16
-    # "linear": weight [out, in] of a Linear layer, the layers PET may target; "matmul": another
-    # matmul weight (e.g. GPT2's in×out projections); "embedding", "norm", "bias", "other"; the
+    # "linear": weight [out, in] of a Linear layer; "matmul": another matmul weight (GPT2's in×out
+    # projections); PET may target both; "embedding", "norm", "bias", "other"; the
     # planner adds "lora" (per-token adapter matmuls) and "encoder" (run once per batch).
     kind: str = "other"
 
@@ -208,8 +208,8 @@ def glm2_dims(cfg, device_target: str = "CPU") -> Dims:
 
 # ------------------------------------------------------------------------------------------ GPT2
 def gpt2_params(cfg, device_target: str = "CPU") -> dict[str, ParamSpec]:
-    """petrun/models/gpt2.py's parameters (reference/mindformers.md §6.3). Only dense1-3 are
-    Linear layers (PET targets); projection and mapping are in×out matmul weights."""
+    """petrun/models/gpt2.py's parameters (reference/mindformers.md §6.3). dense1-3 are Linear
+    layers; projection and mapping are in×out matmul weights (PET targets them all)."""
     param = device_dtype(cfg.param_init_type, device_target)
     norm = device_dtype(cfg.layernorm_compute_type, device_target)
     h, f = cfg.hidden_size, cfg.ffn_hidden_size

@@ -28,12 +28,21 @@ _GLOBAL_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
 
 
 def linear_types() -> tuple[type, ...]:
-    """The layer classes a pattern may target."""
+    """The layer classes a pattern may target: nn.Dense and every petrun DenseBase, whichever way
+    it stores its weight (Linear [out, in]; GPT-2's LinearInOut [in, out], as MindFormers adapts
+    its transpose_b=False Linear layers). A method that folds into the weight reads the layout
+    from the layer's `weight_in_out`."""
     from mindspore import nn
 
-    from petrun.models.layers import Linear
+    from petrun.models.layers import DenseBase
 
-    return (Linear, nn.Dense)
+    return (DenseBase, nn.Dense)
+
+
+def weight_is_in_out(layer) -> bool:
+    """DenseBase layers declare their layout (GPT-2's LinearInOut: [in, out]); nn.Dense stores
+    [out, in]."""
+    return bool(getattr(layer, "weight_in_out", False))
 
 
 def base_submodule(net) -> tuple[str, object]:

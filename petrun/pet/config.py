@@ -262,9 +262,15 @@ class PetMethod:
     shapes: str | None = None     # "module:function": the planner's (specs, cfg, dims, arch, target)
     merge: str | None = None      # "module:function": merge(net) -> layers merged, in place
     unmerge: str | None = None
-    # Hugging Face PEFT's name for it, if PEFT has it (ckpt/peft_format.py's per-method
-    # exporters still write their own literal; they are the next thing to fold in).
+    # "module:function": the streaming merge rule petrun ckpt merge applies to a checkpoint file,
+    # merge_tensors(model built without weights, config, adapter arrays) -> {base tensor name:
+    # fp32 array -> merged fp32 array}. A mergeable method needs one.
+    merge_tensors: str | None = None
+    # Hugging Face PEFT's name for it, if PEFT has it: what export writes as `peft_type`.
     peft_type: str | None = None
+    # PEFT types whose adapters import as this method (ckpt/peft_format.py); a PEFT encoder
+    # output cannot be rebuilt into an encoder, so P_TUNING imports as prompt tuning.
+    peft_imports: tuple[str, ...] = ()
     title: str = ""               # how messages name it ("LoRA")
     # Packed rows hold several samples; virtual tokens or a key/value prefix belong to one.
     packing: bool = True
@@ -335,21 +341,25 @@ def _m(name: str) -> str:
 
 register_method(PetMethod("lora", LoraConfig, f"{_m('lora')}:apply", "petrun.plan.pet:_lora",
                           merge=f"{_m('lora')}:merge", unmerge=f"{_m('lora')}:unmerge",
-                          peft_type="LORA", title="LoRA", tags=("lora",)))
+                          merge_tensors=f"{_m('lora')}:merge_tensors", peft_type="LORA",
+                          peft_imports=("LORA",), title="LoRA", tags=("lora",)))
 register_method(PetMethod("ptuning2", Ptuning2Config, f"{_m('ptuning2')}:apply",
                           "petrun.plan.pet:_ptuning2", peft_type="PREFIX_TUNING",
-                          title="P-Tuning v2", packing=False, tags=("ptuning2",)))
+                          peft_imports=("PREFIX_TUNING",), title="P-Tuning v2", packing=False,
+                          tags=("ptuning2",)))
 register_method(PetMethod("prefixtuning", PrefixTuningConfig, f"{_m('prefix')}:apply",
                           "petrun.plan.pet:_prefixtuning", peft_type="PREFIX_TUNING",
                           title="prefix tuning", packing=False, tags=("prefixtuning", "prefix")))
 register_method(PetMethod("prompt_tuning", PromptTuningConfig, f"{_m('prompt')}:apply",
                           "petrun.plan.pet:_prompt_tuning", peft_type="PROMPT_TUNING",
-                          title="prompt tuning", packing=False, tags=("prompt",)))
+                          peft_imports=("PROMPT_TUNING", "P_TUNING"), title="prompt tuning",
+                          packing=False, tags=("prompt",)))
 register_method(PetMethod("ptuning", PtuningConfig, f"{_m('ptuning')}:apply",
                           "petrun.plan.pet:_ptuning", peft_type="P_TUNING", title="P-Tuning",
                           packing=False, tags=("ptuning",)))
 register_method(PetMethod("ia3", IA3Config, f"{_m('ia3')}:apply", "petrun.plan.pet:_ia3",
                           merge=f"{_m('ia3')}:merge", unmerge=f"{_m('ia3')}:unmerge",
-                          peft_type="IA3", title="IA3", tags=("ia3",)))
+                          merge_tensors=f"{_m('ia3')}:merge_tensors", peft_type="IA3",
+                          peft_imports=("IA3",), title="IA3", tags=("ia3",)))
 register_method(PetMethod("adapter", AdapterConfig, f"{_m('adapter')}:apply",
                           "petrun.plan.pet:_adapter", title="adapters", tags=("adapter",)))

@@ -14,6 +14,7 @@ divides it out again; while merged the forward applies no scaling.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -29,16 +30,9 @@ FF_KEY = f"{pet_base.KEY_PREFIX}.feedforward_modules"
 
 
 def adaptable_types() -> tuple[type, ...]:
-    """Linear, nn.Dense and every other petrun DenseBase (GPT-2's [in, out] LinearInOut)."""
-    from petrun.models.layers import DenseBase
-
-    return pet_base.linear_types() + (DenseBase,)
-
-
-def weight_is_in_out(layer) -> bool:
-    """DenseBase layers declare their layout (GPT-2's LinearInOut: [in, out]); nn.Dense stores
-    [out, in]."""
-    return bool(getattr(layer, "weight_in_out", False))
+    """nn.Dense and every petrun DenseBase (GPT-2's [in, out] LinearInOut too): the types every
+    layer method targets (pet_base.linear_types)."""
+    return pet_base.linear_types()
 
 
 class IA3Linear(nn.Cell):
@@ -58,7 +52,7 @@ class IA3Linear(nn.Cell):
         self.out_channels = int(base.out_channels)
         self.has_bias = bool(base.has_bias)
         self.feedforward = bool(feedforward)
-        self.in_out = weight_is_in_out(base)
+        self.in_out = pet_base.weight_is_in_out(base)
         # Own attributes first so the shared Parameters keep their `<layer>.weight` names.
         self.weight = base.weight
         self.bias = base.bias if self.has_bias else None
@@ -147,6 +141,28 @@ def merged_tensors(weight: np.ndarray, bias, vec: np.ndarray, feedforward: bool,
     if bias is not None and not feedforward:
         bias = bias.astype(np.float32) * v
     return w, bias
+
+
+def merge_tensors(model, cfg: IA3Config, arrays: dict) -> dict:
+    """The streaming merge rule (PetMethod.merge_tensors): {base tensor name: fp32 array → merged
+    fp32 array} for each IA3 layer of `model` (built without weights): the weight's output rows
+    or input columns, and the bias of a non-feed-forward target."""
+    plan = {}
+    for path, cell in ia3_layers(model):
+        vec = arrays[f"{path}.mindpet_delta_ia3_l"]
+        plan[f"{path}.weight"] = functools.partial(_merged_weight, vec=vec,
+                                                   feedforward=cell.feedforward, in_out=cell.in_out)
+        if cell.has_bias and not cell.feedforward:
+            plan[f"{path}.bias"] = functools.partial(_merged_bias, vec=vec)
+    return plan
+
+
+def _merged_weight(weight, vec, feedforward, in_out):
+    return merged_tensors(weight, None, vec, feedforward, in_out)[0]
+
+
+def _merged_bias(bias, vec):
+    return bias.astype(np.float32) * vec.reshape(-1).astype(np.float32)
 
 
 def _feedforward_names(cfg: IA3Config, targets) -> set[str]:

@@ -3,10 +3,17 @@
 Parameter names and shapes are MindFormers' so adapters interoperate:
 `<layer>.mindpet_delta_lora_a` [r, in] and `<layer>.mindpet_delta_lora_b` [out, r]; the wrapped
 layer keeps `<layer>.weight` / `<layer>.bias` because the wrapper reuses the same Parameter objects.
+Targets are any petrun DenseBase or nn.Dense (pet_base.linear_types). GPT-2's attention.projection
+and output.mapping/projection store their weight [in, out] (MindFormers' transpose_b=False Linear,
+which its LoRADense adapts with the same A/B shapes): the forward is the same x·Aᵀ·Bᵀ, and the
+merge adds (B·A)ᵀ to such a weight.
 """
 from __future__ import annotations
 
+import functools
 import math
+
+import numpy as np
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
@@ -20,7 +27,8 @@ PET_TYPE = "lora"
 
 
 class LoRALinear(nn.Cell):
-    """Wraps a petrun `Linear` or an `nn.Dense`; the base weight is shared, never copied.
+    """Wraps a petrun DenseBase (`Linear`, GPT-2's `LinearInOut`) or an `nn.Dense`; the base
+    weight is shared, never copied.
 
     merge() folds scaling·B·A into the base weight; unmerge() takes it out again. While merged
     the forward adds no delta, and B is held aside (lora_b reads as zeros) so that a graph
@@ -39,6 +47,7 @@ class LoRALinear(nn.Cell):
         self.in_channels = int(base.in_channels)
         self.out_channels = int(base.out_channels)
         self.has_bias = bool(base.has_bias)
+        self.in_out = pet_base.weight_is_in_out(base)   # [in, out]: merge adds (B·A)ᵀ
         self.lora_rank = int(lora_rank)
         self.scaling = float(lora_alpha) / float(lora_rank)
         # nn.Dense has no compute dtype: it computes in its weight's dtype.
@@ -95,18 +104,24 @@ class LoRALinear(nn.Cell):
         return out
 
     def delta_weight(self) -> Tensor:
-        """scaling · B · A in float32, [out, in] — what merge() adds to the weight."""
+        """scaling · B · A in float32, [out, in]."""
         b = self._held.get("b")
         if b is None:
             b = ops.cast(self.mindpet_delta_lora_b, ms.float32)
         return ops.matmul(b, ops.cast(self.mindpet_delta_lora_a, ms.float32)) * self.scaling
 
+    def weight_delta(self) -> Tensor:
+        """What merge() adds to the weight, in the weight's own layout ([in, out] transposed)."""
+        delta = self.delta_weight()
+        return ops.transpose(delta, (1, 0)) if self.in_out else delta
+
     def merge(self) -> None:
-        """weight += scaling·B·A (fp32 math, stored in the weight's dtype). Idempotent."""
+        """weight += scaling·B·A (transposed for an [in, out] weight; fp32 math, stored in the
+        weight's dtype). Idempotent."""
         if self.merged:
             return
         w = self.weight
-        w.set_data(ops.cast(ops.cast(w, ms.float32) + self.delta_weight(), w.dtype))
+        w.set_data(ops.cast(ops.cast(w, ms.float32) + self.weight_delta(), w.dtype))
         b = self.mindpet_delta_lora_b
         # A real copy: a same-dtype cast may alias the buffer that set_data overwrites.
         self._held["b"] = Tensor(ops.cast(b, ms.float32).asnumpy().copy())
@@ -118,14 +133,15 @@ class LoRALinear(nn.Cell):
         if not self.merged:
             return
         w = self.weight
-        w.set_data(ops.cast(ops.cast(w, ms.float32) - self.delta_weight(), w.dtype))
+        w.set_data(ops.cast(ops.cast(w, ms.float32) - self.weight_delta(), w.dtype))
         b = self.mindpet_delta_lora_b
         b.set_data(ops.cast(self._held.pop("b"), b.dtype))
         self.merged = False
 
     def extend_repr(self):
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
-                f"rank={self.lora_rank}, scaling={self.scaling}, merged={self.merged}")
+                f"rank={self.lora_rank}, scaling={self.scaling}, in_out={self.in_out}, "
+                f"merged={self.merged}")
 
 
 def lora_layers(net) -> list[tuple[str, LoRALinear]]:
@@ -145,6 +161,27 @@ def unmerge(net) -> int:
     for cell in todo:
         cell.unmerge()
     return len(todo)
+
+
+def merged_weight(weight: np.ndarray, a: np.ndarray, b: np.ndarray, scaling: float,
+                  in_out: bool) -> np.ndarray:
+    """weight + scaling·B·A in float32 (B·A transposed for an [in, out] weight): the streaming
+    merge's rule, the numpy twin of LoRALinear.merge."""
+    delta = scaling * (b.astype(np.float32) @ a.astype(np.float32))
+    return weight.astype(np.float32) + (delta.T if in_out else delta)
+
+
+def merge_tensors(model, cfg: LoraConfig, arrays: dict) -> dict:
+    """The streaming merge rule (PetMethod.merge_tensors): {base tensor name: fp32 array → merged
+    fp32 array} for each LoRA layer of `model` (built without weights), from the adapter `arrays`.
+    The scaling is LoraConfig's, the one the live layer uses."""
+    plan = {}
+    for path, cell in lora_layers(model):
+        a = arrays[f"{path}.mindpet_delta_lora_a"]
+        b = arrays[f"{path}.mindpet_delta_lora_b"]
+        plan[f"{path}.weight"] = functools.partial(merged_weight, a=a, b=b, scaling=cfg.scaling,
+                                                   in_out=cell.in_out)
+    return plan
 
 
 def parameter_count(in_out: list[tuple[int, int]], lora_rank: int) -> int:

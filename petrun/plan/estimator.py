@@ -214,9 +214,8 @@ def _kept_inputs(pet: PetShapes, specs: dict[str, ParamSpec],
             continue
         parts = name.split(".")
         if parts[-1].startswith("mindpet_delta_lora"):
-            path = ".".join(parts[:-1])
-            if parts[-1].endswith("_a"):
-                adapters.append((specs[f"{path}.weight"].shape[1], pet.params[name].shape[0]))
+            if parts[-1].endswith("_a"):   # A is [rank, in] whichever way the base is stored
+                adapters.append((pet.params[name].shape[1], pet.params[name].shape[0]))
             if lora_dropout:
                 continue
             key = ".".join(parts[-3:-1])

@@ -30,13 +30,12 @@ class _Tree:
     linear: set[str] = field(default_factory=set)                       # paths of linear layers
 
 
-# Layers LoRA may adapt are petrun Linear / nn.Dense ("linear"); IA3 and adapters also take GPT2's
-# in×out projections ("matmul"), as their adaptable_types() do.
-LINEAR = ("linear",)
+# Layers every layer method may adapt (pet_base.linear_types): petrun Linear / nn.Dense ("linear")
+# and GPT2's in×out projections ("matmul").
 ANY_MATMUL = ("linear", "matmul")
 
 
-def _tree(specs: dict[str, ParamSpec], kinds=LINEAR) -> _Tree:
+def _tree(specs: dict[str, ParamSpec], kinds=ANY_MATMUL) -> _Tree:
     tree = _Tree()
     for name, spec in specs.items():
         parts = name.split(".")
@@ -56,7 +55,7 @@ def base_path(specs: dict[str, ParamSpec]) -> str:
 
 
 def match_names(specs: dict[str, ParamSpec], pattern, exclude_layers=None,
-                kinds=LINEAR) -> pet_base.MatchResult:
+                kinds=ANY_MATMUL) -> pet_base.MatchResult:
     """pet_base.match_targets, over names: the same MatchResult (targets carry no cells)."""
     if not isinstance(pattern, str) or not pattern:
         raise UserError(f"must be a regex string, got {pattern!r}", key=pet_base.TARGET_KEY,
@@ -96,7 +95,7 @@ def match_names(specs: dict[str, ParamSpec], pattern, exclude_layers=None,
     return result
 
 
-def linear_paths(specs: dict[str, ParamSpec], kinds=LINEAR) -> list[str]:
+def linear_paths(specs: dict[str, ParamSpec], kinds=ANY_MATMUL) -> list[str]:
     """Dotted paths of the linear layers under the base submodule, in model order."""
     base = base_path(specs)
     paths = [n[:-len(".weight")] for n, s in specs.items()
@@ -105,7 +104,7 @@ def linear_paths(specs: dict[str, ParamSpec], kinds=LINEAR) -> list[str]:
 
 
 def check_targets(specs: dict[str, ParamSpec], pattern, exclude_layers, arch: str,
-                  kinds=LINEAR) -> pet_base.MatchResult:
+                  kinds=ANY_MATMUL) -> pet_base.MatchResult:
     """The match, or the same UserError pet_base.find_targets raises on a built model."""
     result = match_names(specs, pattern, exclude_layers, kinds)
     if result.targets and not result.dead:
@@ -172,7 +171,9 @@ def _param_dtype(specs: dict[str, ParamSpec]) -> str:
 
 # Each method: (specs, config, dims, arch, device) -> (added parameters, targets, extra fields).
 def _lora(specs, cfg, dims, arch, device):
-    match = check_targets(specs, cfg.target_modules, cfg.exclude_layers, arch)
+    """petrun/pet/lora.py: A [r, in] and B [out, r] on each target, whichever way it stores its
+    weight."""
+    match = check_targets(specs, cfg.target_modules, cfg.exclude_layers, arch, ANY_MATMUL)
     added, r = {}, int(cfg.lora_rank)
     for t in match.targets:
         weight = specs[f"{t.path}.weight"]

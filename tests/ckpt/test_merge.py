@@ -56,6 +56,25 @@ def test_lora_merge_is_base_plus_scaled_delta(tmp_path):
     np.testing.assert_allclose(delta * 3, want - base[f"{layer}.weight"], atol=1e-5)
 
 
+def test_lora_merge_transposes_the_delta_for_in_out_weights(tmp_path):
+    """GPT-2's attention.projection and output.mapping/projection store [in, out]: the streaming
+    merge adds (s·B·A)ᵀ there and s·B·A to dense1 ([out, in]); the plain model with the merged
+    file gives the unmerged logits (the probe)."""
+    pet = {**LORA, "target_modules": ".*dense1|.*projection|.*mapping"}
+    path, _, adapter = base_and_adapter(tmp_path, "gpt2", pet)
+    result = merge_checkpoint(path, tmp_path / "base.ckpt", tmp_path / "adapter.ckpt",
+                              tmp_path / "merged.ckpt")
+    assert result.merged_layers == 8 and result.max_abs_diff <= 1e-5
+    base, merged = read_ckpt(tmp_path / "base.ckpt"), read_ckpt(tmp_path / "merged.ckpt")
+    for layer, in_out in (("backbone.blocks.1.output.mapping", True),
+                          ("backbone.blocks.0.attention.dense1", False)):
+        delta = 3.0 * (adapter[f"{layer}.mindpet_delta_lora_b"]
+                       @ adapter[f"{layer}.mindpet_delta_lora_a"])   # [out, in]
+        want = base[f"{layer}.weight"] + (delta.T if in_out else delta)
+        np.testing.assert_allclose(merged[f"{layer}.weight"], want, atol=1e-6)
+    assert merged["backbone.blocks.1.output.mapping.weight"].shape == (32, 128)
+
+
 @pytest.mark.parametrize("family, pet_config", [
     ("gpt2", {"pet_type": "ia3", "target_modules": ".*dense1|.*projection|.*mapping",
               "feedforward_modules": ".*mapping"}),

@@ -31,7 +31,7 @@ GPT2 = {"type": "GPT2Config", "vocab_size": 128, "hidden_size": 32, "num_layers"
 MODELS = {"llama2": ("LlamaForCausalLM", LLAMA), "glm2": ("ChatGLM2ForConditionalGeneration", GLM2),
           "gpt2": ("GPT2LMHeadModel", GPT2)}
 LORA = {"llama2": ".*wq|.*wk|.*w2", "glm2": ".*query_key_value|.*dense$|.*dense_h_to_4h",
-        "gpt2": ".*dense1|.*dense2"}
+        "gpt2": ".*dense1|.*dense2|.*projection|.*mapping"}   # GPT-2's [in, out] layers too
 IA3 = {"llama2": (".*wk|.*wv|.*w2", ".*w2"),
        "glm2": (".*query_key_value|.*dense_4h_to_h", ".*query_key_value"),
        "gpt2": (".*dense3|.*projection|.*mapping", ".*mapping")}

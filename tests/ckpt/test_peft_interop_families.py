@@ -1,6 +1,7 @@
 """HF PEFT interop where the layouts differ: GPT-2 (petrun's separate dense1..3 ↔ HF's fused Conv1D
 c_attn) and ChatGLM2 (petrun's fused query_key_value ↔ transformers Glm's q/k/v_proj). Every
-method petrun exports loads in PEFT with petrun's logits (LoRA, IA3, prompt tuning, P-tuning; GLM2
+method petrun exports loads in PEFT with petrun's logits (LoRA — on GPT-2's [in, out] Conv1D
+layers too, and merged it equals PEFT's merge in transformers —, IA3, prompt tuning, P-tuning; GLM2
 also P-Tuning v2 and prefix tuning); GPT-2's prefix methods are refused both ways (learned
 positions); PEFT adapters of each kind import with PEFT's logits.
 Needs the parity extra (torch, transformers, peft)."""
@@ -108,12 +109,16 @@ PTUNING2 = {"pet_type": "ptuning2", "pre_seq_len": P, "prefix_projection": False
             "dropout_prob": 0.0}
 PTUNING2_MLP = {**PTUNING2, "prefix_projection": True, "projection_dim": 24}
 PREFIX = {"pet_type": "prefixtuning", "prefix_token_num": P, "mid_dim": 24, "dropout_rate": 0.0}
+GPT2_LORA_ALL = {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                 "target_modules": ".*dense1|.*dense2|.*dense3|.*projection|.*mapping"}
 CASES = [
     # GPT-2: two of three thirds of c_attn adapted → a block-diagonal rank-8 c_attn LoRA.
     ("gpt2", {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0,
               "target_modules": ".*dense1|.*dense3"}),
     ("gpt2", {"pet_type": "ia3", "target_modules": ".*dense2|.*projection|.*mapping",
               "feedforward_modules": ".*projection"}),
+    # GPT-2 LoRA on every layer, the [in, out] ones too (c_proj, c_fc: fan_in_fan_out)
+    ("gpt2", GPT2_LORA_ALL),
     # ChatGLM2: the fused query_key_value LoRA → q/k/v_proj sharing lora_A.
     ("glm2", {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 16, "lora_dropout": 0.0,
               "target_modules": ".*query_key_value|.*dense_4h_to_h"}),
@@ -126,7 +131,7 @@ CASES = [
 
 @pytest.mark.parametrize("family, pet_config", CASES,
                          ids=[f"{f}-{c['pet_type']}{'-projection' * bool(c.get('prefix_projection'))}"
-                              for f, c in CASES])
+                              f"{'-all' * (c is GPT2_LORA_ALL)}" for f, c in CASES])
 def test_exported_adapter_gives_petruns_logits_in_peft(bases, tmp_path, family, pet_config):
     if family not in bases:
         pytest.skip("this transformers has no GlmForCausalLM")
@@ -142,6 +147,38 @@ def test_exported_adapter_gives_petruns_logits_in_peft(bases, tmp_path, family, 
     assert np.abs(got - base_logits).max() > 0.1, "the adapter must change the logits"
     err = np.abs(got - want).max()
     assert err <= ph.TOL, f"max |PEFT - petrun| = {err:.3g}"
+
+
+def test_lora_merged_gpt2_equals_peft_merge_in_transformers(bases, tmp_path):
+    """LoRA on every GPT-2 layer, [in, out] ones included, merged by `petrun ckpt merge` and
+    converted back to transformers' layout: transformers' GPT2LMHeadModel gives the logits of
+    PEFT's own merge_and_unload of the exported adapter (and petrun's unmerged logits), and the
+    merged Conv1D weights equal PEFT's."""
+    from petrun.ckpt.merge import merge_checkpoint
+
+    base = bases["gpt2"]
+    yaml_path, net = _petrun("gpt2", tmp_path, GPT2_LORA_ALL, base)
+    perturb(net, seed=5)
+    unmerged = net(Tensor(IDS)).asnumpy()
+    save_params([p for p in net.get_parameters() if "mindpet_delta_" in p.name],
+                tmp_path / "adapter.ckpt")
+    merge_checkpoint(yaml_path, base / "base.ckpt", tmp_path / "adapter.ckpt",
+                     tmp_path / "merged.ckpt")
+    plain = ph.write_petrun_yaml(tmp_path / "plain.yaml", "GPT2LMHeadModel", GPT2_CONFIG)
+    hf.convert_ms_to_hf("gpt2", tmp_path / "merged.ckpt", tmp_path / "merged_hf", plain)
+    ours = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "merged_hf"),
+                                                        attn_implementation="eager").eval()
+    export_peft(yaml_path, tmp_path / "adapter.ckpt", tmp_path / "peft")
+    theirs = peft.PeftModel.from_pretrained(_hf("gpt2", base), str(tmp_path / "peft"))
+    theirs = theirs.merge_and_unload().eval()
+    got, want = ph.hf_logits(ours, IDS), ph.hf_logits(theirs, IDS)
+    assert np.abs(want - ph.hf_logits(_hf("gpt2", base), IDS)).max() > 0.1
+    assert np.abs(got - want).max() <= ph.TOL, np.abs(got - want).max()
+    assert np.abs(got - unmerged).max() <= ph.TOL, np.abs(got - unmerged).max()
+    mine, peft_sd = ours.state_dict(), theirs.state_dict()
+    for name in ("transformer.h.1.mlp.c_fc.weight", "transformer.h.0.attn.c_proj.weight",
+                 "transformer.h.1.mlp.c_proj.weight", "transformer.h.0.attn.c_attn.weight"):
+        np.testing.assert_allclose(mine[name].numpy(), peft_sd[name].numpy(), atol=1e-5)
 
 
 def test_peft_gpt2_c_attn_lora_imports_exactly(bases, tmp_path):
@@ -201,6 +238,9 @@ IMPORTS = [
                                     feedforward_modules=["down_proj"], task_type="CAUSAL_LM"),
      {"pet_type": "ia3", "target_modules": ".*query_key_value|.*dense_4h_to_h",
       "feedforward_modules": ".*dense_4h_to_h"}),
+    ("gpt2", lambda: peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, fan_in_fan_out=True,
+                                     target_modules=["c_attn", "c_proj", "c_fc"],
+                                     task_type="CAUSAL_LM"), GPT2_LORA_ALL),
     ("gpt2", lambda: peft.IA3Config(target_modules=["c_attn", "c_proj", "c_fc"],
                                     feedforward_modules=["c_proj"], fan_in_fan_out=True,
                                     task_type="CAUSAL_LM"),
@@ -220,7 +260,7 @@ IMPORTS = [
 
 
 @pytest.mark.parametrize("family, make, pet_config", IMPORTS,
-                         ids=["glm2-lora", "glm2-ia3", "gpt2-ia3", "glm2-prefix", "glm2-ptuning",
+                         ids=["glm2-lora", "glm2-ia3", "gpt2-lora", "gpt2-ia3", "glm2-prefix", "glm2-ptuning",
                               "gpt2-prompt_tuning", "glm2-prompt_tuning", "gpt2-ptuning"])
 def test_peft_adapter_imports_with_peft_logits(bases, tmp_path, family, make, pet_config):
     if family not in bases:

@@ -1,5 +1,6 @@
 """GPT2LMHeadModel: names/shapes, numpy parity of logits and loss, tied head, dropout only in
-training, the prefix hook, both execution modes, LoRA on dense1-3, and the options petrun
+training, the prefix hook, both execution modes, LoRA on dense1-3 and on the [in, out]
+layers, and the options petrun
 refuses. (Training runs through the real CLI in tests/integration/test_lora_families_cli.py.)"""
 import mindspore as ms
 import numpy as np
@@ -55,7 +56,7 @@ def test_parameter_names_and_shapes_follow_mindformers():
     assert [(p.name, tuple(p.shape)) for p in net.get_parameters()] == want
     block = net.backbone.blocks[0]
     assert all(isinstance(getattr(block.attention, f"dense{j}"), Linear) for j in (1, 2, 3))
-    assert isinstance(block.attention.projection, LinearInOut)   # [in, out]: not a LoRA target
+    assert isinstance(block.attention.projection, LinearInOut) and block.attention.projection.weight_in_out
 
 
 def test_documented_sizes():
@@ -136,9 +137,44 @@ def test_lora_on_q_k_v_projections():
     trainable = sorted(p.name for p in net.trainable_params())
     assert trainable[0] == "backbone.blocks.0.attention.dense1.mindpet_delta_lora_a"
     assert len(trainable) == 12
-    with pytest.raises(UserError) as err:   # projection is [in, out]: never silently adapted
-        apply_pet(GPT2LMHeadModel(tiny()), {"pet_type": "lora", "target_modules": ".*mapping"})
-    assert err.value.key == "model.model_config.pet_config.target_modules"
+
+
+def test_lora_on_the_in_out_layers_adds_the_transposed_delta():
+    """MindFormers' LoRA adapts GPT-2's transpose_b=False layers too (attention.projection,
+    output.mapping/projection: weight [in, out]) with A [r, in] and B [out, r]. The numpy
+    reference, told only W_in_out + s·(B·A)ᵀ, must give the adapted model's logits, live and
+    merged; unmerge restores the weight."""
+    from petrun.pet import merge as pet_merge
+
+    cfg = tiny()
+    net = _net(cfg, seed=7)
+    report = apply_pet(net, {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8,
+                             "lora_dropout": 0.0, "target_modules": ".*projection|.*mapping"})
+    assert sorted(report.targets) == sorted(
+        f"backbone.blocks.{i}.{n}" for i in range(2)
+        for n in ("attention.projection", "output.mapping", "output.projection"))
+    rng = np.random.default_rng(8)
+    for p in net.trainable_params():
+        p.set_data(Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
+    P = params_np(net)
+    a, b = (P["backbone.blocks.1.output.mapping.mindpet_delta_lora_" + x] for x in "ab")
+    assert a.shape == (4, 32) and b.shape == (128, 4)   # MindFormers' [r, in], [out, r]
+    want_p = dict(P)
+    for t in report.targets:
+        delta = 2.0 * (P[f"{t}.mindpet_delta_lora_b"] @ P[f"{t}.mindpet_delta_lora_a"])
+        want_p[f"{t}.weight"] = P[f"{t}.weight"] + delta.T          # [in, out]
+    ids = _ids(seed=9)
+    want = ref.gpt2_forward(want_p, cfg, ids)
+    assert np.abs(want - ref.gpt2_forward(P, cfg, ids)).max() > 1e-2   # the delta matters
+    np.testing.assert_allclose(net(Tensor(ids)).asnumpy(), want, rtol=1e-4, atol=1e-4)
+    assert pet_merge.merge(net) == 6
+    w = net.backbone.blocks[0].attention.projection.weight.asnumpy()
+    np.testing.assert_allclose(w, want_p["backbone.blocks.0.attention.projection.weight"],
+                               atol=1e-5)
+    np.testing.assert_allclose(net(Tensor(ids)).asnumpy(), want, rtol=1e-4, atol=1e-4)
+    pet_merge.unmerge(net)
+    np.testing.assert_allclose(net.backbone.blocks[0].attention.projection.weight.asnumpy(),
+                               P["backbone.blocks.0.attention.projection.weight"], atol=1e-5)
 
 
 @pytest.mark.parametrize("overrides,key", [

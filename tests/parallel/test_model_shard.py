@@ -39,9 +39,11 @@ MODELS = {
         "model.model_config.num_attention_heads=8", "model.model_config.multi_query_group_num=4",
         "model.model_config.kv_channels=8", "model.model_config.hidden_dropout=0.1",
         "model.model_config.attention_dropout=0.1", "model.model_config.pet_config.lora_dropout=0.1"]),
-    # GPT2 ties its head to the embedding table: no pipeline stages (refused, tested below)
+    # GPT2 ties its head to the embedding table: no pipeline stages (refused, tested below).
+    # LoRA on its [in, out] layers too (attention.projection, output.mapping/projection).
     "gpt2": ("gpt2/lora_gpt2_tiny.yaml", [
         "parallel_config.pipeline_stage=1",
+        "model.model_config.pet_config.target_modules='.*dense1|.*dense3|.*projection|.*mapping'",
         "model.model_config.hidden_dropout_rate=0.1", "model.model_config.attention_dropout_rate=0.1",
         "model.model_config.embedding_dropout_prob=0.1",
         "model.model_config.pet_config.lora_dropout=0.1"]),
@@ -244,10 +246,16 @@ def test_gpt2_in_out_weights_and_tied_head():
     assert strategies(net, f"{block}.attention.dense1.base")["matmul"] == ((DP, 1), (MP, 1))
     assert strategies(net, f"{block}.attention.dense1.base")["bias_add"] == ((DP, MP), (MP,))
     # [in, out] storage: row-parallel projection cut on dim 0, column-parallel mapping on dim 1
-    assert strategies(net, f"{block}.attention.projection")["matmul"] == ((DP, MP), (MP, 1))
-    assert strategies(net, f"{block}.attention.projection")["bias_add"] == ((DP, 1), (1,))
-    assert strategies(net, f"{block}.output.mapping")["matmul"] == ((DP, 1), (1, MP))
-    assert strategies(net, f"{block}.output.projection")["matmul"] == ((DP, MP), (MP, 1))
+    assert strategies(net, f"{block}.attention.projection.base")["matmul"] == ((DP, MP), (MP, 1))
+    assert strategies(net, f"{block}.attention.projection.base")["bias_add"] == ((DP, 1), (1,))
+    assert strategies(net, f"{block}.output.mapping.base")["matmul"] == ((DP, 1), (1, MP))
+    assert strategies(net, f"{block}.output.projection.base")["matmul"] == ((DP, MP), (MP, 1))
+    # their LoRA follows the base as on [out, in] layers: A [r, in] split on in beside a row-
+    # parallel base, B [out, r] split on out beside a column-parallel one
+    proj, mapping = (strategies(net, f"{block}.{n}") for n in ("attention.projection",
+                                                                "output.mapping"))
+    assert (proj["lora_a"], proj["lora_b"]) == (((DP, MP), (1, MP)), ((DP, 1), (1, 1)))
+    assert (mapping["lora_a"], mapping["lora_b"]) == (((DP, 1), (1, 1)), ((DP, 1), (MP, 1)))
     assert strategies(net, "backbone.embedding.word_embedding")["gather"] == ((MP, 1), (DP, 1))
     assert strategies(net, "backbone.embedding.position_embedding")["gather"] == ((1, 1), (1,))
     assert strategies(net, "head")["matmul"] == ((DP, 1), (MP, 1))   # tied to the split table

@@ -29,8 +29,9 @@ FAMILIES = {
     "glm2": dict(lora=".*query_key_value|.*dense_4h_to_h",
                  ia3=(".*query_key_value|.*dense_4h_to_h", ".*dense_4h_to_h"),
                  adapter=".*dense$|.*dense_4h_to_h"),
-    "gpt2": dict(lora=".*dense1|.*dense3", ia3=(".*dense1|.*dense3|.*projection", ".*projection"),
-                 adapter=".*projection"),
+    # GPT-2: LoRA and IA3 also on its [in, out] layers (output.mapping, *.projection)
+    "gpt2": dict(lora=".*dense1|.*dense3|.*mapping",
+                 ia3=(".*dense1|.*dense3|.*projection", ".*projection"), adapter=".*projection"),
 }
 
 

@@ -27,6 +27,8 @@ LORA_CASES = [
     ("ChatGLM2Config", GLM2, {"target_modules": ".*query_key_value*"}),
     ("ChatGLM2Config", GLM2, {"target_modules": ".*dense.*|.*output_layer"}),
     ("GPT2Config", GPT2, {"target_modules": ".*dense1.*|.*dense3.*"}),
+    # GPT-2's [in, out] layers, as MindFormers adapts them: A [r, in], B [out, r]
+    ("GPT2Config", GPT2, {"target_modules": ".*dense2|.*projection|.*mapping", "lora_rank": 3}),
 ]
 DEAD = [
     ("LlamaConfig", LLAMA, ".*wq|.*wz"),                      # misspelt alternative
@@ -34,7 +36,7 @@ DEAD = [
     ("LlamaConfig", LLAMA, "wq_proj"),                         # nothing close
     ("LlamaConfig", LLAMA, ".*attention|.*wq"),                 # container blocks the walk
     ("LlamaConfig", LLAMA, ".*lm_head"),                       # outside the base submodule
-    ("GPT2Config", GPT2, ".*dense1|.*projection"),             # in×out weights are not Linear
+    ("GPT2Config", GPT2, ".*dense1|.*attention"),              # a container blocks the walk
 ]
 
 
