@@ -5,6 +5,9 @@ imports mindformers, which pins tokenizers/datasets/pyarrow that petrun's enviro
 stdin: a JSON list of {"arch": "LlamaForCausalLM", "model_config": {..., "pet_config": {...}}}.
 stdout (last line): a JSON list, per spec, of [name, shape, requires_grad] for every parameter,
 or {"error": "..."} for a spec MindFormers refuses to build.
+A spec with "load": "<file>.ckpt" instead loads that checkpoint the way MindFormers' trainer does
+(load_checkpoint + non-strict load_param_into_net, trainer/utils.py) and reports
+{"not_loaded": [names], "prefix_ids": {name: values}} (the prefix-ids Parameters after the load).
 """
 import contextlib
 import json
@@ -43,6 +46,14 @@ def build(spec):
     return build_network(config)
 
 
+def load(net, path):
+    import mindspore as ms
+    not_loaded, _ = ms.load_param_into_net(net, ms.load_checkpoint(path))
+    ids = {p.name: p.asnumpy().tolist() for p in net.get_parameters()
+           if p.name.endswith(("ptuning2_prefix", "prefixtuning_prefix"))}
+    return {"not_loaded": list(not_loaded), "prefix_ids": ids}
+
+
 def import_mindformers():
     import mindspore
     assert mindspore.__version__ == MINDSPORE, f"mindspore {mindspore.__version__}, not {MINDSPORE}"
@@ -71,6 +82,9 @@ def main():
             except Exception as e:  # reported per spec: the caller decides what a refusal means
                 traceback.print_exc()
                 results.append({"error": f"{type(e).__name__}: {e}"})
+                continue
+            if spec.get("load"):
+                results.append(load(net, spec["load"]))
                 continue
             results.append([[p.name, list(p.shape), bool(p.requires_grad)]
                             for p in net.get_parameters()])
