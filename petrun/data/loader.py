@@ -47,6 +47,7 @@ class _Source:
     files: list[str]         # the data files that will be read
     reader_arg: Any = None   # MindDataset's dataset_files (str loads a whole shard set); arrays
     info: dict | None = None  # "arrays": inspect_dataset's answer, known from the arrays
+    split: str | None = None  # the split of a DatasetDict folder (<section>.split)
 
 
 def _resolve(dataset_dir: str | os.PathLike, key: str) -> _Source:
@@ -210,7 +211,7 @@ def _mindrecord_info(src: _Source, key: str) -> dict[str, Any]:
 
 
 def _json_info(src: _Source, key: str, first_only: bool) -> tuple[dict[str, Any], list[Any]]:
-    records, num = _json_records(src.path, key, first_only=first_only)
+    records, num = _json_records(src.path, key, first_only=first_only, split=src.split)
     first = records[0] if records else None
     columns = _json_columns(first)
     length = len(first["input_ids"]) if "input_ids" in columns else None
@@ -269,6 +270,7 @@ def check_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size
     With `raw` (ondemand.RawText), raw JSON is tokenized (or taken from the cache) to be checked.
     """
     src = _resolve(dataset_dir, key)
+    src.split = getattr(raw, "split", None)
     if raw is not None and src.fmt in ("json", "wikitext"):
         src = _tokenize_raw(src, raw, seq_length, extra_tokens, key)
     return _check(src, seq_length=seq_length, batch_size=batch_size,
@@ -589,6 +591,7 @@ def open_dataset(dataset_dir: str | os.PathLike, *, seq_length: int, batch_size:
     if not columns or len(set(columns)) != len(columns):
         raise ValueError(f"columns must be distinct and non-empty, got {columns}")
     src = _resolve(dataset_dir, key)
+    src.split = getattr(raw, "split", None)
     if raw is not None and src.fmt in ("json", "wikitext"):
         src = _tokenize_raw(src, raw, seq_length, extra_tokens, key)
     info, records = _check(src, seq_length=seq_length, batch_size=batch_size, columns=columns,

@@ -343,3 +343,22 @@ def test_glm2_family_messages_are_shifted_glm2_rounds(tmp_path, demo_tokenizer, 
     ids, labels = ids + [0] * pad, labels + [IGN] * pad
     assert report.template == "glm2"
     assert rows == [(ids[:-1], labels[1:])]
+
+
+def test_tokenized_datasetdict_folder_honours_the_split(tmp_path, tok_cfg):
+    datasets = pytest.importorskip("datasets")
+    from petrun.data import loader
+    from petrun.data.ondemand import RawText
+
+    def rows(n, start):
+        return [{"input_ids": [start + i] * 9, "labels": [start + i] * 9} for i in range(n)]
+
+    folder = tmp_path / "tok"
+    datasets.DatasetDict(train=datasets.Dataset.from_list(rows(4, 10)),
+                         test=datasets.Dataset.from_list(rows(2, 50))).save_to_disk(str(folder))
+    train = loader.open_dataset(str(folder), seq_length=8, batch_size=2, raw=RawText(tok_cfg))
+    test = loader.open_dataset(str(folder), seq_length=8, batch_size=2,
+                               raw=RawText(tok_cfg, split="test"))
+    assert train._arrays["input_ids"][:, 0].tolist() == [10, 11, 12, 13]
+    assert test._arrays["input_ids"][:, 0].tolist() == [50, 51]
+    assert loader.inspect_dataset(str(folder))["num_samples"] == 4
