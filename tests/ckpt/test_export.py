@@ -291,6 +291,10 @@ def test_refusals_exit_2_and_leave_no_folder(made, tmp_path):
                 "--output", out, timeout=300)
     assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
     assert (out / "keep.txt").read_text() == "mine"
+    r = run_cli("export", "--config", m["cfg"], "--adapter", m["tmp"] / "adapter.ckpt",
+                "--output", out, "--overwrite", timeout=300)
+    assert r.returncode == 0 and "wrote" in r.stdout and "AutoTokenizer" in r.stdout, r.stderr
+    assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
     # Prompt tuning adds virtual tokens: nothing to fold into the weights; --format peft is the fix.
     cfg = yaml.safe_load(m["cfg"].read_text())
     cfg["model"]["model_config"]["pet_config"] = {"pet_type": "prompt_tuning",
