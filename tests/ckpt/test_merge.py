@@ -194,3 +194,11 @@ def test_cli_merge_refuses_an_existing_dst_without_overwrite(tmp_path, cli):
     with pytest.raises(UserError, match="overwrite an input"):
         merge_checkpoint(path, tmp_path / "base.ckpt", tmp_path / "adapter.ckpt",
                          tmp_path / "adapter.ckpt", overwrite=True)
+
+
+def test_every_mergeable_method_has_a_streaming_merge_rule():
+    """`petrun ckpt merge` takes each method's rule from its registry entry
+    (PetMethod.merge_tensors); a method that merges live must also merge a checkpoint file."""
+    from petrun.pet.config import methods, resolve
+    assert [m.pet_type for m in methods() if m.mergeable and not m.merge_tensors] == []
+    assert all(callable(resolve(m.merge_tensors)) for m in methods() if m.merge_tensors)
