@@ -31,11 +31,15 @@ def step_records(out, rank: int = 0) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
 
 
-def run_cli(*args, cwd=None, env=None, timeout=600):
-    """Run the real CLI in a subprocess: `python -m petrun ARGS`."""
+def run_cli(*args, cwd=None, env=None, timeout=600, input=None):
+    """Run the real CLI in a subprocess: `python -m petrun ARGS`. Its stdin is `input` through a
+    pipe, else empty (/dev/null), never the test runner's own (predict and chat read a piped
+    stdin)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
+    stdin = {} if input is not None else {"stdin": subprocess.DEVNULL}
     return subprocess.run([sys.executable, "-m", "petrun", *map(str, args)], cwd=cwd or ROOT,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+                          env=full_env, capture_output=True, text=True, timeout=timeout,
+                          input=input, **stdin)
 
 
 @pytest.fixture

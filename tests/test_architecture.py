@@ -31,8 +31,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "petrun.parallel", "petrun.plan", "petrun.infer", "petrun.store.hf_config")),
     ("build", ("petrun.build",)),
     # Whole jobs and tools that need a built model.
-    ("recipes", ("petrun.train", "petrun.infer.recipe", "petrun.ckpt.merge",
-                 "petrun.ckpt.peft_format", "petrun.ckpt.export", "petrun.preflight", "petrun.store")),
+    ("recipes", ("petrun.train", "petrun.infer.recipe", "petrun.infer.chat_recipe",
+                 "petrun.ckpt.merge", "petrun.ckpt.peft_format", "petrun.ckpt.export",
+                 "petrun.preflight", "petrun.store")),
     ("api", ("petrun.jobs", "petrun.api", "petrun.trainer", "petrun")),
     ("cli", ("petrun.cli", "petrun.__main__")),
 ]
@@ -66,7 +67,8 @@ CLI_FORBIDDEN = ("petrun.models.llama", "petrun.models.glm2", "petrun.models.gpt
                  "petrun.models.layers", "petrun.pet.", "petrun.train.recipe",
                  "petrun.train.step", "petrun.train.optim", "petrun.train.lr",
                  "petrun.train.resume", "petrun.train.callbacks", "petrun.infer.generate",
-                 "petrun.infer.sampling", "petrun.infer.eval", "petrun.ckpt.load",
+                 "petrun.infer.sampling", "petrun.infer.eval", "petrun.infer.chat_session",
+                 "petrun.infer.chat_recipe", "petrun.ckpt.load",
                  "petrun.ckpt.io", "petrun.ckpt.store")
 CLI_FORBIDDEN_THIRD_PARTY = ("mindspore", "numpy")
 

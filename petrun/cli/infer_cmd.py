@@ -1,7 +1,8 @@
-"""`petrun predict` and `petrun eval`: their own options and run_mindformer.py's predict flags.
-The verbs themselves (flags shared with finetune) live in run.py; the options declared here
-(PREDICT_OPTIONS, EVAL_OPTIONS) arrive as keyword arguments of the recipes in
-petrun/infer/recipe.py (run_predict / run_eval), which build, load, generate and report.
+"""`petrun predict`, `petrun eval` and `petrun chat`: their own options and run_mindformer.py's
+predict flags. The verbs themselves (flags shared with finetune) live in run.py; the options
+declared here (PREDICT_OPTIONS, EVAL_OPTIONS, CHAT_OPTIONS) arrive as keyword arguments of the
+recipes in petrun/infer/recipe.py (run_predict / run_eval) and petrun/infer/chat_recipe.py
+(run_chat), which build, load, generate and report.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ _COMMON = [
 EVAL_OPTIONS = list(_COMMON)
 PREDICT_OPTIONS = _COMMON + [
     _option("prompt", Optional[List[str]], None, "--prompt",
-            help="Prompt text, wrapped in the chat template (repeat for a batch)."),
+            help="Prompt text, wrapped in the chat template (repeat for a batch). Without a "
+                 "prompt option, prompts are read from stdin when it is piped, one per line."),
     _option("prompt_file", Optional[str], None, "--prompt-file",
             help="One prompt per line, or .json/.jsonl alpaca records (instruction, input)."),
     _option("prompt_ids", Optional[str], None, "--prompt-ids",
@@ -48,6 +50,13 @@ PREDICT_OPTIONS = _COMMON + [
     _option("no_cache", bool, False, "--no-cache",
             help="Recompute the whole sequence each step instead of using the KV cache."),
 ]
+
+_SHARED = ("do_sample", "top_k", "top_p", "temperature", "repetition_penalty", "chat_template")
+CHAT_OPTIONS = _COMMON + [
+    _option("max_new_tokens", Optional[int], None, "--max-new-tokens",
+            help="Most tokens per answer (default: max_decode_length); an answer also ends "
+                 "where the context (seq_length) does."),
+] + [p for p in PREDICT_OPTIONS if p.name in _SHARED]
 
 
 # ---------------------------------------------------------------------------------------------

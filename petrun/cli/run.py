@@ -101,7 +101,8 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
             use_parallel, train_dataset_dir, eval_dataset_dir, src_strategy_path_or_dir,
             output_dir, device_id, seed, resume_training)) + resume + predict_input + overwrite
         from petrun.cli import run_mode as modes
-        overrides += modes.for_verb(mode, overrides)
+        # chat is a predict run to MindFormers' run_mode (and to the pre-flight).
+        overrides += modes.for_verb("predict" if mode == "chat" else mode, overrides)
         for notice in dict.fromkeys(o.notice for o in overrides if o.notice):
             err_console.print(f"note: {notice}", style="dim", markup=False, highlight=False,
                               soft_wrap=True)
@@ -130,7 +131,19 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
                          "--adapter output/checkpoint/rank_0 --prompt \"Give three tips.\"\n\n"
                          "  petrun predict --config configs/llama2/lora_llama2_7b.yaml "
                          "--load_checkpoint /ckpt/llama2_7b.ckpt --predict_data \"I love Beijing, "
-                         "because\"")
+                         "because\"\n\n"
+                         "  cat prompts.txt | petrun predict --config lora_llama2_tiny.yaml   "
+                         "(no prompt option: one prompt per line from stdin)")
+    elif mode == "chat":
+        verb.__doc__ += ("\n\nCommands: /reset starts a new conversation, /exit ends the chat. "
+                         "The model is loaded and compiled once and each turn prefills only its "
+                         "new tokens (the KV cache is kept); when the context (seq_length) is "
+                         "full, a turn is refused until /reset. With stdin piped, each line is a "
+                         "message."
+                         "\n\nExamples:\n\n  petrun chat --config lora_llama2_tiny.yaml "
+                         "--adapter output/checkpoint/rank_0\n\n"
+                         "  printf 'Give three tips.\\n/reset\\nName a color.\\n' | petrun chat "
+                         "--config lora_llama2_tiny.yaml --output json")
     elif mode == "eval":
         verb.__doc__ += ("\n\nExamples:\n\n  petrun eval --config lora_llama2_tiny.yaml "
                          "--adapter output/checkpoint/rank_0 --eval_dataset_dir "
@@ -142,7 +155,7 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
 
 
 def register(app: typer.Typer) -> None:
-    from petrun.cli.infer_cmd import EVAL_OPTIONS, PREDICT_OPTIONS
+    from petrun.cli.infer_cmd import CHAT_OPTIONS, EVAL_OPTIONS, PREDICT_OPTIONS
     for mode, summary, extra in (
         ("finetune", "Finetune a model with the PET method in model.model_config.pet_config.",
          TRAIN_OPTIONS),
@@ -150,5 +163,7 @@ def register(app: typer.Typer) -> None:
         ("eval", "Evaluate loss and perplexity on eval_dataset.", EVAL_OPTIONS),
         ("predict", "Generate text (KV cache, left-padded batches, streamed to the terminal).",
          PREDICT_OPTIONS),
+        ("chat", "Chat in the terminal: multi-turn in the training chat template, streamed, the "
+         "KV cache kept across turns; one message per line when stdin is piped.", CHAT_OPTIONS),
     ):
         app.command(mode, context_settings=OVERRIDE_CONTEXT)(_make_verb(mode, summary, tuple(extra)))

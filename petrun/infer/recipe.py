@@ -42,14 +42,26 @@ _SAMPLING_FIX = {
 }
 
 
+_PROMPT_FIX = ("give --prompt TEXT, --prompt-file FILE or --prompt-ids 1,2,3 (or MindFormers' "
+               "--predict_data TEXT), or pipe prompts in, one per line")
+
+
+def _piped() -> bool:
+    """stdin is a pipe or file (not a terminal): predict reads its prompts from it when no
+    prompt option is given, one per line (`echo hi | petrun predict ...`)."""
+    try:
+        return not sys.stdin.isatty()
+    except (AttributeError, ValueError):   # closed or replaced stdin
+        return False
+
+
 def _check_prompt_source(prompt, prompt_file, prompt_ids) -> None:
     given = [n for n, v in (("--prompt", prompt), ("--prompt-file", prompt_file),
                             ("--prompt-ids", prompt_ids)) if v]
-    if len(given) != 1:
+    if len(given) > 1 or (not given and not _piped()):
         raise UserError("nothing to generate from" if not given else
                         f"{' and '.join(given)} given together; choose one", key="--prompt",
-                        fix="give --prompt TEXT, --prompt-file FILE or --prompt-ids 1,2,3 "
-                            "(or MindFormers' --predict_data TEXT)")
+                        fix=_PROMPT_FIX)
     if prompt_file:
         _check_prompt_path(prompt_file)
 
@@ -85,12 +97,13 @@ def _check_flags(max_new_tokens, top_k, top_p, temperature, repetition_penalty,
 
 
 def check_options(mode: str, options: dict) -> None:
-    """Mistakes in eval/predict's own options, found before the config is read or anything is
-    built (run.py calls this first; run_predict/run_eval check again for direct callers)."""
+    """Mistakes in eval/predict/chat's own options, found before the config is read or anything
+    is built (run.py calls this first; the recipes check again for direct callers)."""
     _check_output(options.get("output", "text"))
     if mode == "predict":
         _check_prompt_source(options.get("prompt"), options.get("prompt_file"),
                              options.get("prompt_ids"))
+    if mode in ("predict", "chat"):
         _check_flags(options.get("max_new_tokens"), options.get("top_k"), options.get("top_p"),
                      options.get("temperature"), options.get("repetition_penalty"),
                      options.get("do_sample"))
@@ -178,6 +191,14 @@ def _read_prompt_file(path: str) -> list:
     return prompts
 
 
+def _read_stdin() -> list[str]:
+    prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not prompts:
+        raise UserError("nothing to generate from: no prompt option, and stdin held no prompt "
+                        "lines", key="--prompt", fix=_PROMPT_FIX)
+    return prompts
+
+
 def _parse_ids(text: str, vocab: int) -> list[list[int]]:
     rows = []
     for part in text.split(";"):
@@ -252,7 +273,8 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
     else:
         from petrun.data.tokenizer import load_tokenizer
         tokenizer = load_tokenizer(tok_cfg)
-        texts = list(prompt) if prompt else _read_prompt_file(prompt_file)
+        texts = list(prompt) if prompt else _read_prompt_file(prompt_file) if prompt_file \
+            else _read_stdin()
         if chat_template:
             template = check_template(chat_template, key="--chat-template")
         else:

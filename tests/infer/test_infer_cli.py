@@ -43,6 +43,15 @@ def test_predict_without_cache_gives_the_same_tokens(cached):
     assert [r["text"] for r in out["results"]] == [r["text"] for r in cached["results"]]
 
 
+def test_predict_reads_piped_prompts_one_per_line(cached):
+    """`cat prompts.txt | petrun predict ...`: no prompt option and a piped stdin."""
+    out = _json(run_cli("predict", "--config", CONFIG, "--max-new-tokens", "12", "--output",
+                        "json", "model.model_config.batch_size=2",
+                        input="\n".join(PROMPTS) + "\n\n"))
+    assert [r["prompt"] for r in out["results"]] == list(PROMPTS)
+    assert [r["ids"] for r in out["results"]] == [r["ids"] for r in cached["results"]]
+
+
 def test_predict_streams_text(cached):
     r = run_cli("predict", "--config", CONFIG, "--prompt", PROMPTS[0], "--max-new-tokens", "12")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -65,7 +74,7 @@ def test_eval_reports_loss_and_perplexity(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    ((), "nothing to generate from"),
+    ((), "nothing to generate from: no prompt option, and stdin held no prompt lines"),
     (("--prompt", "hi", "--prompt-ids", "1,2"), "--prompt and --prompt-ids given together"),
     (("--prompt-ids", "1,x"), "is not a list of integers"),
     (("--prompt", "hi", "--top-p", "0"), "key '--top-p': must be in (0, 1]"),
