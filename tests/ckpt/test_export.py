@@ -360,3 +360,33 @@ def test_one_name_map_names_real_modules_on_both_sides(made, tmp_path, family):
                 if n.endswith(".weight") and len(s) == 2 and "emb" not in n and "wte" not in n
                 and "wpe" not in n and not (family == "gpt2" and n == "lm_head.weight")}
     assert matrices <= {h for link in links.values() for h in link.hf}
+
+
+IA3 = {"llama2": {"pet_type": "ia3", "target_modules": ".*wk|.*wv|.*w2",
+                  "feedforward_modules": ".*w2"},
+       "glm2": {"pet_type": "ia3", "target_modules": ".*query_key_value|.*dense_4h_to_h",
+                "feedforward_modules": ".*dense_4h_to_h"}}
+
+
+@pytest.mark.parametrize("family", list(IA3))
+def test_ia3_adapter_exports_merged(made, tmp_path, family):
+    """IA3 folds into weights (and GLM2's query_key_value bias) as well: transformers gives the
+    logits of petrun's model with the adapter live."""
+    m = made[family]
+    cfg = yaml.safe_load(m["cfg"].read_text())
+    cfg["model"]["model_config"]["pet_config"] = IA3[family]
+    (tmp_path / "ia3.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    net = build_model(str(tmp_path / "ia3.yaml"), device_target="CPU")
+    load_checkpoint(net, m["tmp"] / "base.ckpt")
+    delta = [p for p in net.get_parameters() if "mindpet_delta_" in p.name]
+    rng = np.random.default_rng(4)
+    for p in delta:
+        p.set_data(Tensor((1.0 + rng.normal(0, 0.3, p.shape)).astype(np.float32)))
+    save_params(delta, tmp_path / "ia3.ckpt")
+    net.set_train(False)
+    result = export_model(tmp_path / "ia3.yaml", tmp_path / "hf", adapter=tmp_path / "ia3.ckpt")
+    assert result.pet_type == "ia3" and result.merged_layers > 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    ids = random_ids(vocab_of(family))
+    err = np.abs(hf_logits(model, ids) - petrun_logits(net, ids)).max()
+    assert err <= TOL, f"max |transformers - petrun| = {err:.3g}"
