@@ -61,17 +61,8 @@ class _MergedReader(stream.TensorReader):
         if name not in self._plan:
             return array
         dtype = self.infos[name].dtype
-        merged = _fold(self._plan[name], stream.cast(array, dtype, "float32")[0])
+        merged = self._plan[name](stream.cast(array, dtype, "float32")[0])
         return stream.cast(np.asarray(merged, np.float32), "float32", dtype)[0]
-
-
-def _fold(rule, array: np.ndarray) -> np.ndarray:
-    """One merge_plan rule applied: a callable (PetMethod.merge_tensors), or the (kind, ...)
-    tuple ckpt/merge.py built before the PET registry carried the rule."""
-    if callable(rule):
-        return rule(array)
-    from petrun.ckpt import merge
-    return merge._apply(rule, array)
 
 
 def _config(config):

@@ -54,7 +54,8 @@ FAMILIES = {
                {"type": "LlamaTokenizer", "vocab_file": DEMO_SPM}),
     "glm2": ("ChatGLM2ForConditionalGeneration", GLM2, ".*query_key_value|.*dense_4h_to_h",
              {"type": "ChatGLM2Tokenizer", "vocab_file": DEMO_SPM}),
-    "gpt2": ("GPT2LMHeadModel", GPT2, ".*dense1|.*dense3", None),   # BPE made below
+    # GPT-2's output.mapping stores [in, out]: its merge adds the transposed delta.
+    "gpt2": ("GPT2LMHeadModel", GPT2, ".*dense1|.*dense3|.*mapping", None),   # BPE made below
 }
 
 
