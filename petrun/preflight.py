@@ -421,42 +421,52 @@ def _check_parallel(cfg, warnings: list[str]) -> None:
                         "scripts/msrun_launcher.sh and --use_parallel True to use them)")
 
 
-_PROMPT_METHODS = ("ptuning2", "prefixtuning", "prompt_tuning", "ptuning")
-
-
-def _check_run_settings(cfg, verb: str, out: list[Finding]) -> None:
-    """Settings the training recipe refuses at start (petrun.train.recipe: _packing,
-    setup_eval), found here from the config alone so `config validate` reports them too."""
+def run_setting_errors(cfg, verb: str) -> list[UserError]:
+    """Settings a training run refuses: packing with a prompt-learning method (the registry's
+    PetMethod.packing) or with semi-auto parallel, do_eval that never evaluates. The one copy of
+    these rules: the pre-flight reports them (and `config validate` with it), and the finetune
+    recipe raises the first at its start, so --skip-preflight and the Python API meet them too."""
     if verb not in ("finetune", "train"):
-        return
+        return []
+    errors = []
     if cfg.get("train_dataset.packing"):
+        from petrun.pet.config import method
         pet = (cfg.get("model.model_config.pet_config") or {}).get("pet_type")
         key = "train_dataset.packing"
-        if pet in _PROMPT_METHODS or "Ptuning2" in str(cfg.get("model.arch.type")):
-            out.append(Finding("model", f"packing is not supported with pet_type {pet}: its "
-                               "virtual tokens or key/value prefix belong to one sample, not to a "
-                               "packed row", "set train_dataset.packing: False (or use LoRA, IA3, "
-                               "adapters or a full finetune), or train_dataset.bucketing: True "
-                               "instead", key, cfg.origin(key)))
+        if (method(pet) is not None and not method(pet).packing) or \
+                "Ptuning2" in str(cfg.get("model.arch.type")):
+            errors.append(UserError(
+                f"packing is not supported with pet_type {pet}: its virtual tokens or key/value "
+                "prefix belong to one sample, not to a packed row", key=key, file=cfg.origin(key),
+                fix="set train_dataset.packing: False (or use LoRA, IA3, adapters or a full "
+                    "finetune), or train_dataset.bucketing: True instead"))
         elif cfg.get("use_parallel"):
             from petrun.parallel.context import parallel_mode
             try:
                 mode = parallel_mode(cfg)
             except UserError as e:
-                out.append(_finding("model", e, cfg))
+                errors.append(e)
             else:
+                # per-batch rotary tables / position embeddings have no semi-auto strategies yet
                 if mode != "DATA_PARALLEL":
-                    out.append(Finding("model", "packing is not built for semi-auto/auto parallel "
-                                       "yet", "set train_dataset.packing: False (data parallel "
-                                       "and single-device runs support it)", key, cfg.origin(key)))
+                    errors.append(UserError(
+                        "packing is not built for semi-auto/auto parallel yet", key=key,
+                        file=cfg.origin(key), fix="set train_dataset.packing: False (data "
+                                                  "parallel and single-device runs support it)"))
     if cfg.get("do_eval"):
         steps = int(cfg.get("eval_step_interval") or 0)
         epochs = int(cfg.get("eval_epoch_interval") or 0)
         if steps <= 0 and epochs <= 0:
-            out.append(Finding("model", "do_eval is True but neither eval_step_interval nor "
-                               "eval_epoch_interval is positive, so evaluation would never run",
-                               "set eval_step_interval: N (every N steps) or eval_epoch_interval: "
-                               "N", "eval_step_interval", cfg.origin("do_eval")))
+            errors.append(UserError(
+                "do_eval is True but neither eval_step_interval nor eval_epoch_interval is "
+                "positive, so evaluation would never run", key="eval_step_interval",
+                file=cfg.origin("do_eval"),
+                fix="set eval_step_interval: N (every N steps) or eval_epoch_interval: N"))
+    return errors
+
+
+def _check_run_settings(cfg, verb: str, out: list[Finding]) -> None:
+    out.extend(_finding("model", e, cfg) for e in run_setting_errors(cfg, verb))
 
 
 def config_verb(cfg) -> str:

@@ -55,8 +55,6 @@ LONG_MODULES = {
                            "meets them",
     "petrun/ckpt/hf.py": "HF safetensors ↔ MindSpore .ckpt for three families, streaming, with "
                          "the name maps",
-    "petrun/train/recipe.py": "the finetune recipe written out as a loop read top to bottom "
-                              "(torchtune's style); resume lives in train/resume.py",
 }
 
 # What petrun/cli/ must not import: model cells, PET methods, the training and inference

@@ -9,6 +9,8 @@ It reads only the resolved Config. Each step is a named method so a reader can f
                   the lr position), RNG state and the data cursor, all from one checkpoint
   record_run      output_dir/run_manifest.json: config, versions, data hashes, seed, command line
   train           the loop: step, progress, metrics, periodic checkpoints, stop on SIGTERM/SIGINT
+                  (train/resume.py); each step checked by train/faults.py (bad batch, bad update,
+                  collapse); the summary and next commands at the end (train/report.py)
   save            one checkpoint: adapter (MindFormers names and layout) + training state +
                   manifest + `latest`, crash-safe (ckpt/store.py), then keep-last-N
 
@@ -24,7 +26,6 @@ import json
 import logging
 import re
 import signal
-import statistics
 import time
 import uuid
 from pathlib import Path
@@ -33,32 +34,17 @@ import numpy as np
 
 from petrun.ckpt import layout
 from petrun.config import Config
-from petrun.errors import Interrupted, UserError
-from petrun.train import resume
+from petrun.errors import UserError
+from petrun.train import faults, resume
 
 log = logging.getLogger("petrun")
-# Steps in a row with a gradient norm of exactly 0 that mean training has collapsed.
-COLLAPSE_STEPS = 3
-
-
-def nonfinite_count(params) -> int:
-    """inf/NaN values in MindSpore Parameters (cast to fp32 first: numpy has no bfloat16)."""
-    import mindspore as ms
-    bad = 0
-    for p in params:
-        value = p.value() if p.dtype in (ms.float32, ms.float64) else p.value().astype(ms.float32)
-        bad += int(np.count_nonzero(~np.isfinite(value.asnumpy())))
-    return bad
-
 # Train-cell parameters that are not resume state: the lr schedule array is rebuilt from the
 # config, and accumulation buffers are zero at every optimizer-step boundary (where we save).
 _NOT_STATE = re.compile(r"^(learning_rate|seen_overflow)$|^accu_grads\.")
 
 def _callback(cfg: Config, kind: str) -> dict:
-    for cb in cfg.get("callbacks") or []:
-        if isinstance(cb, dict) and cb.get("type") == kind:
-            return cb
-    return {}
+    return next((cb for cb in cfg.get("callbacks") or []
+                 if isinstance(cb, dict) and cb.get("type") == kind), {})
 
 
 class FinetuneRecipe:
@@ -71,17 +57,29 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> dict:
+        from petrun.preflight import run_setting_errors
         self.lock = self.runlog = None
         self._pending: list[tuple[str, str]] = []   # lines said before the run's logs open
+        self.resume_from = None
         try:
+            refused = run_setting_errors(self.cfg, "finetune")   # for --skip-preflight, the API
+            if refused:
+                raise refused[0]
             self.setup_runtime()
             self.setup_data()
+            resume.pause_for_tests("setup_model", self.say)
             self.setup_model()
-            self.setup_optimizer()
-            self.restore()
-            self._replace_earlier_run()
-            self.record_run()
-            self.train()
+            # From here a SIGTERM/SIGINT waits for a safe point (before the first step, or after
+            # a step and its save); until here Ctrl-C interrupts at once, before anything is saved.
+            with resume.StopOnSignal(self.say) as self.stop:
+                self.setup_optimizer()
+                self.restore()
+                self._replace_earlier_run()
+                self.record_run()
+                self.train()
+        except KeyboardInterrupt:
+            raise resume.stopped_before_training(signal.SIGINT, self.resume_from, self.say,
+                                                 self.summary) from None
         except BaseException as e:
             if self.runlog is not None:
                 self.runlog.failed(e)   # error.log: the message, or an internal error's traceback
@@ -143,93 +141,32 @@ class FinetuneRecipe:
         self.store = CheckpointFolder(self.ckpt_dir)
         self.store.remove_leftovers()  # temporary files of a save that was killed midway
         wanted = cfg.get("resume_training")
-        self.resume_from = None
         if wanted not in (None, False, ""):
             self.resume_from = find_resume_checkpoint(
                 wanted, output_dir=self.output_dir, rank=self.rank, warn=self.warn)
             if self.world_size > 1:
-                self.resume_from = self._agree_on_resume_step(self.resume_from, explicit=wanted is not True)
+                self.resume_from = resume.agree_on_step(self.resume_from, self.store, self.rank,
+                                                        explicit=wanted is not True, warn=self.warn)
             if self.resume_from is None:
                 self.warn(f"resume requested, but {self.ckpt_dir} holds no checkpoint yet: "
                           "starting from step 0")
-        else:
-            self._claim_output()
+        self._earlier_files = None if wanted not in (None, False, "") else \
+            faults.claim_output(cfg, self.store, self.output_dir, self.log_dir, self.rank)
         self.run_id = (self.resume_from.manifest.get("run_id") if self.resume_from else None) \
             or uuid.uuid4().hex[:12]
 
-    def _claim_output(self) -> None:
-        """A new run into a folder that holds another run's checkpoints or metrics would mix with
-        them (the metrics of both in one file, `latest` of either): refused unless the user says
-        continue (--resume) or replace (--overwrite, which removes that run's files as a set,
-        once every check of this run has passed: a refused run loses nothing)."""
-        self._earlier_files = None
-        earlier = self.store.checkpoints()
-        logs = [self.log_dir / name for name in (layout.METRICS_NAME, "training.png", "info.log",
-                                                 "error.log")]
-        tb = self.cfg.get("tensorboard.tensorboard_dir")
-        if tb:
-            logs += sorted((Path(tb) / f"rank_{self.rank}").glob("events.out.tfevents.*"))
-        metrics = logs[0]
-        if not earlier and not (metrics.is_file() and metrics.stat().st_size):
-            return
-        what = (f"{len(earlier)} checkpoint(s), the newest of step {earlier[0].step}" if earlier
-                else f"the metrics {metrics}")
-        if not self.cfg.get("overwrite_output_dir"):
-            raise UserError(f"{self.output_dir} holds another run ({what}); a new run into it "
-                            "would mix its checkpoints and metrics with that run's",
-                            key="output_dir", file=self.cfg.origin("output_dir"),
-                            fix="add --resume to continue that run, --overwrite to replace it, or "
-                                "choose another --output_dir")
-        self._earlier_files = logs
-
     def _replace_earlier_run(self) -> None:
-        """Every check passed: --overwrite removes the earlier run now; then this run's text
-        logs open (info.log / error.log of this rank)."""
+        """Every check passed: --overwrite removes the earlier run now (faults.replace_earlier);
+        then this run's text logs open (info.log / error.log of this rank)."""
         from petrun.train.runlog import RunLog
-        if getattr(self, "_earlier_files", None) is not None:
-            removed = self.store.remove_all()
-            for f in self._earlier_files:
-                f.unlink(missing_ok=True)
-            note = (f"--overwrite: removed the earlier run from {self.output_dir} ({removed} "
-                    "checkpoint(s) and its metrics)")
-        else:
-            note = None
+        note = (faults.replace_earlier(self.store, self._earlier_files, self.output_dir)
+                if self._earlier_files is not None else None)
         self.runlog = RunLog(self.log_dir, self.rank)
         for level, text in self._pending:
             getattr(self.runlog, level)(text)
         self._pending.clear()
         if note:
             self.say(note)
-
-    def _agree_on_resume_step(self, mine, *, explicit: bool):
-        """Data-parallel ranks must resume from the same step, or their AllReduces pair up
-        different steps. A kill can land while one rank has renamed its newest checkpoint into
-        place and another has not: then every rank resumes from the newest step all of them hold."""
-        from petrun.parallel.context import gather_ints
-        steps = [s[0] for s in gather_ints([mine.step if mine is not None else -1])]
-        if len(set(steps)) == 1:
-            return mine
-        table = ", ".join(f"rank {r}: {'none' if s < 0 else f'step {s}'}" for r, s in enumerate(steps))
-        if explicit:
-            raise UserError(f"the ranks would resume from different steps ({table})",
-                            key="resume_training",
-                            fix="pass --resume with an output_dir (each rank picks its rank_N folder), "
-                                "or checkpoints of one step for every rank")
-        agreed = min(steps)
-        if agreed < 0:
-            self.warn(f"resume: not every rank holds a checkpoint ({table}); all start from step 0")
-            return None
-        same = [c for c in self.store.checkpoints() if c.step == agreed and c.problem() is None]
-        if not same:
-            raise UserError(f"rank {self.rank} has no intact checkpoint of step {agreed}, the newest "
-                            f"step every rank holds ({table})", file=str(self.ckpt_dir),
-                            key="resume_training",
-                            fix="raise keep_checkpoint_max so ranks keep a common step, or start "
-                                "a new run without --resume")
-        if mine.step != agreed:
-            self.warn(f"resume: rank {self.rank} uses its step-{agreed} checkpoint, the newest step "
-                      f"every rank holds ({table})")
-        return same[0]
 
     def setup_data(self) -> None:
         from petrun.atomic import describe_file
@@ -262,7 +199,8 @@ class FinetuneRecipe:
             seed=int(cfg.get("train_dataset.seed", self.seed) or 0),
             num_shards=self.num_shards, shard_id=self.shard_id,
             drop_remainder=bool(cfg.get("train_dataset.drop_remainder", True)),
-            raw=RawText.from_config(cfg, "train_dataset"), packing=self._packing(),
+            raw=RawText.from_config(cfg, "train_dataset"),
+            packing=bool(cfg.get("train_dataset.packing")),
             bucketing=bool(cfg.get("train_dataset.bucketing")),
             bucket_multiple=cfg.get("train_dataset.bucket_multiple"),
             pad_id=int(cfg.get("model.model_config.pad_token_id") or 0),
@@ -290,31 +228,10 @@ class FinetuneRecipe:
                  + (f" (gradient accumulation {self.accum})" if self.accum > 1 else ""))
         self.setup_eval()
 
-    def _packing(self) -> bool:
-        cfg = self.cfg
-        if not cfg.get("train_dataset.packing"):
-            return False
-        from petrun.pet.config import method
-        pet = (cfg.get("model.model_config.pet_config") or {}).get("pet_type")
-        if (method(pet) is not None and not method(pet).packing) or \
-                "Ptuning2" in str(cfg.get("model.arch.type")):
-            raise UserError(f"packing is not supported with pet_type {pet}: its virtual tokens or "
-                            "key/value prefix belong to one sample, not to a packed row",
-                            key="train_dataset.packing", file=cfg.origin("train_dataset.packing"),
-                            fix="set train_dataset.packing: False (or use LoRA, IA3, adapters or "
-                                "a full finetune), or train_dataset.bucketing: True instead")
-        from petrun.parallel.context import parallel_mode
-        if cfg.get("use_parallel") and parallel_mode(cfg) != "DATA_PARALLEL":
-            # per-batch rotary tables / position embeddings have no semi-auto strategies yet
-            raise UserError("packing is not built for semi-auto/auto parallel yet",
-                            key="train_dataset.packing", file=cfg.origin("train_dataset.packing"),
-                            fix="set train_dataset.packing: False (data parallel and single-device "
-                                "runs support it)")
-        return True
-
     def setup_eval(self) -> None:
         """do_eval: eval_dataset opened and checked now, evaluated every eval_step_interval steps
-        and/or every eval_epoch_interval epochs (MindFormers' keys; -1 or 0 turns one off)."""
+        and/or every eval_epoch_interval epochs (MindFormers' keys; -1 or 0 turns one off; that
+        one of them is on, run() checked with the pre-flight's rule)."""
         cfg = self.cfg
         self.evaluator = None
         self.eval_every_steps = self.eval_every_epochs = 0
@@ -324,11 +241,6 @@ class FinetuneRecipe:
         self.evaluator = Evaluator.from_config(cfg)
         self.eval_every_steps = max(0, int(cfg.get("eval_step_interval") or 0))
         self.eval_every_epochs = max(0, int(cfg.get("eval_epoch_interval") or 0))
-        if not (self.eval_every_steps or self.eval_every_epochs):
-            raise UserError("do_eval is True but neither eval_step_interval nor eval_epoch_interval "
-                            "is positive, so evaluation would never run", key="eval_step_interval",
-                            file=cfg.origin("do_eval"),
-                            fix="set eval_step_interval: N (every N steps) or eval_epoch_interval: N")
         when = [f"every {n} {unit}" for n, unit in ((self.eval_every_steps, "steps"),
                                                      (self.eval_every_epochs, "epochs")) if n]
         self.say(f"eval: {cfg.get('eval_dataset.data_loader.dataset_dir')} "
@@ -371,30 +283,17 @@ class FinetuneRecipe:
                            self.planned_steps)
         self.optimizer = build_optimizer(self.trainable, cfg.get("optimizer") or {}, self.lr)
         wrapper = cfg.get("runner_wrapper") or {}
-        scale, update = steps.build_loss_scale(wrapper.get("scale_sense", 1.0))
-        clip = float(wrapper.get("max_grad_norm", 1.0))
-        use_clip = bool(wrapper.get("use_clip_grad", False))
-        from petrun.parallel.context import grad_reducer
+        from petrun.parallel.context import grad_reducer, pipeline_wrap
         reducer = grad_reducer(self.optimizer.parameters)  # None unless data parallel
         self.model.set_train(True)
         net = steps.PackedInputs(self.model) if self.data.packed is not None else self.model
-        from petrun.parallel.context import pipeline_wrap
         net, pipeline_reducer = pipeline_wrap(cfg, net, self.optimizer.parameters)
-        reducer = pipeline_reducer or reducer
-        if self.accum == 1:
-            self.step_cell = steps.TrainStep(net, self.optimizer, scale, update, clip, use_clip,
-                                             grad_reducer=reducer)
-            self.step_cell.set_train(True)
-            self.skips_overflow = self.step_cell.skip_on_overflow
-            self.train_cell = self.step_cell
-        else:
-            buffers = steps.make_buffers(self.trainable)
-            self.acc_cell = steps.AccumulateStep(net, self.optimizer.parameters, buffers, scale, update)
-            self.apply_cell = steps.ApplyAccumulated(self.acc_cell, self.optimizer, self.accum, clip, use_clip,
-                                                     grad_reducer=reducer)
-            self.acc_cell.set_train(True)
-            self.skips_overflow = self.apply_cell.skip_on_overflow
-            self.train_cell = self.apply_cell
+        self.one_step = steps.OptimizerStep(net, self.optimizer, self.trainable, self.accum,
+                                            wrapper.get("scale_sense", 1.0),
+                                            float(wrapper.get("max_grad_norm", 1.0)),
+                                            bool(wrapper.get("use_clip_grad", False)),
+                                            grad_reducer=pipeline_reducer or reducer)
+        self.train_cell = self.one_step.cell
 
     def state_params(self) -> list:
         """What resuming needs besides the weights: optimizer moments (adam_m.*, adam_v.*),
@@ -424,13 +323,7 @@ class FinetuneRecipe:
         self.say(f"resumed from {ckpt.adapter} (step {self.start_step}, epoch {self.start_epoch}"
                  + (f", {self.skip_batches} batches of it already trained" if self.skip_batches else "")
                  + f"); loss scale {float(m.get('loss_scale') or 1.0):g}")
-        rates = sorted({float(c.p) for _, c in self.model.cells_and_names()
-                        if type(c).__name__ == "Dropout" and getattr(c, "p", None)})
-        if rates:
-            self.warn(f"the model uses dropout (p={', '.join(map(str, rates))}): MindSpore 2.10 "
-                      "cannot save the random state of its CPU dropout kernels, so the masks from "
-                      "here on differ from an uninterrupted run's (everything else is restored "
-                      "exactly)")
+        resume.warn_dropout(self.model, self.warn)
 
     def _order_digest(self, epoch: int) -> str:
         import hashlib
@@ -460,16 +353,8 @@ class FinetuneRecipe:
             "config": json.loads(json.dumps(cfg.data, default=str))})
 
     # ------------------------------------------------------------------ train loop
-    def one_step(self, batches) -> tuple[float, bool, float, float]:
-        """One optimizer step over `accum` micro-batches → (loss, overflow, loss_scale, grad_norm)."""
-        if self.accum == 1:
-            loss, overflow, scale, norm = self.step_cell(*batches[0])
-            return float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy()), float(norm.asnumpy())
-        losses = [float(self.acc_cell(*batch)[0].asnumpy()) for batch in batches]
-        overflow, scale, norm = self.apply_cell()
-        return float(np.mean(losses)), bool(overflow.asnumpy()), float(scale.asnumpy()), float(norm.asnumpy())
-
     def train(self) -> None:
+        from petrun.train import step as steps
         from petrun.train.callbacks import MetricsLog, Progress
         cfg = self.cfg
         monitor = _callback(cfg, "CheckpointMonitor")
@@ -490,187 +375,92 @@ class FinetuneRecipe:
             from petrun.train.tensorboard import TensorBoardLog
             mirrors = (TensorBoardLog(cfg.get("tensorboard"), self.rank, cfg.to_yaml(),
                                       self.run_id),)
+        stop = self.stop
         metrics = MetricsLog(self.log_dir / layout.METRICS_NAME, run_id=self.run_id,
                              resume_step=self.start_step if self.resume_from else None,
                              mirrors=mirrors)
         if self.resume_from is not None:
             metrics.write({"event": "resume", "step": self.start_step,
                            "checkpoint": str(self.resume_from.adapter)})
-        zero_norm_since = None   # first step of a run of steps with gradient norm exactly 0
-        token_counts: list[int] = []
-        step, times, start = self.start_step, [], time.perf_counter()
+        # The parameters' forward pass, no update (ranks could not agree on its verdict).
+        probe = None if cfg.get("use_parallel") else faults.Probe(
+            steps.PackedInputs(self.model) if self.data.packed is not None else self.model, stop)
+        self.watch = faults.Watch(cfg, self.store, self.run_id, probe=probe, warn=self.warn,
+                                  start_step=self.start_step,
+                                  samples=lambda epoch, at: faults.batch_rows(
+                                      self.data, epoch, (at - 1) * self.accum, self.accum,
+                                      self.batch_size))
+        step, times, token_counts, start = self.start_step, [], [], time.perf_counter()
         epoch = step_in_epoch = 0
         try:
-            with resume.StopOnSignal(self.say) as stop:
-                for epoch in range(self.start_epoch, self.epochs + 1):
-                    skip = self.skip_batches if epoch == self.start_epoch else 0
-                    step_in_epoch, group = skip // self.accum, []
-                    for batch in self.data.epoch(epoch, skip).create_tuple_iterator(num_epochs=1):
-                        group.append(batch)
-                        if len(group) < self.accum:
-                            continue
-                        # model input tokens (bucketing trims batches, so count each one)
-                        step_tokens = sum(int(b[0].shape[0]) * (int(b[0].shape[1]) - self.extra_tokens)
-                                          for b in group)
-                        token_counts.append(step_tokens)
-                        for b in group:
-                            self.data.check_batch(b, f"a batch of step {step + 1}")
-                        t0 = time.perf_counter()
-                        stop.in_step = True
-                        loss, overflow, scale, norm = self.one_step(group)
-                        dt = time.perf_counter() - t0
-                        group = []
-                        step += 1
-                        step_in_epoch += 1
-                        stop.reclaim()   # between steps, Ctrl-C reaches us as SIGINT
-                        stop.in_step = False
+            for epoch in range(self.start_epoch, self.epochs + 1):
+                skip = self.skip_batches if epoch == self.start_epoch else 0
+                step_in_epoch, group = skip // self.accum, []
+                for batch in self.data.epoch(epoch, skip).create_tuple_iterator(num_epochs=1):
+                    group.append(batch)
+                    if len(group) < self.accum:
+                        continue
+                    # model input tokens (bucketing trims batches, so count each one)
+                    step_tokens = sum(int(b[0].shape[0]) * (int(b[0].shape[1]) - self.extra_tokens)
+                                      for b in group)
+                    for b in group:
+                        self.data.check_batch(b, f"a batch of step {step + 1}")
+                    if step == self.start_step:   # stops here after a signal during setup
+                        stop.before_training(self.resume_from, self.summary)
+                    t0 = time.perf_counter()
+                    stop.in_step = True
+                    loss, overflow, scale, norm = self.one_step(group)
+                    dt = time.perf_counter() - t0
+                    step += 1
+                    step_in_epoch += 1
+                    stop.reclaim()   # between steps, Ctrl-C reaches us as SIGINT
+                    stop.in_step = False
+                    self.scale = scale
+                    record = {"step": step, "total_steps": self.total_steps, "epoch": epoch}
+                    if self.watch.after_step(step, epoch, step_in_epoch, group, loss, norm,
+                                             overflow, self.one_step.loss_scaled, self.trainable):
                         times.append(dt)
-                        self.scale = scale
-                        if not np.isfinite(loss) or (overflow and not self.skips_overflow):
-                            before = self.summary["losses"][-1:] or [None]
-                            since = (f" (step {step - 1}: loss {before[0]:.4f})"
-                                     if before[0] is not None else "")
-                            raise UserError(f"loss {loss}, gradient norm {norm} at step {step}{since}: "
-                                            f"training diverged (no checkpoint written for this step); "
-                                            f"{self._step_back_from(step - 1)}",
-                                            key="lr_schedule.learning_rate",
-                                            fix="lower the learning rate, enable use_clip_grad, or use "
-                                                "a dynamic loss scale for float16; --resume continues "
-                                                "from `latest`. If the loss was normal up to here, the "
-                                                f"data of step {step} may be bad instead (a sample "
-                                                "that no finite loss can come from): the same data "
-                                                "order meets it again at that step")
+                        token_counts.append(step_tokens)
                         lr = float(self.lr[min(step - 1, len(self.lr) - 1)])
                         self.summary["losses"].append(loss)
                         progress.update(step, epoch, loss, lr, step_tokens / dt, norm, overflow)
-                        metrics.write({"step": step, "total_steps": self.total_steps, "epoch": epoch,
-                                       "loss": loss, "lr": lr, "grad_norm": norm, "overflow": overflow,
-                                       "loss_scale": scale, "step_time_s": round(dt, 4),
-                                       "tokens": step_tokens,
+                        metrics.write({**record, "loss": loss, "lr": lr, "grad_norm": norm,
+                                       "overflow": overflow, "loss_scale": scale,
+                                       "step_time_s": round(dt, 4), "tokens": step_tokens,
                                        "tokens_per_second": round(step_tokens / dt, 1),
                                        "elapsed_s": round(time.perf_counter() - start, 2)})
-                        zero_norm_since = (zero_norm_since or step) if norm == 0.0 else None
-                        if zero_norm_since is not None and step - zero_norm_since + 1 >= COLLAPSE_STEPS:
-                            self._collapsed(zero_norm_since, step, loss)
-                        if save_every and step % save_every == 0:
+                        self.watch.collapse(step, loss, norm)
+                    else:   # a bad batch: no update, no loss to plot
+                        metrics.write({**record, "event": "skipped", "reason": "bad batch",
+                                       "loss_value": str(loss), "grad_norm_value": str(norm)})
+                    group = []
+                    if save_every and step % save_every == 0:
+                        self.save(epoch, step_in_epoch, step)
+                    epoch_end = step_in_epoch == self.steps_per_epoch
+                    if self.evaluator is not None and (
+                            (self.eval_every_steps and step % self.eval_every_steps == 0)
+                            or (self.eval_every_epochs and epoch_end
+                                and epoch % self.eval_every_epochs == 0)):
+                        self.evaluate(step, epoch, metrics)
+                    if stop.signum is not None:
+                        if self.last_saved_step != step:
                             self.save(epoch, step_in_epoch, step)
-                        epoch_end = step_in_epoch == self.steps_per_epoch
-                        if self.evaluator is not None and (
-                                (self.eval_every_steps and step % self.eval_every_steps == 0)
-                                or (self.eval_every_epochs and epoch_end
-                                    and epoch % self.eval_every_epochs == 0)):
-                            self.evaluate(step, epoch, metrics)
-                        if stop.signum is not None:
-                            if self.last_saved_step != step:
-                                self.save(epoch, step_in_epoch, step)
-                            path = self.summary["checkpoints"][-1]["path"]
-                            self.say(f"stopped by {signal.Signals(stop.signum).name} after step "
-                                     f"{step}/{self.total_steps}; checkpoint: {path}\nContinue with the "
-                                     "same command plus --resume.")
-                            raise Interrupted(stop.signum, step, path, self.summary)
-                        if step >= self.total_steps:
-                            break
+                        raise stop.stopped_after(step, self.total_steps, self.summary)
                     if step >= self.total_steps:
                         break
-                if self.last_saved_step != step:
-                    self.save(epoch, step_in_epoch, step)
-            memory = self._memory(metrics)
+                if step >= self.total_steps:
+                    break
+            if self.last_saved_step != step:
+                self.save(epoch, step_in_epoch, step)
+            from petrun.train.report import measure_memory
+            memory = measure_memory(self.cfg, metrics, self.summary, self.say)
         finally:
             progress.close()
             metrics.close()
-        steady = times[1:] or times
-        median = statistics.median(steady) if steady else 0.0
-        self.summary.update(steps=step, wall_s=time.perf_counter() - start,
-                            first_step_s=times[0] if times else 0.0, median_step_s=median,
-                            tokens_per_second=(float(np.mean(token_counts)) / median
-                                               if median and token_counts else 0.0))
-        last = self.summary["checkpoints"][-1]["path"] if self.summary["checkpoints"] else "-"
-        what = "adapter" if self.cfg.get("model.model_config.pet_config") else "checkpoint"
-        losses = self.summary["losses"]
-        # Single-batch losses are noisy; compare means over the first and last few steps.
-        k = max(1, min(10, len(losses) // 5))
-        self.say(f"done: {step} steps, mean loss of the first/last {k} steps "
-                 f"{np.mean(losses[:k]):.4f} → {np.mean(losses[-k:]):.4f}, "
-                 f"{self.summary['tokens_per_second']:,.0f} tok/s "
-                 f"(median step {median * 1000:.0f} ms, first step {self.summary['first_step_s']:.1f} s "
-                 f"incl. compile); {what}: {last}")
-        if memory:
-            from petrun.plan.measure import describe
-            self.say(describe(memory))
-        self._ending(last)
-
-    def _ending(self, last: str) -> None:
-        """Where the outputs are and what to run next, with the real paths."""
-        if self.rank != 0:
-            return
-        metrics = self.log_dir / layout.METRICS_NAME
-        png = self.log_dir / "training.png"
-        try:
-            from petrun.train.plot import plot, read_series
-            plot([read_series(metrics, "this run")], png)
-        except Exception as e:   # noqa: BLE001  a plot never fails a finished run
-            self.warn(f"no plot written ({type(e).__name__}: {e})")
-            png = None
-        tb = self.cfg.get("tensorboard.tensorboard_dir")
-        config = self.ckpt_dir / layout.CONFIG_NAME   # the resolved config, overrides included
-        lines = [f"metrics: {metrics}" + (f"; plot: {png}" if png else "")
-                 + (f"; TensorBoard: tensorboard --logdir {tb}" if tb else "")]
-        if self.cfg.get("model.model_config.pet_config") and last != "-":
-            lines += ["next:",
-                      f"  petrun predict --config {config} --adapter {self.ckpt_dir} "
-                      "--prompt \"...\"",
-                      f"  petrun eval --config {config} --adapter {self.ckpt_dir} "
-                      "--eval_dataset_dir DATA",
-                      f"  petrun ckpt export-peft --help   # or merge: petrun ckpt merge --help"]
-        self.say("\n".join(lines))
-
-    def _memory(self, metrics) -> dict:
-        """Measured peak memory beside the planner's estimate, into metrics.jsonl and the summary
-        (on an accelerator this is the measurement that calibrates the planner there)."""
-        import mindspore as ms
-        from petrun.plan.measure import memory_record
-        try:
-            rec = memory_record(self.cfg, ms.get_context("device_target"))
-        except Exception as e:   # noqa: BLE001  a report never fails a finished run
-            self.say(f"memory: not measured ({type(e).__name__}: {e})")
-            return {}
-        metrics.write(rec)
-        self.summary["memory"] = rec
-        return rec
-
-    def _step_back_from(self, bad_step: int) -> str:
-        """The parameters after `bad_step` are poisoned (the next forward pass was non-finite,
-        or they hold inf/NaN): point `latest` at the newest checkpoint of this run saved before
-        them, so --resume, predict and eval never pick them up. Returns what was done, in words."""
-        mine = [c for c in self.store.checkpoints() if c.manifest.get("run_id") == self.run_id]
-        good = [c for c in mine if c.step < bad_step]
-        if not any(c.step >= bad_step for c in mine):
-            return (f"the newest checkpoint (step {good[0].step}) is intact and stays `latest`"
-                    if good else "no checkpoint was saved yet")
-        if not good:
-            return (f"the checkpoints of steps >= {bad_step} hold the diverged parameters and no "
-                    "checkpoint of this run predates them")
-        self.store.point_latest(good[0].stem)
-        return (f"the checkpoints of steps >= {bad_step} hold the diverged parameters, so `latest` "
-                f"now points at step {good[0].step}: {good[0].adapter}")
-
-    def _collapsed(self, since: int, step: int, loss: float) -> None:
-        """Gradients exactly zero step after step: the update saturated the model (e.g. an lr
-        far too high) and nothing trains any more, while the loss and exit code look normal.
-        Stop, and point `latest` back at the newest checkpoint saved before the collapse."""
-        # The zero gradients of step `since` were computed on the parameters after step
-        # since - 1: those are already collapsed.
-        raise self._lr_error(f"training collapsed: the gradient norm is exactly 0 at every step "
-                             f"since step {since} (now {step}) and the loss is stuck at "
-                             f"{loss:.4f}; nothing trains any more; "
-                             f"{self._step_back_from(since - 1)}",
-                             "then start again or --resume from a checkpoint before the collapse")
-
-    def _lr_error(self, message: str, then: str) -> UserError:
-        """Diverged or saturated parameters: the learning rate is the key to change."""
-        return UserError(message, key="lr_schedule.learning_rate",
-                         file=self.cfg.origin("lr_schedule.learning_rate"),
-                         fix=f"lower the learning rate (and keep use_clip_grad on), {then}")
+        from petrun.train.report import finish
+        finish(self.cfg, self.summary, step=step, times=times, token_counts=token_counts,
+               wall_s=time.perf_counter() - start, memory=memory, rank=self.rank,
+               log_dir=self.log_dir, ckpt_dir=self.ckpt_dir, say=self.say, warn=self.warn)
 
     # ------------------------------------------------------------------ save
     def save(self, epoch: int, step_in_epoch: int, step: int) -> Path:
@@ -678,38 +468,19 @@ class FinetuneRecipe:
         MindFormers' layout, its training state and manifest; then keep_checkpoint_max."""
         from petrun.ckpt.io import save_params
         from petrun.ckpt.store import checkpoint_stem
-        from petrun.ckpt.run_manifest import versions
         stem = checkpoint_stem(self.prefix, self.rank, epoch, step_in_epoch)
         kept = (f"the newest checkpoint (step {self.last_saved_step}) is intact"
                 if self.last_saved_step is not None else "no checkpoint was saved yet")
-        bad = nonfinite_count(self.trainable)
-        if bad:
-            raise self._lr_error(f"after step {step} the trained parameters hold {bad} inf/NaN "
-                                 "values: the last update diverged, so this checkpoint was not "
-                                 f"saved; {self._step_back_from(step)}",
-                                 "then --resume continues from the intact checkpoint")
-        if not self.ckpt_dir.is_dir():
-            self.warn(f"the checkpoint folder {self.ckpt_dir} was deleted while this run was "
-                      "writing into it: its earlier checkpoints and config.yaml are gone. "
-                      "Recreating it (with config.yaml) for the checkpoints from step "
-                      f"{step} on.")
-            from petrun.atomic import write_text_atomic
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.ckpt_dir / layout.CONFIG_NAME, self.cfg.to_yaml())
-        manifest = {
-            "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "batches_in_epoch": step_in_epoch * self.accum,
-            "consumed_samples": step * self.accum * self.batch_size * self.num_shards,
-            "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
-            "rank": self.rank, "world_size": self.world_size, "run_id": self.run_id,
-            "loss_scale": self.scale,
-            "data": {"files": self.data_files, "num_samples": self.data.num_samples,
-                     "seed": self.data.seed, "shuffle": self.data.shuffle,
-                     "order_sha256": self._order_digest(epoch)},
-            "rng": resume.capture_rng(), "versions": versions(),
-            "config_hash": self.cfg.hash(), "config": json.loads(json.dumps(self.cfg.data, default=str)),
-            "finite": True,
-        }
+        self.watch.before_save(step, self.trainable)   # inf/NaN parameters are never saved
+        faults.recreate_checkpoint_dir(self.cfg, self.ckpt_dir, step, self.warn)
+        manifest = resume.progress_record(
+            self.cfg, step=step, epoch=epoch, step_in_epoch=step_in_epoch, accum=self.accum,
+            consumed_samples=step * self.accum * self.batch_size * self.num_shards,
+            total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch, rank=self.rank,
+            world_size=self.world_size, run_id=self.run_id, loss_scale=self.scale,
+            data={"files": self.data_files, "num_samples": self.data.num_samples,
+                  "seed": self.data.seed, "shuffle": self.data.shuffle,
+                  "order_sha256": self._order_digest(epoch)})
         try:
             ckpt = self.store.save(stem, adapter=self.trainable, state=self.state_params(),
                                    append={"epoch_num": epoch, "step_num": step}, manifest=manifest)

@@ -2,9 +2,10 @@
 
 A petrun checkpoint's manifest (ckpt/store.py) is the progress record: step, epoch, batches of the
 epoch already trained, the data's files and order, the RNG states, the config. This module turns it
-back into a position (Progress), checks that this run may continue from it (check_compatible),
-puts the saved weights and optimizer state back (assign) and the generators (restore_rng), and
-handles SIGTERM/SIGINT so a stopped run saves first (StopOnSignal). The recipe
+back into a position (Progress), checks that this run may continue from it (check_compatible), has
+data-parallel ranks agree on one step (agree_on_step), puts the saved weights and optimizer state
+back (assign) and the generators (restore_rng), and handles SIGTERM/SIGINT so a stopped run saves
+first (StopOnSignal). The recipe
 (train/recipe.py) calls these at its restore and save steps.
 """
 from __future__ import annotations
@@ -62,6 +63,18 @@ class Progress:
         if int(m["step_in_epoch"]) >= steps_per_epoch:
             return cls(int(m["step"]), int(m["epoch"]) + 1, 0)   # saved at the end of its epoch
         return cls(int(m["step"]), int(m["epoch"]), int(m["batches_in_epoch"]))
+
+
+def progress_record(cfg, *, step: int, epoch: int, step_in_epoch: int, accum: int,
+                    consumed_samples: int, data: dict, **fields) -> dict:
+    """The manifest a checkpoint saves: where the run is (from_manifest reads it back), the data
+    and its order, the RNG states, versions and the config (check_compatible compares them)."""
+    from petrun.ckpt.run_manifest import versions
+    return {"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
+            "batches_in_epoch": step_in_epoch * accum, "consumed_samples": consumed_samples,
+            **fields, "data": data, "rng": capture_rng(), "versions": versions(),
+            "config_hash": cfg.hash(), "config": json.loads(json.dumps(cfg.data, default=str)),
+            "finite": True}
 
 
 def load_state(parts) -> None:
@@ -143,6 +156,37 @@ def assign(values: dict, targets: list, cell, what: str, path: Path) -> None:
                         file=str(path), fix="report this as a petrun bug")
 
 
+def agree_on_step(mine, store, rank: int, *, explicit: bool, warn: Callable[[str], None]):
+    """Data-parallel ranks must resume from the same step, or their AllReduces pair up
+    different steps. A kill can land while one rank has renamed its newest checkpoint into
+    place and another has not: then every rank resumes from the newest step all of them hold."""
+    from petrun.parallel.context import gather_ints
+    steps = [s[0] for s in gather_ints([mine.step if mine is not None else -1])]
+    if len(set(steps)) == 1:
+        return mine
+    table = ", ".join(f"rank {r}: {'none' if s < 0 else f'step {s}'}" for r, s in enumerate(steps))
+    if explicit:
+        raise UserError(f"the ranks would resume from different steps ({table})",
+                        key="resume_training",
+                        fix="pass --resume with an output_dir (each rank picks its rank_N folder), "
+                            "or checkpoints of one step for every rank")
+    agreed = min(steps)
+    if agreed < 0:
+        warn(f"resume: not every rank holds a checkpoint ({table}); all start from step 0")
+        return None
+    same = [c for c in store.checkpoints() if c.step == agreed and c.problem() is None]
+    if not same:
+        raise UserError(f"rank {rank} has no intact checkpoint of step {agreed}, the newest "
+                        f"step every rank holds ({table})", file=str(store.path),
+                        key="resume_training",
+                        fix="raise keep_checkpoint_max so ranks keep a common step, or start "
+                            "a new run without --resume")
+    if mine.step != agreed:
+        warn(f"resume: rank {rank} uses its step-{agreed} checkpoint, the newest step "
+             f"every rank holds ({table})")
+    return same[0]
+
+
 def capture_rng() -> dict:
     """Python, numpy and MindSpore generator state (the data order needs none of them), as
     hex strings of their uint32/uint8 words so the manifest stays readable."""
@@ -176,9 +220,51 @@ def restore_rng(state: dict) -> None:
         ms.set_rng_state(ms.Tensor(words(state["mindspore"], np.uint8).copy()))
 
 
+def warn_dropout(model, warn: Callable[[str], None]) -> None:
+    rates = sorted({float(c.p) for _, c in model.cells_and_names()
+                    if type(c).__name__ == "Dropout" and getattr(c, "p", None)})
+    if rates:
+        warn(f"the model uses dropout (p={', '.join(map(str, rates))}): MindSpore 2.10 "
+             "cannot save the random state of its CPU dropout kernels, so the masks from "
+             "here on differ from an uninterrupted run's (everything else is restored "
+             "exactly)")
+
+
+def stopped_before_training(signum: int, resumed_from, say: Callable[[str], None], summary: dict):
+    """A signal before the first step of a run: nothing was trained and nothing saved. Says so,
+    and returns the Interrupted the CLI turns into exit 128 + signal."""
+    from petrun.errors import Interrupted
+    if resumed_from is not None:
+        kept = (f"the checkpoint it resumed from (step {resumed_from.step}) is untouched; "
+                "continue with the same command (--resume)")
+    else:
+        kept = "no checkpoint was written; start again with the same command"
+    say(f"stopped by {signal.Signals(signum).name} before the first training step: nothing was "
+        f"trained or saved; {kept}.")
+    return Interrupted(signum, resumed_from.step if resumed_from is not None else 0, None, summary)
+
+
+# Test-only hook: "point:seconds" pauses a run there (saying so), so the signal tests hit a point
+# between two log lines deterministically (tests/integration/test_signals.py).
+PAUSE_AT_ENV = "PETRUN_TEST_PAUSE_AT"
+
+
+def pause_for_tests(point: str, say: Callable[[str], None],
+                    done: Callable[[], bool] = lambda: False) -> None:
+    name, _, seconds = os.environ.get(PAUSE_AT_ENV, "").partition(":")
+    if name != point:
+        return
+    import time
+    say(f"test hook: pausing at {point}")
+    end = time.monotonic() + float(seconds or 0)
+    while time.monotonic() < end and not done():
+        time.sleep(0.02)
+
+
 class StopOnSignal:
     """The first SIGTERM/SIGINT asks the loop to save and stop at the next step boundary (a
-    scheduler's preemption notice, or Ctrl-C); a second one aborts at once, without saving.
+    scheduler's preemption notice, or Ctrl-C), or, when it comes during the setup, to stop before
+    the first step; a second one aborts at once, without saving.
 
     While a graph runs, MindSpore's own SIGINT handler is active and re-raises SIGINT as SIGTERM,
     so a Ctrl-C during a step is reported (and exits) as SIGTERM.
@@ -223,6 +309,20 @@ class StopOnSignal:
         if self._previous:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._handle)
+
+    def before_training(self, resumed_from, summary: dict) -> None:
+        """Right before the first step: a signal that came during the setup stops the run here."""
+        pause_for_tests("first_step", self.note, lambda: self.signum is not None)
+        if self.signum is not None:
+            raise stopped_before_training(self.signum, resumed_from, self.note, summary)
+
+    def stopped_after(self, step: int, total: int, summary: dict):
+        """The run saved after `step` and stops: says so, returns the Interrupted to raise."""
+        from petrun.errors import Interrupted
+        path = summary["checkpoints"][-1]["path"]
+        self.note(f"stopped by {signal.Signals(self.signum).name} after step {step}/{total}; "
+                  f"checkpoint: {path}\nContinue with the same command plus --resume.")
+        return Interrupted(self.signum, step, path, summary)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():

@@ -10,7 +10,7 @@ import re
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from petrun.errors import UserError
+from petrun.errors import Interrupted, UserError
 
 _MARKUP = re.compile(r"\[/?[a-z][a-z0-9 _#.=-]*\]")   # rich markup such as [yellow]...[/yellow]
 MAX_BYTES = 20 * 1024 * 1024
@@ -41,7 +41,10 @@ class RunLog:
         self.logger.warning(_MARKUP.sub("", text))
 
     def failed(self, error: BaseException) -> None:
-        """A user error is one line with its fix; anything else keeps its traceback."""
+        """A user error is one line with its fix; a stop on a signal is no error (info.log says
+        it); anything else keeps its traceback."""
+        if isinstance(error, Interrupted):
+            return
         if isinstance(error, UserError):
             self.logger.error("%s", error)
         elif isinstance(error, Exception):

@@ -82,9 +82,11 @@ class _GradCore(nn.Cell):
 class TrainStep(CachedCompile, _GradCore):
     """forward + backward + clipped optimizer update. Returns (loss, overflow, loss_scale, norm).
 
-    With a loss scale (fp16) an overflowing step is skipped and the scale adapts, as MindFormers
-    does. Without one (scale 1.0, the fp32 case) the update is unconditional: a graph branch costs
-    about 2x step time on CPU, and the recipe stops on the first non-finite step anyway.
+    A step whose gradients are not finite applies no update, with or without a loss scale, as
+    MindFormers' MFTrainOneStepCell does (its overflow flag is the gradients' status even for a
+    constant scale of 1.0). With a dynamic loss scale (fp16) such steps are routine and the scale
+    adapts; without one the parameters stay as they were before the step, which is what lets
+    train/faults.py tell a bad batch from a bad update.
 
     Its graph is kept across runs (petrun.train.compile_cache), keyed by everything it depends on.
     """
@@ -97,7 +99,8 @@ class TrainStep(CachedCompile, _GradCore):
         # overflow decisions agree on every rank.
         self.grad_reducer = grad_reducer
         self.reduce = grad_reducer is not None
-        self.skip_on_overflow = scale_update is not None or float(scale_value) != 1.0
+        # Overflows are routine under a loss scale (the recipe goes on), a fault without one.
+        self.loss_scaled = scale_update is not None or float(scale_value) != 1.0
 
     def construct(self, *inputs):
         loss, grads = self.scaled_grads(*inputs)
@@ -107,11 +110,8 @@ class TrainStep(CachedCompile, _GradCore):
         overflow = self.next_scale(self.overflow(norm))
         if self.use_clip:
             grads = clip_by_norm(grads, norm, self.clip_norm)
-        if self.skip_on_overflow:
-            if not overflow:
-                self.optimizer(grads)
-        else:
-            loss = ops.depend(loss, self.optimizer(grads))
+        if not overflow:
+            self.optimizer(grads)
         return loss, overflow, self.loss_scale.value(), norm
 
 
@@ -150,7 +150,7 @@ class ApplyAccumulated(nn.Cell):
         self.inv_steps = 1.0 / float(steps)
         self.clip_norm = float(clip_norm)
         self.use_clip = bool(use_clip)
-        self.skip_on_overflow = accumulate.scale_update is not None or float(accumulate.loss_scale.asnumpy()) != 1.0
+        self.loss_scaled = accumulate.scale_update is not None or float(accumulate.loss_scale.asnumpy()) != 1.0
 
     def construct(self):
         grads = tuple(b * self.inv_steps for b in self.acc.buffers)
@@ -162,11 +162,8 @@ class ApplyAccumulated(nn.Cell):
                                                       self.acc.overflow(norm)))
         if self.use_clip:
             grads = clip_by_norm(grads, norm, self.clip_norm)
-        if self.skip_on_overflow:
-            if not overflow:
-                self.optimizer(grads)
-        else:
-            norm = ops.depend(norm, self.optimizer(grads))
+        if not overflow:
+            self.optimizer(grads)
         for b in self.acc.buffers:
             ops.assign(b, ops.zeros_like(b))
         ops.assign(self.acc.seen_overflow, Tensor(0.0, ms.float32))
@@ -190,3 +187,37 @@ class PackedInputs(nn.Cell):
     def construct(self, input_ids, labels, position_ids, segment_ids):
         return self.network(input_ids, labels, None, None, position_ids, segment_ids)
 
+
+
+class OptimizerStep:
+    """One optimizer step over `accum` micro-batches: TrainStep, or AccumulateStep k times and
+    ApplyAccumulated once. Calling it returns (loss, overflow, loss_scale, grad_norm) as Python
+    numbers; `cell` holds the training state (optimizer moments, loss scale) a checkpoint saves."""
+
+    def __init__(self, net, optimizer, trainable: list, accum: int, scale_sense, clip_norm: float,
+                 use_clip: bool, grad_reducer=None):
+        scale, update = build_loss_scale(scale_sense)
+        self.accum = accum
+        if accum == 1:
+            self.step_cell = TrainStep(net, optimizer, scale, update, clip_norm, use_clip,
+                                       grad_reducer=grad_reducer)
+            self.step_cell.set_train(True)
+            self.cell = self.step_cell
+        else:
+            self.acc_cell = AccumulateStep(net, optimizer.parameters, make_buffers(trainable),
+                                           scale, update)
+            self.apply_cell = ApplyAccumulated(self.acc_cell, optimizer, accum, clip_norm,
+                                               use_clip, grad_reducer=grad_reducer)
+            self.acc_cell.set_train(True)
+            self.cell = self.apply_cell
+        self.loss_scaled = self.cell.loss_scaled
+
+    def __call__(self, batches) -> tuple[float, bool, float, float]:
+        if self.accum == 1:
+            loss, overflow, scale, norm = self.step_cell(*batches[0])
+            loss = float(loss.asnumpy())
+        else:
+            import numpy as np
+            loss = float(np.mean([float(self.acc_cell(*b)[0].asnumpy()) for b in batches]))
+            overflow, scale, norm = self.apply_cell()
+        return loss, bool(overflow.asnumpy()), float(scale.asnumpy()), float(norm.asnumpy())

@@ -1,7 +1,8 @@
 """Failure battery cases that are not one refused command line (those are in
-tests/test_hostile_inputs.py): a loss that turns NaN at step k because of one bad batch, and a disk
-that fills up under `petrun data prepare`. Each ends with exit 2, one message naming the step or
-file and a Fix, no traceback, and nothing lost."""
+tests/test_hostile_inputs.py): a loss that turns NaN at step k because of a bad batch (skipped,
+named, training goes on; three in a row stop the run), and a disk that fills up under `petrun data
+prepare`. Each stop ends with exit 2, one message naming the step or file and a Fix, no traceback,
+and nothing lost."""
 import hashlib
 import json
 import subprocess
@@ -21,16 +22,17 @@ def _digests(folder):
             for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_a_bad_batch_at_step_3_stops_the_run_there_and_keeps_every_checkpoint(tmp_path):
-    """Token id P occurs only in the 8 rows of step 3 (no shuffle, batch 8), and the base
-    checkpoint's embedding row P is NaN: steps 1-2 train normally, step 3's loss is NaN."""
+def _poisoned_run(tmp_path, bad_rows, *extra):
+    """Token id P occurs only in `bad_rows` of the first 32 demo samples (no shuffle, batch 8:
+    rows 8k..8k+7 are step k+1's), and the base checkpoint's embedding row P is NaN: those steps
+    have a NaN loss on parameters that are fine."""
     import mindspore as ms
 
     rows = [json.loads(x) for x in (DEMO / "alpaca_demo_seq256.jsonl").read_text().splitlines()[:32]]
     used = {i for r in rows for i in r["input_ids"]}
     poison = next(i for i in range(3, 512) if i not in used)
-    for r in rows[16:24]:
-        r["input_ids"][5] = poison
+    for k in bad_rows:
+        rows[k]["input_ids"][5] = poison
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     params = ms.load_checkpoint(str(DEMO / "llama2_tiny_base.ckpt"))
@@ -39,25 +41,55 @@ def test_a_bad_batch_at_step_3_stops_the_run_there_and_keeps_every_checkpoint(tm
     table[poison] = np.nan
     params[name] = ms.Parameter(ms.Tensor(table), name=name)
     ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(tmp_path / "base.ckpt"))
-
     out = tmp_path / "out"
     r = run_cli("finetune", "--config", CONFIG, "--train_dataset_dir", data, "--load_checkpoint",
                 tmp_path / "base.ckpt", "--output_dir", out, "train_dataset.data_loader.shuffle=False",
-                "runner_config.stop_step=6", "runner_config.epochs=1",
-                "callbacks.1.save_checkpoint_steps=1")
+                "runner_config.epochs=1", "callbacks.1.save_checkpoint_steps=1",
+                "callbacks.1.keep_checkpoint_max=10", *extra)
+    return r, out / "checkpoint" / "rank_0"
+
+
+def test_a_bad_batch_is_skipped_with_its_samples_named_and_training_goes_on(tmp_path):
+    """The batch of step 3 is bad, the parameters are not: its update is skipped (the step-3
+    checkpoint equals step 2's, byte for byte in every tensor), the warning names the step and its
+    samples, and the run ends normally with `latest` at its last step (it used to stop at step 3
+    and step `latest` back past the intact step-2 checkpoint)."""
+    import mindspore as ms
+
+    r, rank = _poisoned_run(tmp_path, range(16, 24), "runner_config.stop_step=4")
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, text
+    assert "Traceback" not in text
+    assert "loss nan, gradient norm nan at step 3: a bad batch (samples " \
+           + ", ".join(map(str, range(16, 24))) + " of epoch 1); its update was skipped" in text
+    assert "the parameters still give a finite loss on the batch of step 2" in text
+    records = [json.loads(x) for x in (tmp_path / "out" / "log" / "rank_0" / "metrics.jsonl")
+               .read_text().splitlines()]
+    assert [x["step"] for x in records if "loss" in x] == [1, 2, 4]
+    assert [(x["step"], x["reason"]) for x in records if x.get("event") == "skipped"] == \
+        [(3, "bad batch")]
+    assert (rank / "latest").read_text().strip() == f"{PREFIX}-1_4"
+    for part in ("", "train_state/"):
+        two = ms.load_checkpoint(str(rank / f"{part}{PREFIX}-1_2.ckpt"))
+        three = ms.load_checkpoint(str(rank / f"{part}{PREFIX}-1_3.ckpt"))
+        kept = [k for k in two if k not in ("epoch_num", "step_num")]
+        assert kept and all(np.array_equal(two[k].asnumpy(), three[k].asnumpy()) for k in kept)
+    four = ms.load_checkpoint(str(rank / f"{PREFIX}-1_4.ckpt"))
+    assert all(np.isfinite(v.asnumpy()).all() for v in four.values())
+
+
+def test_bad_batches_in_a_row_stop_the_run_as_bad_data(tmp_path):
+    """Steps 2-4 all bad, the parameters fine: three skipped batches in a row are the data, not a
+    sample; exit 2 naming the data key and the last batch's samples; `latest` stays where it is."""
+    r, rank = _poisoned_run(tmp_path, range(8, 32), "runner_config.stop_step=4")
     text = r.stdout + r.stderr
     assert r.returncode == 2, text
     assert "Traceback" not in text
-    assert "loss nan" in r.stderr and "at step 3 (step 2: loss " in r.stderr, r.stderr
-    assert "the data of step 3 may be bad" in r.stderr and "Fix:" in r.stderr
-    rank = out / "checkpoint" / "rank_0"
-    assert sorted(p.name for p in rank.glob("*.ckpt")) == [f"{PREFIX}-1_1.ckpt", f"{PREFIX}-1_2.ckpt"]
-    # Which of the two is `latest` is the divergence rule's (it cannot tell a bad batch from a
-    # bad update); both files are kept, and whatever `latest` names loads and is finite.
-    latest = rank / f"{(rank / 'latest').read_text().strip()}.ckpt"
-    for path in (latest, rank / f"{PREFIX}-1_2.ckpt"):
-        values = ms.load_checkpoint(str(path))
-        assert values and all(np.isfinite(v.asnumpy()).all() for v in values.values()), path
+    assert "key 'train_dataset.data_loader.dataset_dir'" in r.stderr
+    assert "3 bad batches in a row (the last: samples " + ", ".join(map(str, range(24, 32))) \
+        + " of epoch 1)" in r.stderr and "Fix:" in r.stderr
+    assert "the newest checkpoint (step 3) is intact and stays `latest`" in r.stderr
+    assert (rank / "latest").read_text().strip() == f"{PREFIX}-1_3"
 
 
 def _prepare(out, *extra):

@@ -76,3 +76,11 @@ def test_packing_refusals(tmp_path, config, overrides, message):
     r = run_cli("finetune", "--config", config, "--output_dir", tmp_path / "o", *overrides)
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
+    assert "pre-flight found" in r.stderr
+    # Without the pre-flight the recipe refuses it by the same rule (preflight.run_setting_errors),
+    # before it creates or locks anything.
+    r = run_cli("finetune", "--config", config, "--output_dir", tmp_path / "o", *overrides,
+                "--skip-preflight")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert "pre-flight found" not in r.stderr and not (tmp_path / "o").exists()

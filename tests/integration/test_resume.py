@@ -1,6 +1,8 @@
 """Issue 8's acceptance, through the real CLI: kill -9 a run (at seeded random points, and in the
-middle of a save), SIGTERM it, damage its newest checkpoint; then `--resume` and require every
-step's loss to equal an uninterrupted run's (≤ 1e-6) and the final adapter to be identical.
+middle of a save), SIGTERM it, Ctrl-C it (while the model loads, before the first step, in the
+middle of a save, at seeded random points up to the first step's compile and inside steps), damage
+its newest checkpoint; then `--resume` and require every step's loss to equal an uninterrupted
+run's (≤ 1e-6) and the final adapter to be identical.
 
 The data is 32 demo samples (4 batches of 8 per epoch) over 3 epochs with shuffling, so resumes
 land mid-epoch and exactly on epoch boundaries. The 2-rank (msrun) version of these tests waits
@@ -108,8 +110,9 @@ def _wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 120
         time.sleep(0.01)
 
 
-def _resume_and_compare(out: Path, data: Path, baseline: dict) -> str:
-    r = run_cli(*_args(out, data), "--resume", env=baseline["env"])
+def _resume_and_compare(out: Path, data: Path, baseline: dict, again=("--resume",)) -> str:
+    """Run again (the same command plus `again`) and require the uninterrupted run's results."""
+    r = run_cli(*_args(out, data), *again, env=baseline["env"])
     text = r.stdout + r.stderr
     assert r.returncode == 0, text
     assert "Traceback" not in text
@@ -240,3 +243,104 @@ def test_run_manifest_records_each_invocation(baseline):
     assert run["seed"] == 0 and run["resumed_from"] is None
     assert run["config"]["runner_config"]["stop_step"] == STEPS
     assert run["load_checkpoint"][0]["path"].endswith("llama2_tiny_base.ckpt")
+
+
+def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 180.0) -> str:
+    """Read the run's output up to the line holding `text`; returns what was read."""
+    seen, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise AssertionError(f"no line with {text!r}:\n{''.join(seen)}")
+
+
+def _nothing_half_written(out: Path) -> None:
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name]
+
+
+def test_ctrl_c_while_the_model_loads_says_that_nothing_was_saved(tmp_path, data, baseline):
+    """Before the training loop's handler exists, Ctrl-C interrupts at once (a model load can
+    take minutes): exit 130, what happened and what to do, no traceback, no checkpoint."""
+    proc = _start(tmp_path, data, {**baseline["env"], "PETRUN_TEST_PAUSE_AT": "setup_model:120"})
+    head = _wait_for_line(proc, "test hook: pausing at setup_model")
+    proc.send_signal(signal.SIGINT)
+    text = head + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text
+    assert ("stopped by SIGINT before the first training step: nothing was trained or saved; no "
+            "checkpoint was written; start again with the same command.") in text
+    assert not list(tmp_path.rglob("*.ckpt"))
+    _nothing_half_written(tmp_path)
+
+
+def test_ctrl_c_between_the_load_and_the_first_step_stops_cleanly(tmp_path, data, baseline):
+    """The window after "loaded …" (cells built, resume state, run manifest) and before the
+    first step: the Ctrl-C waits for the first step's start, then the run stops with a message
+    (it used to end silently), having written no checkpoint; the same command starts over and
+    trains exactly the uninterrupted run."""
+    proc = _start(tmp_path, data, {**baseline["env"], "PETRUN_TEST_PAUSE_AT": "first_step:120"})
+    head = _wait_for_line(proc, "test hook: pausing at first_step")
+    assert "loaded " in head
+    proc.send_signal(signal.SIGINT)
+    text = head + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text
+    assert ("stopped by SIGINT before the first training step: nothing was trained or saved; no "
+            "checkpoint was written; start again with the same command.") in text
+    assert not list(tmp_path.rglob("*.ckpt")) and not _losses(tmp_path)
+    _nothing_half_written(tmp_path)
+    # A stop is no error: error.log holds no "internal error" traceback for it.
+    errors = tmp_path / "log" / "rank_0" / "error.log"
+    assert not errors.exists() or "internal error" not in errors.read_text()
+    _resume_and_compare(tmp_path, data, baseline, again=())
+
+
+def test_ctrl_c_during_a_save_finishes_it_then_stops(tmp_path, data, baseline):
+    """SIGINT while the step-4 checkpoint's files are being renamed into place (the test hook
+    pauses each rename): the save completes, the run stops after step 4 with exit 130, and the
+    resumed run equals the uninterrupted one."""
+    rank_dir = tmp_path / "checkpoint" / "rank_0"
+    proc = _start(tmp_path, data, {**baseline["env"], "PETRUN_TEST_PAUSE_BEFORE_REPLACE": "0.5"})
+    _wait_for(proc, lambda: list(rank_dir.rglob(f".{PREFIX}-1_4.partial-*")), "the step-4 save")
+    proc.send_signal(signal.SIGINT)
+    text = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text
+    assert f"stopped by SIGINT after step 4/{STEPS}; checkpoint: {rank_dir / PREFIX}-1_4.ckpt" in text
+    assert _latest(tmp_path) == f"{PREFIX}-1_4"
+    _nothing_half_written(tmp_path)
+    text = _resume_and_compare(tmp_path, data, baseline)
+    assert f"resumed from {rank_dir / PREFIX}-1_4.ckpt (step 4" in text
+
+
+@pytest.mark.parametrize("seed", [0] + [pytest.param(s, marks=pytest.mark.slow) for s in (1, 2, 3)])
+def test_ctrl_c_at_a_random_point_then_resume_matches_the_uninterrupted_run(tmp_path, data,
+                                                                            baseline, seed):
+    """Seeded random points: even seeds anywhere from "loaded …" to the end of the first step's
+    compile, odd seeds inside a step after step 2..9. Whatever the point, one clean stop (exit
+    130, or 143 where MindSpore, which owns SIGINT while a graph runs, turned it into SIGTERM),
+    nothing half-written, and --resume trains exactly the uninterrupted run."""
+    rng = random.Random(seed)
+    proc = _start(tmp_path, data, baseline["env"])
+    if seed % 2 == 0:
+        head = _wait_for_line(proc, "loaded ")
+        time.sleep(rng.random() * 5.0)
+    else:
+        head = ""
+        after = rng.randint(2, STEPS - 3)
+        _wait_for(proc, lambda: max(_losses(tmp_path), default=0) >= after, f"step {after}")
+        time.sleep(rng.random() * baseline["step_time"])
+    proc.send_signal(signal.SIGINT)
+    text = head + proc.communicate(timeout=120)[0]
+    assert proc.returncode in (130, 143), text
+    assert "Traceback" not in text and "stopped by SIG" in text, text
+    _nothing_half_written(tmp_path)
+    if (tmp_path / "checkpoint" / "rank_0" / "latest").exists():
+        stopped = max(_losses(tmp_path))
+        assert f"after step {stopped}/{STEPS}" in text and _latest(tmp_path).endswith(
+            f"-{(stopped - 1) // 4 + 1}_{(stopped - 1) % 4 + 1}")
+    _resume_and_compare(tmp_path, data, baseline)

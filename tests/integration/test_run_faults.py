@@ -56,6 +56,9 @@ def test_a_diverged_update_never_becomes_latest(tmp_path):
     assert r.returncode == 2, text
     assert "Traceback" not in text
     assert "training diverged" in text and "`latest` now points at step 4" in text
+    # A bad update, not a bad batch: step 5's batch, fine before, fails on the new parameters.
+    assert "loss nan, gradient norm nan at step 6" in text
+    assert "the batch of step 5, which gave a finite loss before, now gives nan" in text
     assert _latest(tmp_path) == f"{PREFIX}-1_4"
     # A plain --resume continues from there, and the metrics keep one record per step.
     r = _finetune(tmp_path, "--resume", "runner_config.stop_step=6")

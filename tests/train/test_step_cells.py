@@ -154,7 +154,7 @@ def test_dynamic_loss_scale_skips_overflowing_step_and_lowers_scale():
                                             "loss_scale_value": 2.0 ** 127, "scale_factor": 2,
                                             "scale_window": 1000})
     cell = steps.TrainStep(net, opt, value, update)
-    assert cell.skip_on_overflow
+    assert cell.loss_scaled
     _, overflow, scale, _ = cell(ids, labels)
     assert bool(overflow.asnumpy())
     assert float(scale.asnumpy()) == 2.0 ** 126
@@ -166,3 +166,56 @@ def test_bad_scale_sense_is_a_user_error():
     from petrun.errors import UserError
     with pytest.raises(UserError, match="runner_wrapper.scale_sense"):
         steps.build_loss_scale({"type": "Nope"})
+
+
+def _poisoned(seed=0):
+    """A model whose frozen embedding row 63 is NaN: a batch holding token 63 gives a NaN loss
+    and NaN gradients (a bad batch), every other batch trains normally."""
+    net = _model(seed)
+    emb = next(p for p in net.get_parameters() if p.name.endswith("tok_embeddings.embedding_weight"))
+    table = emb.asnumpy().copy()
+    table[63] = np.nan
+    emb.set_data(Tensor(table))
+    return net
+
+
+def _state(net, opt):
+    return {**_lora(net), **{m.name: m.asnumpy().copy() for m in (*opt.moments1, *opt.moments2)},
+            "global_step": opt.global_step.asnumpy().copy()}
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_a_non_finite_step_applies_no_update_even_without_a_loss_scale(accum):
+    """fp32, scale 1.0 (MindFormers' MFTrainOneStepCell skips here too): a bad batch leaves the
+    parameters, AdamW's moments and its step count as they were, so bad batch + good batch ends
+    exactly where the good batch alone does (the oracle: a second model that never saw it)."""
+    bad_ids = np.full((4, 17), 63, np.int32)
+    good_ids = _batch(4, 3)[0].asnumpy()
+    assert 63 not in good_ids
+
+    def run(batches):
+        net = _poisoned()
+        params = list(net.trainable_params())
+        opt = build_optimizer(params, {"weight_decay": 0.1}, np.full(8, 1e-2, np.float32))
+        if accum == 1:
+            cell = steps.TrainStep(net, opt, use_clip=True)
+            outs = [cell(Tensor(b), Tensor(b)) for b in batches]
+            flags = [(float(o[0].asnumpy()), bool(o[1].asnumpy())) for o in outs]
+        else:
+            acc = steps.AccumulateStep(net, opt.parameters, steps.make_buffers(params))
+            apply = steps.ApplyAccumulated(acc, opt, 2, use_clip=True)
+            flags = []
+            for b in batches:   # two micro-batches: the bad one spoils the whole step
+                loss = float(acc(Tensor(b[:2]), Tensor(b[:2]))[0].asnumpy())
+                acc(Tensor(good_ids[2:]), Tensor(good_ids[2:]))
+                flags.append((loss, bool(apply()[0].asnumpy())))
+        return flags, _state(net, opt)
+
+    flags, skipped = run([bad_ids, good_ids])
+    assert np.isnan(flags[0][0]) and flags[0][1]          # the bad step: NaN loss, overflow
+    assert np.isfinite(flags[1][0]) and not flags[1][1]
+    _, alone = run([good_ids])
+    assert skipped.keys() == alone.keys()
+    for name, value in alone.items():
+        assert np.array_equal(skipped[name], value), name
+    assert all(np.isfinite(v).all() for v in skipped.values())
