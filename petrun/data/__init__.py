@@ -1,4 +1,5 @@
-"""Data: tokenizers, dataset formats (alpaca → MindRecord), and the training input pipeline.
+"""Data: tokenizers, record formats (alpaca, ShareGPT, messages, AdvertiseGen, wikitext →
+MindRecord), the chat templates (templates.py), and the training input pipeline.
 
 No MindSpore import at package import time; the functions that need it import it themselves.
 """

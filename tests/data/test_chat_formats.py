@@ -362,3 +362,14 @@ def test_tokenized_datasetdict_folder_honours_the_split(tmp_path, tok_cfg):
     assert train._arrays["input_ids"][:, 0].tolist() == [10, 11, 12, 13]
     assert test._arrays["input_ids"][:, 0].tolist() == [50, 51]
     assert loader.inspect_dataset(str(folder))["num_samples"] == 4
+
+
+def test_a_system_column_replaces_the_default_system_prompt(tmp_path, demo_tokenizer, tok_cfg):
+    """alpaca and ShareGPT files often carry the system prompt in its own column."""
+    rec = {"instruction": "What is 12 plus 30?", "output": "42", "system": "Be brief."}
+    sg = {"system": "Be brief.", "conversations": sharegpt(CHATS[1:])[0]["conversations"]}
+    _, alpaca_rows = run_prepare(tmp_path, "alpaca", write("jsonl", [rec], tmp_path), tok_cfg)
+    _, sg_rows = run_prepare(tmp_path, "sharegpt", write("json", [sg], tmp_path), tok_cfg)
+    want = vicuna_hand(demo_tokenizer, "Be brief.", [(NO_INPUT.format(rec["instruction"]), "42")])
+    assert alpaca_rows == [tuple(map(list, want))]
+    assert sg_rows == [tuple(map(list, vicuna_hand(demo_tokenizer, "Be brief.", CHATS[1][1])))]
