@@ -35,7 +35,7 @@ def run_chat(cfg, console, *, max_new_tokens: Optional[int] = None,
     from petrun.infer.generate import GenerationConfig, position_capacity
     from petrun.infer.recipe import (_runtime, _sampling, _say, _streamer, check_options,
                                      load_model)
-    from petrun.models.registry import build_config
+    from petrun.models.registry import build_config, embedding_rows
     from rich.markup import escape
 
     check_options("chat", dict(output=output, max_new_tokens=max_new_tokens, top_k=top_k,
@@ -68,7 +68,8 @@ def run_chat(cfg, console, *, max_new_tokens: Optional[int] = None,
     gen = GenerationConfig(max_new_tokens=limit, sampling=sampling,
                            eos_token_ids=tuple(sorted(eos)), seed=seed,
                            pad_token_id=int(getattr(model_cfg, "pad_token_id", 0) or 0))
-    session = ChatSession(net, tokenizer, template, gen, seed=seed)
+    session = ChatSession(net, tokenizer, template, gen, seed=seed,
+                          vocab_size=embedding_rows(model_cfg))
     interactive = stdin.isatty()
     if interactive or output == "text":
         say(f"[dim]chat ({template} template, {session.capacity} tokens of context, "

@@ -107,11 +107,12 @@ class ChatSession:
     first answer after /reset is the first answer of a fresh session.
     """
 
-    def __init__(self, model, tokenizer, template: str, config, *, seed: int = 0):
+    def __init__(self, model, tokenizer, template: str, config, *, seed: int = 0,
+                 vocab_size: int | None = None):
         from petrun.infer.generate import KVCache, position_capacity
 
         self.model, self.tokenizer, self.template = model, tokenizer, template
-        self.config, self.seed = config, seed
+        self.config, self.seed, self.vocab_size = config, seed, vocab_size
         self.capacity = position_capacity(model)
         self.cache = KVCache.empty(model, self.capacity)
         self.reset()
@@ -146,6 +147,12 @@ class ChatSession:
         from petrun.infer.generate import generate
 
         new = self.new_ids(user_text)
+        outside = [t for t in new if self.vocab_size is not None and t >= self.vocab_size]
+        if outside:
+            from petrun.data.tokenizer import VOCAB_FILE_KEY
+            raise UserError(f"the tokenizer produced id {outside[0]}, outside the model's "
+                            f"vocabulary of {self.vocab_size}", key=VOCAB_FILE_KEY,
+                            fix="use the tokenizer the model was trained with")
         # Room for the new tokens, one answer token and that token's slot in the next turn.
         room = self.cache.room - len(new)
         if room < 1:

@@ -36,3 +36,12 @@ def test_chat_help_names_the_commands_and_examples():
     for needle in ("/reset", "/exit", "--adapter", "--max-new-tokens", "--top-p", "--chat-template",
                    "Examples:", "petrun chat --config", "piped"):
         assert needle in r.stdout, (needle, r.stdout)
+
+
+def test_a_tokenizer_beyond_the_models_vocabulary_exits_2():
+    """The demo tokenizer (512 ids) on a ChatGLM2 of 300: refused, not an index error."""
+    r = run_cli("chat", "--config", "configs/glm2/lora_glm2_tiny.yaml", "--greedy",
+                "processor.tokenizer.vocab_file=data/demo/tokenizer.model",
+                "model.model_config.padded_vocab_size=300", input="What is 12 plus 30?\n")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "outside the model's vocabulary of 300" in r.stderr and "Traceback" not in r.stderr
