@@ -391,3 +391,27 @@ def test_ia3_adapter_exports_merged(made, tmp_path, family):
     ids = random_ids(vocab_of(family))
     err = np.abs(hf_logits(model, ids) - petrun_logits(net, ids)).max()
     assert err <= TOL, f"max |transformers - petrun| = {err:.3g}"
+
+
+def test_tokenizer_flag_and_bf16(made, tmp_path):
+    """--tokenizer supplies the file a config lacks (the type stays the config's); --dtype bf16
+    writes bfloat16 tensors and says so in config.json, and transformers' logits stay within
+    bfloat16 rounding of petrun's."""
+    from safetensors import safe_open
+
+    m = made["glm2"]
+    cfg = write_config(tmp_path / "bare.yaml", "glm2", True, m["tmp"] / "base.ckpt",
+                       {"type": "ChatGLM2Tokenizer"})
+    export_model(cfg, tmp_path / "hf", adapter=m["tmp"] / "adapter.ckpt", tokenizer=DEMO_SPM,
+                 dtype="bf16")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf_tok.decode(hf_tok("Hi")["input_ids"][:2]) == "[gMASK]sop"   # ChatGLM2's prefix
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "hf"), dtype=torch.float32).eval()
+    ids = random_ids(vocab_of("glm2"))
+    want = petrun_logits(m["net"], ids)
+    err = np.abs(hf_logits(model, ids) - want).max()
+    assert 0 < err <= 0.05 * np.abs(want).max(), err
