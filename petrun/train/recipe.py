@@ -65,21 +65,21 @@ class FinetuneRecipe:
             refused = run_setting_errors(self.cfg, "finetune")   # for --skip-preflight, the API
             if refused:
                 raise refused[0]
-            self.setup_runtime()
-            self.setup_data()
-            resume.pause_for_tests("setup_model", self.say)
-            self.setup_model()
-            # From here a SIGTERM/SIGINT waits for a safe point (before the first step, or after
-            # a step and its save); until here Ctrl-C interrupts at once, before anything is saved.
+            with resume.interrupt_setup():   # a signal stops the setup at once: nothing saved yet
+                self.setup_runtime()
+                self.setup_data()
+                resume.pause_for_tests("setup_model", self.say)
+                self.setup_model()
+            # From here a signal waits for a safe point: the first step, or a step and its save.
             with resume.StopOnSignal(self.say) as self.stop:
                 self.setup_optimizer()
                 self.restore()
                 self._replace_earlier_run()
                 self.record_run()
                 self.train()
-        except KeyboardInterrupt:
-            raise resume.stopped_before_training(signal.SIGINT, self.resume_from, self.say,
-                                                 self.summary) from None
+        except KeyboardInterrupt as e:   # Ctrl-C, or resume.SetupInterrupted for SIGTERM
+            raise resume.stopped_before_training(getattr(e, "signum", signal.SIGINT),
+                                                 self.resume_from, self.say, self.summary) from None
         except BaseException as e:
             if self.runlog is not None:
                 self.runlog.failed(e)   # error.log: the message, or an internal error's traceback

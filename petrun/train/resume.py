@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -228,6 +229,27 @@ def warn_dropout(model, warn: Callable[[str], None]) -> None:
              "cannot save the random state of its CPU dropout kernels, so the masks from "
              "here on differ from an uninterrupted run's (everything else is restored "
              "exactly)")
+
+
+class SetupInterrupted(KeyboardInterrupt):
+    """SIGTERM during the setup, raised like Ctrl-C's KeyboardInterrupt."""
+    signum = signal.SIGTERM
+
+
+@contextmanager
+def interrupt_setup():
+    """While a run sets up (context, data, model load: minutes for a large model) a SIGTERM stops
+    it at once, as Ctrl-C does, and the recipe says so (by default it would end the process
+    without a word). Nothing is saved before the first step, so nothing can be half-written."""
+    def stop(signum, frame):
+        raise SetupInterrupted()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def stopped_before_training(signum: int, resumed_from, say: Callable[[str], None], summary: dict):

@@ -262,17 +262,19 @@ def _nothing_half_written(out: Path) -> None:
     assert not [p for p in out.rglob("*") if ".partial-" in p.name]
 
 
-def test_ctrl_c_while_the_model_loads_says_that_nothing_was_saved(tmp_path, data, baseline):
-    """Before the training loop's handler exists, Ctrl-C interrupts at once (a model load can
-    take minutes): exit 130, what happened and what to do, no traceback, no checkpoint."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_model_loads_says_that_nothing_was_saved(tmp_path, data, baseline, sig):
+    """Before the training loop's handler exists, Ctrl-C (and SIGTERM: by default it ended the
+    process without a word) interrupts at once (a model load can take minutes): exit 128 +
+    signal, what happened and what to do, no traceback, no checkpoint."""
     proc = _start(tmp_path, data, {**baseline["env"], "PETRUN_TEST_PAUSE_AT": "setup_model:120"})
     head = _wait_for_line(proc, "test hook: pausing at setup_model")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     text = head + proc.communicate(timeout=60)[0]
-    assert proc.returncode == 130, text
+    assert proc.returncode == 128 + sig, text
     assert "Traceback" not in text
-    assert ("stopped by SIGINT before the first training step: nothing was trained or saved; no "
-            "checkpoint was written; start again with the same command.") in text
+    assert (f"stopped by {sig.name} before the first training step: nothing was trained or "
+            "saved; no checkpoint was written; start again with the same command.") in text
     assert not list(tmp_path.rglob("*.ckpt"))
     _nothing_half_written(tmp_path)
 
