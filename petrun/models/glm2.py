@@ -32,9 +32,9 @@ from mindspore.ops.auto_generate import SiLU
 
 from petrun.models.configs import ChatGLM2Config
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.layers import (DotProductAttention, Dropout, Embedding, Linear,
-                                  MaskedCrossEntropy, Residual, RMSNorm, causal_mask, extend_cache,
-                                  prepend_prompt, rows_at)
+from petrun.models.kernels import attention_core, kernels_for, rms_norm
+from petrun.models.layers import (Dropout, Embedding, Linear, MaskedCrossEntropy, Residual,
+                                  causal_mask, extend_cache, prepend_prompt, rows_at)
 
 _KEY = "model.model_config"
 IGNORE_INDEX = -100   # MindFormers' GLM2 hard-codes it (labels of prompt and padding)
@@ -143,7 +143,7 @@ class ChatGLM2SelfAttention(nn.Cell):
     """
     shard_kind = "heads"
 
-    def __init__(self, config: ChatGLM2Config, dtypes: dict):
+    def __init__(self, config: ChatGLM2Config, dtypes: dict, kernels=None):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.n_kv_heads = config.kv_heads
@@ -156,10 +156,10 @@ class ChatGLM2SelfAttention(nn.Cell):
                                        config.add_bias_linear or config.add_qkv_bias)
         self.dense = _linear(config, dtypes, self.q_size, config.hidden_size,
                              config.add_bias_linear)
-        self.core = DotProductAttention(self.head_dim, self.num_heads, self.n_kv_heads,
-                                        compute_dtype=dtypes["compute_dtype"],
-                                        softmax_compute_type=dtypes["softmax_compute_type"],
-                                        attention_dropout=config.attention_dropout)
+        self.core = attention_core(kernels, self.head_dim, self.num_heads, self.n_kv_heads,
+                                   compute_dtype=dtypes["compute_dtype"],
+                                   softmax_compute_type=dtypes["softmax_compute_type"],
+                                   attention_dropout=config.attention_dropout)
         self.apply_rotary = InterleavedRotary()
         self.split_heads = ops.Transpose()
         self.merge_heads = ops.Transpose()
@@ -227,16 +227,16 @@ class ChatGLM2MLP(nn.Cell):
 
 
 class ChatGLM2Block(nn.Cell):
-    def __init__(self, config: ChatGLM2Config, dtypes: dict):
+    def __init__(self, config: ChatGLM2Config, dtypes: dict, kernels=None):
         super().__init__()
         self.compute_dtype = dtypes["compute_dtype"]
         self.residual_dtype = dtypes["residual_dtype"]
         self.post_ln_residual = bool(config.apply_residual_connection_post_layernorm)
         norm_type = dtypes["layernorm_compute_type"]
         eps = config.layernorm_epsilon
-        self.input_layernorm = RMSNorm(config.hidden_size, eps, norm_type)
-        self.self_attention = ChatGLM2SelfAttention(config, dtypes)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, norm_type)
+        self.input_layernorm = rms_norm(kernels, config.hidden_size, eps, norm_type)
+        self.self_attention = ChatGLM2SelfAttention(config, dtypes, kernels)
+        self.post_attention_layernorm = rms_norm(kernels, config.hidden_size, eps, norm_type)
         self.mlp = ChatGLM2MLP(config, dtypes)
         self.hidden_dropout = Dropout(config.hidden_dropout)
         self.residual = Residual()
@@ -270,15 +270,15 @@ class ChatGLM2Block(nn.Cell):
 class ChatGLM2Transformer(nn.Cell):
     """The encoder: `layers` then `final_layernorm` (when post_layer_norm)."""
 
-    def __init__(self, config: ChatGLM2Config, dtypes: dict):
+    def __init__(self, config: ChatGLM2Config, dtypes: dict, kernels=None):
         super().__init__()
         self.num_layers = config.num_layers
         self.post_layer_norm = bool(config.post_layer_norm)
-        self.layers = nn.CellList([ChatGLM2Block(config, dtypes)
+        self.layers = nn.CellList([ChatGLM2Block(config, dtypes, kernels)
                                    for _ in range(config.num_layers)])
         if self.post_layer_norm:
-            self.final_layernorm = RMSNorm(config.hidden_size, config.layernorm_epsilon,
-                                           dtypes["layernorm_compute_type"])
+            self.final_layernorm = rms_norm(kernels, config.hidden_size, config.layernorm_epsilon,
+                                            dtypes["layernorm_compute_type"])
 
     def construct(self, x, cos, sin, attention_mask, prefix_key_values=None):
         for i in range(self.num_layers):
@@ -305,7 +305,7 @@ class ChatGLM2Model(nn.Cell):
     """embedding → encoder → hidden states (B, S, hidden); holds the output_layer like MindFormers
     (so LoRA, which walks this submodule, sees it — `.*query_key_value` does not match it)."""
 
-    def __init__(self, config: ChatGLM2Config, dtypes: dict):
+    def __init__(self, config: ChatGLM2Config, dtypes: dict, kernels=None):
         super().__init__()
         self.residual_dtype = dtypes["residual_dtype"]
         self.embedding = Embedding(config.vocab, config.hidden_size,
@@ -314,7 +314,7 @@ class ChatGLM2Model(nn.Cell):
         self.rotary_pos_emb = GLM2RotaryEmbedding(config.head_dim // 2, config.seq_length,
                                                   10000.0 * float(config.rope_ratio),
                                                   dtypes["rotary_dtype"])
-        self.encoder = ChatGLM2Transformer(config, dtypes)
+        self.encoder = ChatGLM2Transformer(config, dtypes, kernels)
         self.output_layer = _linear(config, dtypes, config.hidden_size, config.vocab, False)
 
     def construct(self, input_ids, prefix_key_values=None, prompt_embeds=None, position_ids=None,
@@ -365,7 +365,9 @@ class ChatGLM2ForConditionalGeneration(nn.Cell):
         _check(config)
         self.config = config
         self.dtypes = glm2_dtypes(config, device_target)
-        self.transformer = ChatGLM2Model(config, self.dtypes)
+        # Fused Ascend kernels behind MindFormers' switches; composite elsewhere (kernels.py).
+        self.kernels = kernels_for("glm2", config, device_target)
+        self.transformer = ChatGLM2Model(config, self.dtypes, self.kernels)
         self.loss = MaskedCrossEntropy(IGNORE_INDEX)
 
     # What other code sizes itself by, and the two things prompt-learning methods (pet/virtual.py)

@@ -28,9 +28,10 @@ from mindspore.common.initializer import Normal, initializer
 
 from petrun.models.configs import GPT2Config
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.layers import (DenseBase, DotProductAttention, Dropout, LayerNorm, Linear,
-                                  MaskedCrossEntropy, Residual, TiedHead, causal_mask, extend_cache,
-                                  next_token_inputs, widen_mask)
+from petrun.models.kernels import attention_core, kernels_for
+from petrun.models.layers import (DenseBase, Dropout, LayerNorm, Linear, MaskedCrossEntropy,
+                                  Residual, TiedHead, causal_mask, extend_cache, next_token_inputs,
+                                  widen_mask)
 
 _KEY = "model.model_config"
 IGNORE_INDEX = -100
@@ -117,7 +118,7 @@ class GPT2Attention(nn.Cell):
     """dense1/2/3 (q, k, v) → attention core → projection; calls the projections as cells only."""
     shard_kind = "heads"
 
-    def __init__(self, config: GPT2Config, dtypes: dict):
+    def __init__(self, config: GPT2Config, dtypes: dict, kernels=None):
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = config.num_heads
@@ -130,10 +131,10 @@ class GPT2Attention(nn.Cell):
         self.dense3 = Linear(hidden, hidden, **kw)
         self.projection = LinearInOut(hidden, hidden, True, dtypes["compute_dtype"],
                                       dtypes["param_init_type"])
-        self.core = DotProductAttention(self.head_dim, self.num_heads,
-                                        compute_dtype=dtypes["compute_dtype"],
-                                        softmax_compute_type=dtypes["softmax_compute_type"],
-                                        attention_dropout=config.attention_dropout_rate)
+        self.core = attention_core(kernels, self.head_dim, self.num_heads,
+                                   compute_dtype=dtypes["compute_dtype"],
+                                   softmax_compute_type=dtypes["softmax_compute_type"],
+                                   attention_dropout=config.attention_dropout_rate)
         self.dropout = Dropout(config.hidden_dropout_rate)
         self.split_heads = ops.Transpose()
         self.merge_heads = ops.Transpose()
@@ -180,12 +181,12 @@ class GPT2MLP(nn.Cell):
 
 
 class GPT2Block(nn.Cell):
-    def __init__(self, config: GPT2Config, dtypes: dict):
+    def __init__(self, config: GPT2Config, dtypes: dict, kernels=None):
         super().__init__()
         self.compute_dtype = dtypes["compute_dtype"]
         norm_type = dtypes["layernorm_compute_type"]
         self.layernorm1 = LayerNorm(config.hidden_size, LAYERNORM_EPS, norm_type)
-        self.attention = GPT2Attention(config, dtypes)
+        self.attention = GPT2Attention(config, dtypes, kernels)
         self.layernorm2 = LayerNorm(config.hidden_size, LAYERNORM_EPS, norm_type)
         self.output = GPT2MLP(config, dtypes)
         self.residual = Residual()
@@ -205,13 +206,14 @@ class GPT2Block(nn.Cell):
 class GPT2Model(nn.Cell):
     """embedding → blocks → final layernorm; returns hidden states (B, S, hidden)."""
 
-    def __init__(self, config: GPT2Config, dtypes: dict):
+    def __init__(self, config: GPT2Config, dtypes: dict, kernels=None):
         super().__init__()
         self.num_layers = config.num_layers
         self.pad_token_id = config.pad_token_id
         self.compute_dtype = dtypes["compute_dtype"]
         self.embedding = GPT2Embedding(config, dtypes)
-        self.blocks = nn.CellList([GPT2Block(config, dtypes) for _ in range(config.num_layers)])
+        self.blocks = nn.CellList([GPT2Block(config, dtypes, kernels)
+                                   for _ in range(config.num_layers)])
         self.layernorm = LayerNorm(config.hidden_size, LAYERNORM_EPS,
                                    dtypes["layernorm_compute_type"])
 
@@ -269,9 +271,11 @@ class GPT2LMHeadModel(nn.Cell):
         _check(config)
         self.config = config
         self.dtypes = gpt2_dtypes(config, device_target)
+        # Flash attention on Ascend behind use_flash_attention; composite elsewhere (kernels.py).
+        self.kernels = kernels_for("gpt2", config, device_target)
         self.compute_dtype = self.dtypes["compute_dtype"]
         self.pad_token_id = config.pad_token_id
-        self.backbone = GPT2Model(config, self.dtypes)
+        self.backbone = GPT2Model(config, self.dtypes, self.kernels)
         self.head = TiedHead("backbone.embedding.word_embedding.embedding_table",
                              self.compute_dtype)
         self.loss = MaskedCrossEntropy(IGNORE_INDEX)

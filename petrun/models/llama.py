@@ -21,10 +21,10 @@ from mindspore.common.initializer import Normal
 
 from petrun.models.configs import LlamaConfig
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.layers import (ApplyRotary, DotProductAttention, Embedding, Linear,
-                                  MaskedCrossEntropy, Residual, RMSNorm, RotaryEmbedding, SwiGLU,
-                                  TiedHead, causal_mask, extend_cache, next_token_inputs,
-                                  prepend_prompt)
+from petrun.models.kernels import attention_core, kernels_for, rms_norm, rotary
+from petrun.models.layers import (Embedding, Linear, MaskedCrossEntropy, Residual,
+                                  RotaryEmbedding, SwiGLU, TiedHead, causal_mask, extend_cache,
+                                  next_token_inputs, prepend_prompt)
 
 _KEY = "model.model_config"
 
@@ -62,7 +62,7 @@ class LlamaAttention(nn.Cell):
     """
     shard_kind = "heads"
 
-    def __init__(self, config: LlamaConfig, dtypes: dict):
+    def __init__(self, config: LlamaConfig, dtypes: dict, kernels=None):
         super().__init__()
         self.num_heads = config.num_heads
         self.n_kv_heads = config.kv_heads
@@ -75,10 +75,10 @@ class LlamaAttention(nn.Cell):
         self.wk = Linear(hidden, kv_out, has_bias=config.qkv_has_bias, **kw)
         self.wv = Linear(hidden, kv_out, has_bias=config.qkv_has_bias, **kw)
         self.wo = Linear(q_out, hidden, has_bias=config.attn_proj_has_bias, **kw)
-        self.core = DotProductAttention(self.head_dim, self.num_heads, self.n_kv_heads,
-                                        compute_dtype=dtypes["compute_dtype"],
-                                        softmax_compute_type=dtypes["softmax_compute_type"])
-        self.apply_rotary = ApplyRotary()
+        self.core = attention_core(kernels, self.head_dim, self.num_heads, self.n_kv_heads,
+                                   compute_dtype=dtypes["compute_dtype"],
+                                   softmax_compute_type=dtypes["softmax_compute_type"])
+        self.apply_rotary = rotary(kernels, self.head_dim, dtypes["rotary_dtype"])
         self.split_heads = ops.Transpose()
         self.merge_heads = ops.Transpose()
 
@@ -111,13 +111,13 @@ class LlamaAttention(nn.Cell):
 
 
 class LlamaDecodeLayer(nn.Cell):
-    def __init__(self, config: LlamaConfig, dtypes: dict):
+    def __init__(self, config: LlamaConfig, dtypes: dict, kernels=None):
         super().__init__()
         self.residual_dtype = dtypes["residual_dtype"]
         norm_type = dtypes["layernorm_compute_type"]
-        self.attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_type)
-        self.attention = LlamaAttention(config, dtypes)
-        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_type)
+        self.attention_norm = rms_norm(kernels, config.hidden_size, config.rms_norm_eps, norm_type)
+        self.attention = LlamaAttention(config, dtypes, kernels)
+        self.ffn_norm = rms_norm(kernels, config.hidden_size, config.rms_norm_eps, norm_type)
         self.feed_forward = SwiGLU(config.hidden_size, config.ffn_hidden_size,
                                    compute_dtype=dtypes["compute_dtype"],
                                    param_init_type=dtypes["param_init_type"],
@@ -140,7 +140,7 @@ class LlamaDecodeLayer(nn.Cell):
 class LlamaModel(nn.Cell):
     """Embedding → decoder layers → final norm; returns hidden states (B, S, hidden)."""
 
-    def __init__(self, config: LlamaConfig, dtypes: dict):
+    def __init__(self, config: LlamaConfig, dtypes: dict, kernels=None):
         super().__init__()
         self.num_layers = config.num_layers
         self.pad_token_id = config.pad_token_id
@@ -149,10 +149,10 @@ class LlamaModel(nn.Cell):
                                         param_init_type=dtypes["embedding_init_type"],
                                         embedding_init=Normal(sigma=config.init_method_std,
                                                               mean=0.0))
-        self.layers = nn.CellList([LlamaDecodeLayer(config, dtypes)
+        self.layers = nn.CellList([LlamaDecodeLayer(config, dtypes, kernels)
                                    for _ in range(config.num_layers)])
-        self.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps,
-                                dtypes["layernorm_compute_type"])
+        self.norm_out = rms_norm(kernels, config.hidden_size, config.rms_norm_eps,
+                                 dtypes["layernorm_compute_type"])
         self.rotary = RotaryEmbedding(config.head_dim, config.max_positions, config.theta,
                                       config.extend_method, config.scaling_factor,
                                       dtypes["rotary_dtype"])
@@ -214,12 +214,14 @@ class LlamaForCausalLM(nn.Cell):
         _check(config)
         self.config = config
         self.dtypes = llama_dtypes(config, device_target)
+        # Fused Ascend kernels behind MindFormers' switches; composite elsewhere (kernels.py).
+        self.kernels = kernels_for("llama2", config, device_target)
         self.compute_dtype = self.dtypes["compute_dtype"]
         self.pad_token_id = config.pad_token_id
         self.ignore_token_id = config.ignore_token_id
         self.tie_word_embeddings = bool(config.tie_word_embeddings)
         self.max_positions = config.max_positions
-        self.model = LlamaModel(config, self.dtypes)
+        self.model = LlamaModel(config, self.dtypes, self.kernels)
         if not self.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, has_bias=False,
                                   compute_dtype=self.compute_dtype,

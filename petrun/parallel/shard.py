@@ -67,15 +67,20 @@ def shard_model(net, family: str, dims: ParallelDims, *, num_layers=None, offset
             own = {p.name.rsplit(".", 1)[-1]: p.name for p in cell.get_parameters(expand=False)}
         if kind in WEIGHTED_KINDS and not own:
             raise ValueError(f"{path} ({kind}) owns no parameters to shard by")
-        if kind == "attention":
+        if kind in ("attention", "flash_attention"):
             _check_heads(cell, dims)
+        if kind == "attention":
             # The additive fp32 mask (a speed path built from functional ops) has no declared
             # strategies; a sharded attention keeps the select path, whose primitives do.
             cell.additive_mask = False
         layouts = {local: plan.layouts[name] for local, name in own.items()}
         batched = not any(getattr(param_rule(family, n), "kind", None) == "encoder"
                           for n in own.values())
-        for role, strategy in cell_strategies(kind, dims, layouts, batched).items():
+        # Fused Ascend cells (models/kernels.py) carry MindFormers' strategies themselves.
+        fused = getattr(cell, "shard_strategies", None)
+        roles = (fused(dims.dp, dims.mp) if fused
+                 else cell_strategies(kind, dims, layouts, batched))
+        for role, strategy in roles.items():
             prim = _attr(cell, role)
             if prim is None or not hasattr(prim, "shard"):
                 raise ValueError(f"{path or type(cell).__name__} ({kind}) has no primitive {role!r}")

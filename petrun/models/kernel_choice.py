@@ -1,0 +1,82 @@
+"""Which implementation attention, RMSNorm and rotary embedding get: on Ascend, the fused kernels
+MindFormers r1.3 selects behind its YAML switches; everywhere else petrun's composite ops.
+
+Pure Python (no MindSpore) so the planner and the pre-flight can read the same decision the model
+is built from; petrun/models/kernels.py turns it into cells. Sources (MindFormers tag v1.3.0):
+
+- use_flash_attention — FlashAttentionScore instead of q·kᵀ → softmax → ·v, in all three families
+  (models/llama/llama_transformer.py LLamaAttention, models/glm2/glm2_transformer.py
+  ChatGLM2SelfAttention, modules/transformer/transformer.py MultiHeadAttention for GPT-2).
+  Llama passes pre_tokens 2147483647, GLM2 and GPT-2 65536; all pass next_tokens 0, layout BNSD
+  (BSH only with context_parallel > 1, which petrun refuses), sparse_mode 0 with the full
+  (B, 1, S, S) uint8 mask, 1 = masked, and scale 1/sqrt(head_dim). GLM2 and GPT-2 pass
+  keep_prob = 1 - attention dropout; Llama has no attention dropout.
+- fused_rms_norm (Llama, default True) — the RmsNorm primitive instead of square/mean/rsqrt/mul
+  (models/llama/llama_layer.py LlamaRMSNorm). ChatGLM2 has no switch: ChatGLM2RMSNorm uses the
+  primitive whenever the kernel is valid (models/glm2/glm2_modules.py). Both fall back to the
+  composite form on Ascend 910A (version_control.check_rmsnorm_big_kernel_valid). GPT-2 uses
+  LayerNorm, which this module leaves alone.
+- use_rope_slice (Llama, default False) — MindFormers' training rotary is always composite
+  (modules/layers.py RotaryEmbedding): rotate_half is a BatchMatMul with a ±1 swap matrix unless
+  use_rope_slice, which slices and negates the halves (petrun's CPU form). ChatGLM2's interleaved
+  rotary is composite in MindFormers too. The fused ApplyRotaryPosEmb appears only inside
+  MindFormers' InferAttention (use_past with PagedAttention), a path petrun's decode does not have.
+- softmax_compute_type and rotary_dtype are dtypes (petrun/models/dtypes.py); they shape the
+  composite paths on every device. FlashAttentionScore computes its softmax internally.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FA_NO_LIMIT = 2147483647     # FlashAttentionScore's "no band limit" default for pre/next_tokens
+ROPE_FORMS = ("slice", "swap_matmul")
+_910A = ("910a", "ascend910")   # MindFormers' version_control.is_910a names
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """What a model family is built with; the default is petrun's composite CPU implementation."""
+    flash_attention: bool = False
+    fused_rms_norm: bool = False
+    rope_form: str = "slice"
+    # FlashAttentionScore band arguments, as MindFormers passes them for the family.
+    fa_pre_tokens: int = FA_NO_LIMIT
+    fa_next_tokens: int = 0
+
+    @property
+    def fused(self) -> tuple[str, ...]:
+        """Names of the fused kernels selected, for logs and the planner."""
+        out = []
+        if self.flash_attention:
+            out.append("FlashAttentionScore")
+        if self.fused_rms_norm:
+            out.append("RmsNorm")
+        return tuple(out)
+
+
+COMPOSITE = KernelChoice()
+
+
+def select_kernels(family: str, config, device_target: str | None,
+                   soc_version: str | None = None) -> KernelChoice:
+    """The kernels `config` (a model config dataclass, or any object with its switch attributes)
+    selects for `family` ("llama2", "glm2", "gpt2") on `device_target`. Anything but Ascend gets
+    COMPOSITE: the fused primitives have no CPU/GPU kernels (reference/feasibility.md §1a).
+    soc_version: the Ascend chip name when known; on 910A RmsNorm stays composite, as in
+    MindFormers."""
+    if device_target != "Ascend":
+        return COMPOSITE
+    flash = bool(getattr(config, "use_flash_attention", False))
+    old_chip = str(soc_version or "").lower() in _910A
+    if family == "llama2":
+        return KernelChoice(
+            flash_attention=flash,
+            fused_rms_norm=bool(getattr(config, "fused_rms_norm", True)) and not old_chip,
+            rope_form="slice" if getattr(config, "use_rope_slice", False) else "swap_matmul",
+            fa_pre_tokens=FA_NO_LIMIT, fa_next_tokens=0)
+    if family == "glm2":
+        return KernelChoice(flash_attention=flash, fused_rms_norm=not old_chip,
+                            fa_pre_tokens=65536, fa_next_tokens=0)
+    if family == "gpt2":
+        return KernelChoice(flash_attention=flash, fa_pre_tokens=65536, fa_next_tokens=0)
+    raise ValueError(f"unknown model family {family!r}")
