@@ -67,25 +67,25 @@ def _truthy(value) -> bool:
     return bool(value)
 
 
+_FAMILY = {"LlamaConfig": "llama2", "ChatGLM2Config": "glm2", "GPT2Config": "gpt2"}
+
+
 def kernel_paths(mc: dict, device_target: str) -> dict[str, bool]:
     """Which attention and norm code paths the model runs for model_config `mc` on
-    `device_target`, by the rules of the models' kernel selection (issue 20): FlashAttention
-    and the RmsNorm primitive only on Ascend, behind MindFormers' switches; everything else
-    composite. flash_attention: use_flash_attention (all three families). fused_norm: Llama's
-    fused_rms_norm (default True, r1.3 llama_layer.LlamaRMSNorm); ChatGLM2 always (r1.3
-    glm2_modules.ChatGLM2RMSNorm takes the primitive whenever it exists); GPT-2's LayerNorm is
-    one primitive everywhere. The chip is not known here: a 910B is assumed (on a 910A RmsNorm
-    stays composite, +0 bytes for frozen norms). Rotary embedding is not listed: in either form
-    its backward reads only the cos/sin tables, so it holds no per-token tensor."""
-    ascend = device_target == "Ascend"
-    kind = str(mc.get("type") or "")
-    if kind == "LlamaConfig":
-        fused = ascend and bool(mc.get("fused_rms_norm", True))
-    else:
-        fused = ascend and kind == "ChatGLM2Config"
-    known = kind in ("LlamaConfig", "ChatGLM2Config", "GPT2Config")
-    return {"flash_attention": ascend and known and bool(mc.get("use_flash_attention")),
-            "fused_norm": fused}
+    `device_target`: the very decision the model is built from
+    (petrun.models.kernel_choice.select_kernels, pure Python). FlashAttention and the RmsNorm
+    primitive only on Ascend, behind MindFormers' switches; everything else composite. The chip
+    is not known here: a 910B is assumed (on a 910A RmsNorm stays composite, +0 bytes for frozen
+    norms). Rotary embedding is not listed: in either form its backward reads only the cos/sin
+    tables and the swap matrix, so it holds no per-token tensor."""
+    from types import SimpleNamespace
+
+    from petrun.models.kernel_choice import select_kernels
+    family = _FAMILY.get(str(mc.get("type") or ""))
+    if family is None:
+        return {"flash_attention": False, "fused_norm": False}
+    choice = select_kernels(family, SimpleNamespace(**dict(mc)), device_target)
+    return {"flash_attention": choice.flash_attention, "fused_norm": choice.fused_rms_norm}
 
 
 def recompute_applied(device_target: str) -> bool:
