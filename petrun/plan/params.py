@@ -1,7 +1,12 @@
 """Parameter memory per device: weights, gradients and optimizer states of each pipeline stage,
-split by model parallel and by MindSpore's parallel optimizer as they really are (the rules and
-their sources are in petrun/plan/estimator.py's docstring). Split out of the estimator to keep
-both under 500 lines; no MindSpore here either.
+split by model parallel and by MindSpore's parallel optimizer as they really are (the rules are
+in petrun/plan/estimator.py's docstring). Sources: MindSpore's "Optimizer Parallel" page
+(docs/mindspore/source_en/features/parallel/optimizer_parallel.md, r2.10: weights and optimizer
+states split over the data-parallel ranks holding the same slice, dim 0 divisible, `threshold`
+KB minimum), set_auto_parallel_context's parallel_optimizer_config docstring (threshold,
+optimizer_weight_shard_size, optimizer_level level1 default), and step_parallel.cc
+(SetParallelShape: trainable parameters only; InsertAllGatherOp: gathered after a downcast).
+No MindSpore here either.
 """
 from __future__ import annotations
 
