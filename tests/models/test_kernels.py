@@ -4,12 +4,13 @@ elsewhere never; and the models feed those kernels what their documented semanti
 The fused primitives cannot run here, so reference implementations of their documented semantics
 (tests/models/kernel_references.py, themselves checked against numpy below) stand in for them
 through kernels.stand_ins. A model built for Ascend with the stand-ins must then compute what the
-composite CPU model computes, for all three families, with padding, P-Tuning v2 prefixes,
-packed rows and the KV cache. The arguments each primitive is built with are compared with the
+composite CPU model computes, for all three families, with padding, P-Tuning v2 prefixes (raw
+and through petrun.pet, gradients included), packed rows and the KV cache. The arguments each primitive is built with are compared with the
 values MindFormers r1.3 passes (oracle: its source, cited at each assertion).
 """
 import math
 
+import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor
@@ -24,6 +25,7 @@ from petrun.models.kernel_choice import COMPOSITE, FA_NO_LIMIT, select_kernels
 from petrun.models.kernels import FlashAttentionCore, FusedRMSNorm, SwapRotary
 from petrun.models.layers import ApplyRotary, DotProductAttention, RMSNorm
 from petrun.models.llama import LlamaForCausalLM
+from petrun.pet import apply_pet
 from tests.models.kernel_references import (STAND_INS, RefFlashAttentionScore, RefRmsNorm,
                                             np_attention)
 from tests.models.model_helpers import randomize, tiny_config
@@ -292,3 +294,28 @@ def test_cpu_build_ignores_the_switches():
     np.testing.assert_array_equal(on(x).asnumpy(), off(x).asnumpy())
     assert sum(isinstance(c, (DotProductAttention, RMSNorm, ApplyRotary))
                for _, c in on.cells_and_names()) == 2 * 4 + 1   # per layer: core, 2 norms, rotary
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ptuning2_loss_and_gradients_equal_composite(family):
+    """P-Tuning v2 applied by petrun.pet (its prefix encoder feeding the attention): the loss and
+    the gradient of the prefix table, which backpropagates through FlashAttentionCore."""
+    plain, fused = pair(family)
+    cfg = {"pet_type": "ptuning2", "pre_seq_len": 3, "prefix_projection": False,
+           "dropout_prob": 0.0}
+    nets = [apply_pet(net, cfg).model for net in (plain, fused)]
+    x = ids()
+    labels = Tensor(np.where(x == PAD, -100, x).astype(np.int32))
+    results = []
+    for net in nets:
+        randomize(net, seed=9)
+        net.set_train(False)
+        weights = net.trainable_params()
+        loss, grads = ms.value_and_grad(net, grad_position=None, weights=weights)(Tensor(x),
+                                                                                  labels)
+        results.append((loss, grads))
+    close(results[0][0], results[1][0])
+    assert len(results[0][1]) == len(results[1][1]) >= 1
+    for a, b in zip(results[0][1], results[1][1]):
+        assert np.abs(a.asnumpy()).max() > 0
+        close(a, b)
