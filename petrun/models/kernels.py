@@ -131,7 +131,9 @@ class FlashAttentionCore(nn.Cell):
     the queries, and the band next_tokens 0 marks (from the top-left, per the sparse_mode 0
     docs) keys past the query's own index as not computed — it would hide real keys the mask
     allows. Those calls use a primitive with both band limits at their no-limit default, so the
-    mask alone decides, as petrun's composite attention does.
+    mask alone decides, as petrun's composite attention does. When queries and keys align, the
+    band keeps MindFormers' causal cut, so the mask must be causal there — every mask the models
+    build is (causal_mask, segment_causal_mask, widen_mask, a prefill's).
     """
     shard_kind = "flash_attention"   # heads checked like "attention"; see shard_strategies
 

@@ -319,3 +319,23 @@ def test_ptuning2_loss_and_gradients_equal_composite(family):
     for a, b in zip(results[0][1], results[1][1]):
         assert np.abs(a.asnumpy()).max() > 0
         close(a, b)
+
+
+@pytest.mark.parametrize("layout", ["BNSD", "BSH"])
+def test_flash_attention_core_equals_dot_product_attention(layout):
+    """The cell alone, both layouts MindFormers uses (BSH only with context parallel), GQA, a
+    prefix, and more keys than queries (a cache)."""
+    rng = np.random.default_rng(6)
+    with kernels.stand_ins(**STAND_INS):
+        fused = FlashAttentionCore(8, 4, 2, compute_dtype=ms.float32, input_layout=layout)
+    plain = DotProductAttention(8, 4, 2)
+    q = Tensor(rng.normal(size=(2, 4, 5, 8)).astype(np.float32))
+    for keys in (5, 9):
+        k, v = (Tensor(rng.normal(size=(2, 2, keys, 8)).astype(np.float32)) for _ in range(2))
+        mask = (rng.random((2, 1, 5, keys)) < 0.7).astype(np.float32)
+        mask[..., 0] = 1
+        if keys == 5:   # queries aligned with keys: the models' masks are causal (band contract)
+            mask *= np.tril(np.ones((5, 5), np.float32))
+        prefix = Tensor(rng.normal(size=(2, 2, 2, 3, 8)).astype(np.float32))
+        close(plain(q, k, v, Tensor(mask)), fused(q, k, v, Tensor(mask)))
+        close(plain(q, k, v, Tensor(mask), prefix), fused(q, k, v, Tensor(mask), prefix))
