@@ -414,8 +414,8 @@ def _family_config(family: str, config) -> Any:
     return build_config(cfg.get("model"))
 
 
-def ms_rules(family: str, mc) -> tuple[list[Rule], list[str]]:
-    """Reverse rules (MindSpore → transformers layout) for a typed model config."""
+def _config_rules(family: str, mc) -> list[Rule]:
+    """The forward (transformers → MindSpore) rules for a typed model config."""
     if family == "llama2":
         rules, _ = llama2_rules(mc.num_layers, tied=bool(mc.tie_word_embeddings))
     elif family == "glm2":
@@ -423,7 +423,12 @@ def ms_rules(family: str, mc) -> tuple[list[Rule], list[str]]:
         rules, _ = glm2_rules(mc.num_layers, "glm", qkv_sizes=(q, kv, kv))
     else:
         rules, _ = gpt2_rules(mc.num_layers)
-    return [r.inverse() for r in rules], []
+    return rules
+
+
+def ms_rules(family: str, mc) -> tuple[list[Rule], list[str]]:
+    """Reverse rules (MindSpore → transformers layout) for a typed model config."""
+    return [r.inverse() for r in _config_rules(family, mc)], []
 
 
 @dataclass(frozen=True)
@@ -442,13 +447,7 @@ def module_links(family: str, mc) -> dict[str, ModuleLink]:
     """{MindFormers module: ModuleLink} for every linear/norm weight of a typed model config: the
     one HF ↔ MindFormers name map, which PEFT conversion (ckpt/peft_format.py) reads too."""
     _check_family(family)
-    if family == "llama2":
-        rules, _ = llama2_rules(mc.num_layers, tied=bool(mc.tie_word_embeddings))
-    elif family == "glm2":
-        q, kv = mc.num_attention_heads * mc.kv_channels, mc.kv_heads * mc.kv_channels
-        rules, _ = glm2_rules(mc.num_layers, "glm", qkv_sizes=(q, kv, kv))
-    else:
-        rules, _ = gpt2_rules(mc.num_layers)
+    rules = _config_rules(family, mc)
     links: dict[str, ModuleLink] = {}
     for rule in rules:   # HF sources → MindFormers targets
         if not all(n.endswith(".weight") for n in rule.sources + rule.targets):
