@@ -83,5 +83,8 @@ def test_linear_flags_mark_exactly_the_pet_targetable_layers():
                                device_target="CPU")
         real = {f"{path}.weight" for path, cell in net.cells_and_names()
                 if isinstance(cell, linear_types())}
-        table = {n for n, s in shapes.param_shapes(cfg, "CPU").items() if s.linear}
+        # PET targets [out, in] Linear weights ("linear") and GPT2's [in, out] ones ("matmul")
+        table = {n for n, s in shapes.param_shapes(cfg, "CPU").items() if s.matmul}
         assert table == real, config_type
+        in_out = {n for n, s in shapes.param_shapes(cfg, "CPU").items() if s.kind == "matmul"}
+        assert all(n.endswith(("projection.weight", "mapping.weight")) for n in in_out), in_out
