@@ -351,11 +351,12 @@ def test_every_primitive_is_sharded_and_its_strategy_fits_the_tensors(built, fam
 # ------------------------------------------------------------------------- the planner agrees
 @pytest.mark.parametrize("num_layers, offset", [(5, 0), (4, 1), (6, [1, -1])])
 def test_planner_places_layers_like_the_models(num_layers, offset):
-    from petrun.plan.estimator import _stages, model_of
+    from petrun.plan.estimator import model_of
+    from petrun.plan.params import stages_of
     cfg = load_config(str(ROOT / "configs/llama2/lora_llama2_tiny.yaml"),
                       ["load_checkpoint=", f"model.model_config.num_layers={num_layers}"])
     _, _, specs, dims = model_of(cfg, "CPU")
-    stages = _stages(specs, dims, 2, offset)
+    stages = stages_of(specs, dims, 2, offset)
     want = {f"model.layers.{i}.attention.wq.weight": layer_stage(i, num_layers, 2, offset)
             for i in range(num_layers)}
     assert {n: stages[n] for n in want} == want
