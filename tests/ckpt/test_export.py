@@ -68,18 +68,9 @@ def pynative():
 def bpe_files(folder: Path) -> dict:
     """GPT-2 style vocab.json + merges.txt of a tiny byte-level BPE trained here (no download);
     '<|endoftext|>' is id 0."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator([TEXT, "A chat between a user and an assistant.",
-                             "Hello there, how are you today?"] * 4, trainer=trainer)
-    tok.model.save(str(folder))
+    from tests.store.tiny_hf import gpt2_bpe
+    gpt2_bpe(folder, [TEXT, "A chat between a user and an assistant.",
+                      "Hello there, how are you today?"] * 4)
     return {"type": "GPT2Tokenizer", "vocab_file": str(folder / "vocab.json"),
             "merges_file": str(folder / "merges.txt")}
 

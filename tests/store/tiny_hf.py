@@ -26,9 +26,9 @@ def _r(rng, *shape):
     return (0.02 * rng.standard_normal(shape)).astype(np.float32)
 
 
-def gpt2_bpe(folder: Path) -> int:
-    """A byte-level BPE trained here (tokenizers), saved as GPT-2's vocab.json + merges.txt;
-    '<|endoftext|>' is id 0. Returns the vocabulary size."""
+def gpt2_bpe(folder: Path, corpus=None) -> int:
+    """A byte-level BPE trained here (tokenizers) on `corpus` (default: this module's), saved as
+    GPT-2's vocab.json + merges.txt; '<|endoftext|>' is id 0. Returns the vocabulary size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -36,7 +36,7 @@ def gpt2_bpe(folder: Path) -> int:
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.train_from_iterator(_CORPUS if corpus is None else corpus, trainer=trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tok.model.save(str(folder))
     return tok.get_vocab_size()
