@@ -124,14 +124,22 @@ def alpaca_turns(record: Any, columns=None) -> tuple[list[dict] | None, str | No
                      {"role": "assistant", "content": record[names["output"]]}], None
 
 
-def sharegpt_turns(record: Any, columns=None) -> tuple[list[dict] | None, str | None]:
-    key = column(columns, "conversations")
-    who, text = column(columns, "from"), column(columns, "value")
+def _turn_list(record: Any, key: str) -> tuple[list | None, str | None]:
+    """The record's non-empty list of turns under `key` (ShareGPT conversations, OpenAI messages)."""
     if not isinstance(record, Mapping) or key not in record:
         return None, f"missing field '{key}'"
     raw = record[key]
     if not isinstance(raw, list) or not raw:
         return None, f"'{key}' must be a non-empty list"
+    return raw, None
+
+
+def sharegpt_turns(record: Any, columns=None) -> tuple[list[dict] | None, str | None]:
+    key = column(columns, "conversations")
+    who, text = column(columns, "from"), column(columns, "value")
+    raw, reason = _turn_list(record, key)
+    if reason:
+        return None, reason
     turns = []
     for j, t in enumerate(raw):
         if not isinstance(t, Mapping):
@@ -174,11 +182,9 @@ def _content(value: Any, what: str) -> tuple[str | None, str | None]:
 def messages_turns(record: Any, columns=None) -> tuple[list[dict] | None, str | None]:
     key = column(columns, "messages")
     role_key, text_key = column(columns, "role"), column(columns, "content")
-    if not isinstance(record, Mapping) or key not in record:
-        return None, f"missing field '{key}'"
-    raw = record[key]
-    if not isinstance(raw, list) or not raw:
-        return None, f"'{key}' must be a non-empty list"
+    raw, reason = _turn_list(record, key)
+    if reason:
+        return None, reason
     turns = []
     for j, t in enumerate(raw):
         if not isinstance(t, Mapping):
