@@ -50,8 +50,30 @@ def build_model(cfg: Config | str | Path, *, device_target: str | None = None, r
         net = result.model   # prompt-learning methods wrap the base model
         if report is not None:
             report(result)
+    recompute_for_config(net, cfg, device_target)
     shard_for_config(net, cfg)
     return net
+
+
+def recompute_for_config(net, cfg, device_target: str | None = None) -> int:
+    """Apply recompute_config to the built model's decoder layers, as MindFormers r1.3 does
+    (petrun/models/recompute.py), from the plan the planner counts (plan/layout.py
+    recompute_plan). Returns how many layers got any recompute."""
+    from mindspore import nn
+
+    from petrun.models.recompute import apply_recompute
+    from petrun.plan.layout import recompute_plan
+    if device_target is None:
+        import mindspore as ms
+        device_target = ms.get_context("device_target")
+    plans = recompute_plan(cfg, device_target)
+    if not any(p.any for p in plans):
+        return 0
+    stacks = [c for _, c in net.cells_and_names()
+              if isinstance(c, nn.CellList) and len(c) == len(plans)]
+    if len(stacks) != 1:
+        raise ValueError(f"found {len(stacks)} decoder-layer lists of {len(plans)} layers")
+    return apply_recompute(stacks[0], plans)
 
 
 def load_checkpoint(model, path: str | Path, strict: bool = True, *, allow_missing=(PET_PATTERN,),

@@ -19,14 +19,13 @@ Memory of one device at its peak (the pipeline stage that needs most):
                gradient_accumulation_shard (what level2 "also shards gradients" means: the
                context.py docstring names level2 its replacement). A sharded weight is
                all-gathered before its layer runs, in compute precision when the layer casts
-               it down, and the gathered copy is kept for backward (MindFormers re-gathers it
-               with parallel_optimizer_comm_recompute, through the cell.recompute() call that
-               petrun's models never make). Arithmetic in petrun/plan/params.py.
+               it down, and the gathered copy is kept for backward (MindFormers r1.3's three
+               models never pass parallel_optimizer_comm_recompute on). See plan/params.py.
   activations  what backward needs, per layer and micro-batch (`layer_inventory`, exactly as the
                selected code path holds it: composite or FlashAttention, composite or fused
                RmsNorm, layout.kernel_paths), × layers of the stage × micro-batches in flight
-               (pipeline_stage of them on the first stage with 1F1B). Recompute is counted only
-               where the model applies it (layout.recompute_applied: nowhere in petrun today)
+               (pipeline_stage of them on the first stage with 1F1B), per layer as its
+               recompute plan (layout.recompute_plan, what build_model applies) leaves it
   head         logits [batch, seq, vocab] in compute dtype, their fp32 copy, the log-softmax kept
                for backward and its gradient (÷ model_parallel when vocab-parallel)
   runtime      fixed cost of the framework (see the CPU calibration below)
@@ -47,8 +46,8 @@ HCCL buffers and workspace; not measured here).
 FLOPs per token: forward 2·N_matmul + 4·s·(heads·head_dim)·L (QKᵀ and PV over the full square, as
 petrun masks rather than skips; halved under flash attention, whose next_tokens 0 band skips the
 blocks above the diagonal); backward twice the forward matmul and attention work for activation
-gradients plus 2·N_trainable for weight gradients; recompute, where applied, adds one more
-forward (reference/feasibility.md §2 MFU_4N).
+gradients plus 2·N_trainable for weight gradients; a recomputed layer one more forward
+(reference/feasibility.md §2 MFU_4N).
 """
 from __future__ import annotations
 
@@ -228,7 +227,8 @@ def _kept_inputs(pet: PetShapes, specs: dict[str, ParamSpec],
 
 
 def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens: int,
-                    seq: int, lora_dropout: float = 0.0) -> dict[str, float]:
+                    seq: int, lora_dropout: float = 0.0,
+                    select: tuple = ()) -> dict[str, float]:
     """Bytes one decoder layer keeps for backward for `tokens` (batch · sequence) tokens that
     each attend to `seq` keys, as the code path `lay` selects (layout.kernel_paths) holds them.
 
@@ -251,7 +251,10 @@ def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens
       weight-grad inputs: each trainable weight's input (a norm weight's: the normalised tensor
                    in the residual dtype, composite RMSNorm only; the fused and LayerNorm
                    primitives recompute it from their saved input and statistics)
-    Rotary embedding holds nothing: composite or fused, its backward reads only cos/sin."""
+    Rotary embedding holds nothing: composite or fused, its backward reads only cos/sin.
+    select (the layer's select recompute, petrun.models.recompute): attention.core: no scores,
+      q, k, v kept as projected (q + 2·kv, before rotary and the kv repeat), not 3·q;
+      feed_forward.act: no silu(gate); feed_forward.mul: no product kept for w2's gradient"""
     c = DTYPE_BYTES[dims.compute_dtype]
     r = DTYPE_BYTES[dims.residual_dtype]
     sm = DTYPE_BYTES[dims.softmax_dtype]
@@ -280,12 +283,15 @@ def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens
             probs = sm + (c if c != sm else 0)          # softmax out, its cast
         probs += 1 if sm != 4 else 0                    # Select's condition (non-fp32 softmax)
         inv["attention scores"] = dims.heads * seq * probs / mp
-        if lay.select_recompute:
+        if "attention.core" in select:
             inv["attention scores"] = 0.0
+            inv["attention q/k/v/out"] = (q + 2 * kv) * c / mp
     if dims.dropout:
         inv["dropout masks"] = 2 * hs * mask
-    inv["ffn"] = (3 if dims.gated_ffn else 1) * f * c / mp
+    inv["ffn"] = ((3 - ("feed_forward.act" in select)) if dims.gated_ffn else 1) * f * c / mp
     kinds, adapters = _kept_inputs(pet, specs, lora_dropout)
+    if "feed_forward.mul" in select:
+        kinds = kinds - {"ffn_mid"}
     normw = h * r if dims.norm == "rms" and not lay.fused_norm else 0
     size = {"norm1": h * c, "norm2": h * c, "attn": 0 if lay.flash_attention else q * c / mp,
             "ffn_mid": f * c / mp, "normw1": normw, "normw2": normw}
@@ -320,24 +326,29 @@ def step_flops(dims: Dims, pet: PetShapes, specs: dict, tokens: float, seq: int,
     if not training:
         return tokens * fwd
     total = fwd + (2 * n_mm + 2 * attn) + 2 * n_train_mm
-    if lay.recompute:
-        total += fwd
+    plans = lay.recompute_layers or ()
+    if plans:   # recomputed layers run their forward again (full), or their scores (select)
+        n = len(plans)
+        total += (fwd * sum(p.full for p in plans)
+                  + attn * sum("attention.core" in p.select for p in plans)) / n
     return tokens * total
 
 
 # ----------------------------------------------------------------------------------- estimate
-def stage_activations(scores_layer: float, other_layer: float, recompute_layer: float,
-                      layers: int, inflight: int, training: bool, lay: Layout) -> tuple:
-    """(score bytes, other bytes) a pipeline stage holds at its peak, from one layer's
-    inventory. Forward only: one layer's tensors at a time. Training: every layer's saved set
-    for each micro-batch in flight. Full recompute (where the model applies it): each layer
-    keeps only its input (`recompute_layer`) and one layer at a time is rebuilt in full;
-    select recompute is applied in the inventory (no score tensors kept)."""
+def stage_activations(layers: list, recompute_layer: float, inflight: int,
+                      training: bool) -> tuple:
+    """(score bytes, other bytes) a pipeline stage holds at its peak; `layers`: (score, other,
+    fully recomputed) per layer, select recompute applied in the inventory. Forward only: one
+    layer's tensors at a time. Training, per micro-batch in flight: every layer's saved set, but
+    a fully recomputed layer keeps its input (`recompute_layer`) and is rebuilt one at a time."""
     if not training:
-        return scores_layer, other_layer
-    if lay.recompute:
-        return scores_layer * inflight, (layers * recompute_layer + other_layer) * inflight
-    return layers * scores_layer * inflight, layers * other_layer * inflight
+        return max(s for s, _, _ in layers), max(o for _, o, _ in layers)
+    kept = [(s, o) for s, o, full in layers if not full]
+    rebuilt = [(s, o) for s, o, full in layers if full]
+    scores = sum(s for s, _ in kept) + max((s for s, _ in rebuilt), default=0.0)
+    other = (sum(o for _, o in kept) + len(rebuilt) * recompute_layer
+             + max((o for _, o in rebuilt), default=0.0))
+    return scores * inflight, other * inflight
 
 
 def _scale(target: str) -> dict[str, float]:
@@ -397,14 +408,27 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
         kv_cache = (2 * dims.num_layers * dims.kv_heads * dims.head_dim * kv_len * batch
                     * DTYPE_BYTES[dims.compute_dtype] / lay.mp / lay.pp)
     scale = _scale(target)
-    scores_layer = per_layer.get("attention scores", 0.0)
-    other_layer = sum(v for k, v in per_layer.items() if k != "attention scores")
+
+    def split(inv):
+        return inv.get("attention scores", 0.0), sum(inv.values()) - inv.get("attention scores", 0)
+
+    # Each layer's inventory under its own recompute plan (layout.recompute_plan, the plan
+    # build_model applies); a layer without a plan (no recompute) holds the plain set.
+    invs: dict[tuple, tuple] = {(): split(per_layer)}
+    rows = []
+    for p in list(lay.recompute_layers) or [None] * dims.num_layers:
+        sel = tuple(p.select) if (p is not None and training) else ()
+        if sel not in invs:
+            invs[sel] = split(layer_inventory(dims, pet, pet.params, lay, batch * layer_seq,
+                                              kv_len, lora_dropout, sel))
+        rows.append((*invs[sel], bool(p is not None and p.full and training)))
+    starts = [sum(stage_counts[:i]) for i in range(lay.pp)]
 
     best = None
     for st in range(lay.pp):
         inflight = min(lay.pp - st, lay.micro_batch_num) if lay.pp > 1 else 1
-        n_scores, n_other = stage_activations(scores_layer, other_layer, recompute_layer,
-                                              stage_counts[st], inflight, training, lay)
+        stage_rows = rows[starts[st]:starts[st] + stage_counts[st]] or [(0.0, 0.0, False)]
+        n_scores, n_other = stage_activations(stage_rows, recompute_layer, inflight, training)
         hd = head if st == lay.pp - 1 else 0.0
         act = scale["attention scores"] * n_scores + scale["other"] * n_other
         total = w[st] + scale["state"] * (g[st] + o[st]) + act + scale["head"] * hd + kv_cache
@@ -431,9 +455,10 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
     eff = dev.efficiency(target, mfu)
     step_time = flops_device / (pk * eff)
     notes = []
-    if lay.recompute_requested and not lay.recompute:
-        notes.append("recompute_config asks for recompute, but petrun's models do not recompute "
-                     "(MindFormers' would): counted without it")
+    if lay.recompute_requested and not (lay.recompute or lay.select_recompute
+                                        or any(p.full for p in lay.recompute_layers)):
+        notes.append("recompute_config selects nothing for this model (as in MindFormers: "
+                     "select_recompute's patterns name no op of it, or flash attention is on)")
     if not cpu:
         paths = [("FlashAttention" if lay.flash_attention else "composite attention "
                   "(seq×seq scores held)")]

@@ -30,11 +30,13 @@ class Layout:
     shard_threshold_kb: int = 64     # parallel_optimizer_threshold: smaller params stay whole
     vocab_emb_dp: bool = True        # True: embedding and lm_head replicated, else split over mp
     seq_parallel: bool = False
-    # Activation recompute as the model applies it. petrun's models apply none on any device
-    # (see `recompute_applied`), so these stay False; recompute_config's wish is kept apart.
+    # Activation recompute as the model applies it: one petrun.models.recompute.LayerRecompute
+    # per decoder layer (`recompute_plan`, the plan build_model applies); recompute / select_
+    # recompute summarise it (every layer full; any layer with selected ops).
     recompute: bool = False
     select_recompute: bool = False
     recompute_requested: bool = False
+    recompute_layers: tuple = ()
     flash_attention: bool = False    # FlashAttentionScore: no [heads, seq, seq] scores held
     fused_norm: bool = False         # the RmsNorm primitive instead of the composite RMSNorm
     shard_size: int = -1             # parallel_optimizer_config.optimizer_weight_shard_size
@@ -89,11 +91,26 @@ def kernel_paths(mc: dict, device_target: str) -> dict[str, bool]:
 
 
 def recompute_applied(device_target: str) -> bool:
-    """Whether the model recomputes activations when recompute_config asks. MindFormers calls
-    cell.recompute() on its decoder layers (set_layer_stage_recompute); petrun's models call it
-    nowhere, on any device, so the planner counts no recompute saving and offers no recompute
-    lever. Make this True (per device) in the same change that makes the models recompute."""
-    return False
+    """Whether the model recomputes activations when recompute_config asks: yes on every device,
+    build_model applies recompute_plan's cell.recompute() calls (MindSpore's recompute pass runs
+    in graph mode on CPU too; tests/models/test_recompute.py)."""
+    return True
+
+
+def recompute_plan(cfg, device_target: str = "CPU", pp: int | None = None) -> tuple:
+    """The per-layer recompute plan (petrun.models.recompute.recompute_plan) for cfg on
+    device_target: recompute_config read as MindFormers r1.3 reads it, layers split over `pp`
+    stages (default: the layout's), FlashAttention as the kernels the model gets. Both the
+    planner and build_model call this, so what is counted is what is applied."""
+    from petrun.models.recompute import plan_for_model_config
+    mc = cfg.get("model.model_config") or {}
+    family = _FAMILY.get(str(mc.get("type") or ""))
+    if family is None or not mc.get("num_layers"):
+        return ()
+    if pp is None:
+        pp = layout_from_config(cfg, None, device_target).pp
+    flash = kernel_paths(mc, device_target)["flash_attention"]
+    return plan_for_model_config(family, cfg.get("recompute_config") or {}, mc, pp, flash)
 
 
 def layout_from_config(cfg, devices: int | None = None, device_target: str = "CPU") -> Layout:
@@ -109,11 +126,8 @@ def layout_from_config(cfg, devices: int | None = None, device_target: str = "CP
     lay.flash_attention, lay.fused_norm = paths["flash_attention"], paths["fused_norm"]
     lay.recompute_requested = (_truthy(rc.get("recompute", False))
                                or _truthy(rc.get("select_recompute", False)))
-    if recompute_applied(device_target):
-        lay.recompute = _truthy(rc.get("recompute", False))
-        lay.select_recompute = _truthy(rc.get("select_recompute", False))
     if not use_parallel:
-        return lay
+        return _with_recompute(lay, cfg)
     mode = par.get("parallel_mode", 1)
     dp = int(pc.get("data_parallel", 1) or 1)
     if mode in _DATA_PARALLEL_MODES:
@@ -133,14 +147,24 @@ def layout_from_config(cfg, devices: int | None = None, device_target: str = "CP
     lay.devices = dp * mp * pp * cp
     lay.micro_batch_num = int(pc.get("micro_batch_num", 1) or 1) if pp > 1 else 1
     lay.optimizer_shard = bool(par.get("enable_parallel_optimizer", pc.get("optimizer_shard", False)))
-    # MindFormers applies it through the same cell.recompute(...) call as recompute
-    # (parallel_optimizer_comm_recompute=...), which petrun's models never make.
-    lay.comm_recompute = (recompute_applied(device_target)
-                          and bool(rc.get("parallel_optimizer_comm_recompute", False)))
+    # MindFormers r1.3's Llama2, ChatGLM2 and GPT-2 never pass parallel_optimizer_comm_recompute
+    # to recompute() (LayerSetting.set passes only recompute_slice_activation; only T5 passes
+    # it), and MindSpore 2.10's Cell.recompute only warns that zero3 replaced it: the gathered
+    # copy stays, so comm_recompute stays False (petrun/models/recompute.py).
+    lay.comm_recompute = False
     opt_cfg = par.get("parallel_optimizer_config") or {}
     lay.shard_threshold_kb = int(opt_cfg.get("parallel_optimizer_threshold", 64) or 0)
     lay.shard_size = int(opt_cfg.get("optimizer_weight_shard_size", -1) or -1)
     lay.grad_accum_shard = bool(opt_cfg.get("gradient_accumulation_shard", False))
     lay.vocab_emb_dp = bool(pc.get("vocab_emb_dp", True))
     lay.seq_parallel = bool(pc.get("use_seq_parallel", False))
+    return _with_recompute(lay, cfg)
+
+
+def _with_recompute(lay: Layout, cfg) -> Layout:
+    if recompute_applied(lay.device_target):
+        plans = recompute_plan(cfg, lay.device_target, lay.pp)
+        lay.recompute_layers = plans
+        lay.recompute = bool(plans) and all(p.full for p in plans)
+        lay.select_recompute = any(p.select for p in plans)
     return lay

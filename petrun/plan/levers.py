@@ -1,7 +1,7 @@
 """What to change to make a run fit: each lever is a set of overrides, re-estimated and ranked.
 
-A lever is only offered where the model really does it on the device (petrun's models do not
-recompute anywhere, and shard only on accelerators) and is sized by running the whole estimate
+A lever is only offered where the model really does it on the device (recompute as MindFormers
+applies it, petrun/models/recompute.py; sharding only on accelerators) and is sized by running the whole estimate
 again on the changed config, so its saving includes every knock-on effect (e.g. model parallel
 also splits activations).
 """
@@ -35,11 +35,13 @@ def _candidates(cfg, est: Estimate) -> list[tuple[str, list[str], str]]:
     out: list[tuple[str, list[str], str]] = []
     if not cpu:
         # Only what the model really does on this device: recompute where the models apply it
-        # (nowhere yet, layout.recompute_applied), FlashAttention on Ascend (layout.kernel_paths).
+        # (layout.recompute_applied), FlashAttention on Ascend (layout.kernel_paths). Select
+        # recompute drops the scores only in Llama's composite attention (recompute_plan).
         if recompute_applied(est.device_target) and not lay.recompute:
             out.append(("recompute every layer", ["recompute_config.recompute=True"],
                         "~1/3 more compute per step"))
-            if not lay.select_recompute and not lay.flash_attention:
+            if (not lay.select_recompute and not lay.flash_attention
+                    and mc.get("type") == "LlamaConfig"):
                 out.append(("recompute the attention scores",
                             ["recompute_config.select_recompute=True"], ""))
         if est.device_target == "Ascend" and not lay.flash_attention:

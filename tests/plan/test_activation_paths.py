@@ -124,45 +124,70 @@ def test_fused_norm_saves_the_normalised_tensor_of_a_trainable_norm():
 
 
 def test_recompute_variants_by_hand():
-    """The stage arithmetic for when a model recomputes (none of petrun's does yet): 2 layers,
-    one micro-batch in flight, per layer 4,096 score bytes and 4,232 other bytes per token;
-    a layer's input is 64 × 4 B per token."""
+    """The stage arithmetic: 2 layers, per layer 4,096 score bytes and 4,232 other bytes per
+    token; a layer's input is 64 × 4 B = 256 B per token."""
     scores, other, layer_in = 4096.0, 4232.0, 256.0
-    plain = stage_activations(scores, other, layer_in, 2, 1, True, Layout())
-    assert plain == (2 * 4096, 2 * 4232)
+    plain = [(scores, other, False)] * 2
+    assert stage_activations(plain, layer_in, 1, True) == (2 * 4096, 2 * 4232)
     # full recompute: every layer keeps its input, one layer is rebuilt in full
-    full = stage_activations(scores, other, layer_in, 2, 1, True, Layout(recompute=True))
-    assert full == (4096, 2 * 256 + 4232)
+    full = [(scores, other, True)] * 2
+    assert stage_activations(full, layer_in, 1, True) == (4096, 2 * 256 + 4232)
     # 1F1B with 3 micro-batches in flight on the first of 3 stages
-    assert stage_activations(scores, other, layer_in, 2, 3, True, Layout(recompute=True)) == (
-        3 * 4096, 3 * (2 * 256 + 4232))
+    assert stage_activations(full, layer_in, 3, True) == (3 * 4096, 3 * (2 * 256 + 4232))
+    # recompute: [1] — the first layer recomputed, the second keeping its set
+    mixed = [(scores, other, True), (scores, other, False)]
+    assert stage_activations(mixed, layer_in, 1, True) == (2 * 4096, 256 + 4232 + 4232)
     # forward only (eval/predict): one layer's tensors at a time
-    assert stage_activations(scores, other, layer_in, 2, 1, False, Layout()) == (4096, 4232)
+    assert stage_activations(plain, layer_in, 1, False) == (4096, 4232)
 
 
-def test_select_recompute_drops_the_scores_when_applied():
+def _inventory(select, *overrides):
     from petrun.plan.estimator import layer_inventory, model_of, pet_of
-    c = cfg(FA_OFF)
+    c = cfg(FA_OFF, *overrides)
     arch, _, specs, dims = model_of(c, "Ascend")
     pet = pet_of(c, specs, dims, arch, "Ascend", "finetune")
-    inv = layer_inventory(dims, pet, pet.params, Layout(device_target="Ascend",
-                                                        select_recompute=True), TOKENS, 256)
+    return layer_inventory(dims, pet, pet.params, Layout(device_target="Ascend"), TOKENS, 256,
+                           select=select)
+
+
+def test_select_recompute_inventory_by_hand():
+    """Llama's select set (MindFormers: attention ops when not flash, SiLU and the gate·up Mul):
+    no scores; q, k, v kept as projected: q 64 + k 32 + v 32 = 128 × 4 B = 512 (not 768, the
+    query and both repeated to 4 heads); SwiGLU keeps gate and up, 2 × 192 × 4 B = 1,536 (not
+    2,304 with silu(gate))."""
+    inv = _inventory(("feed_forward.mul", "feed_forward.act", "attention.apply_rotary",
+                      "attention.core"))
     assert "attention scores" not in inv
-    assert inv["attention q/k/v/out"] == 768 * TOKENS
+    assert inv["attention q/k/v/out"] == 512 * TOKENS
+    assert inv["ffn"] == 1536 * TOKENS
+    plain = _inventory(())
+    assert plain["attention scores"] == 4096 * TOKENS and plain["ffn"] == 2304 * TOKENS
+    # full finetune: w2's input (the gate·up product, 192 × 4 B) is a weight-grad input unless
+    # the Mul is recomputed
+    full_plain, full_sel = _inventory((), FULL), _inventory(("feed_forward.mul",), FULL)
+    assert full_plain["weight-grad inputs"] - full_sel["weight-grad inputs"] == 768 * TOKENS
 
 
-def test_recompute_config_is_not_counted_because_petrun_does_not_recompute():
-    on = cfg(FA_OFF, "recompute_config.recompute=True", "recompute_config.select_recompute=True")
+def test_recompute_config_is_counted_as_the_model_applies_it():
+    on = cfg(FA_OFF, "recompute_config.recompute=True")
     lay = layout_from_config(on, device_target="Ascend")
-    assert lay.recompute_requested and not lay.recompute and not lay.select_recompute
-    est = estimate(on, device_target="Ascend")
-    assert est.activations == estimate(cfg(FA_OFF), device_target="Ascend").activations
-    assert any("do not recompute" in n for n in est.notes)
-    # at seq 2,048 the scores (2 layers × 4 heads × 2,048 × 4 B × 16,384 tokens = 1 GiB) are
-    # worth a lever next to the 2 GiB runtime: flash attention is offered, recompute is not
-    longer = cfg(FA_OFF, "recompute_config.recompute=True", "model.model_config.seq_length=2048")
+    assert lay.recompute and len(lay.recompute_layers) == 2
+    est, plain = estimate(on, device_target="Ascend"), estimate(cfg(FA_OFF), device_target="Ascend")
+    # per token: plain 2 × (4,096 + 4,232); full recompute 4,096 + 2 × 256 + 4,232
+    assert plain.activations == 2 * (4096 + 4232) * TOKENS
+    assert est.activations == (4096 + 2 * 256 + 4232) * TOKENS
+    # select_recompute: per layer scores 0, q/k/v 768 → 512, ffn 2,304 → 1,536:
+    # 4,232 − 256 − 768 = 3,208 per layer
+    sel = estimate(cfg(FA_OFF, "recompute_config.select_recompute=True"), device_target="Ascend")
+    assert sel.layout.select_recompute and sel.activations == 2 * 3208 * TOKENS
+    # with flash attention only the FFN ops are selected
+    fa = estimate(cfg(FA_ON, "recompute_config.select_recompute=True"), device_target="Ascend")
+    fa_plain = estimate(cfg(FA_ON), device_target="Ascend")
+    assert fa_plain.activations - fa.activations == 2 * 768 * TOKENS
+    # at seq 2,048 the scores are worth a lever: recompute is offered now, and flash attention
+    longer = cfg(FA_OFF, "model.model_config.seq_length=2048")
     offered = [lv.overrides for lv in levers(longer, estimate(longer, device_target="Ascend"))]
-    assert not any("recompute" in o for ov in offered for o in ov)
+    assert ["recompute_config.recompute=True"] in offered
     assert ["model.model_config.use_flash_attention=True"] in offered
 
 
@@ -184,7 +209,8 @@ def test_parallel_optimizer_shards_weights_states_and_gradient_slices():
     # FP32StateAdamWeightDecay: m and v in fp32, 8 B per element, big ones ÷ 4
     assert est.optimizer == 8 * (ALL_N - BIG_N) + 8 * BIG_N / 4
     # parallel_optimizer_comm_recompute would re-gather in backward instead, but MindFormers
-    # applies it through cell.recompute(), which petrun's models never call: copy still kept
+    # r1.3's Llama2/ChatGLM2/GPT-2 never pass it to cell.recompute() (LayerSetting passes only
+    # recompute_slice_activation), and neither does petrun: copy still kept
     again = estimate(cfg(FULL, *PAR, "parallel_config.data_parallel=4",
                          "recompute_config.parallel_optimizer_comm_recompute=True"),
                      device_target="Ascend")
