@@ -42,6 +42,9 @@ class KernelChoice:
     # FlashAttentionScore band arguments, as MindFormers passes them for the family.
     fa_pre_tokens: int = FA_NO_LIMIT
     fa_next_tokens: int = 0
+    # Llama's fused RmsNorm recomputes its input cast in training (LlamaRMSNorm:
+    # self.cast.recompute() unless predicting), so backward keeps x, not its fp32 copy.
+    norm_cast_recompute: bool = False
 
     @property
     def fused(self) -> tuple[str, ...]:
@@ -69,9 +72,9 @@ def select_kernels(family: str, config, device_target: str | None,
     flash = bool(getattr(config, "use_flash_attention", False))
     old_chip = str(soc_version or "").lower() in _910A
     if family == "llama2":
+        fused_norm = bool(getattr(config, "fused_rms_norm", True)) and not old_chip
         return KernelChoice(
-            flash_attention=flash,
-            fused_rms_norm=bool(getattr(config, "fused_rms_norm", True)) and not old_chip,
+            flash_attention=flash, fused_rms_norm=fused_norm, norm_cast_recompute=fused_norm,
             rope_form="slice" if getattr(config, "use_rope_slice", False) else "swap_matmul",
             fa_pre_tokens=FA_NO_LIMIT, fa_next_tokens=0)
     if family == "glm2":

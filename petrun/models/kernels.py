@@ -97,7 +97,7 @@ def rms_norm(kernels: KernelChoice | None, dim: int, eps: float = 1e-5,
     """RMSNorm, or FusedRMSNorm (the RmsNorm primitive) when selected."""
     if kernels is None or not kernels.fused_rms_norm:
         return RMSNorm(dim, eps, compute_type)
-    return FusedRMSNorm(dim, eps, compute_type)
+    return FusedRMSNorm(dim, eps, compute_type, recompute_cast=kernels.norm_cast_recompute)
 
 
 def rotary(kernels: KernelChoice | None, head_dim: int, rotary_dtype=ms.float32):
@@ -221,15 +221,22 @@ class FusedRMSNorm(nn.Cell):
     """RMSNorm through the RmsNorm primitive: x cast to compute_type, RmsNorm(eps)(x, weight)[0],
     cast back to x's dtype — MindFormers' LlamaRMSNorm._rms_norm (models/llama/llama_layer.py);
     ChatGLM2RMSNorm._rms_norm (models/glm2/glm2_modules.py) is the same once its block's cast to
-    layernorm_compute_type is counted. `weight` as RMSNorm's, so checkpoints are unchanged."""
+    layernorm_compute_type is counted. `weight` as RMSNorm's, so checkpoints are unchanged.
+    recompute_cast: LlamaRMSNorm marks its input cast recompute() when not predicting, so
+    backward rebuilds the compute_type copy from x instead of keeping it (a no-op without grad).
+    """
     shard_kind = "fused_rmsnorm"
 
-    def __init__(self, dim: int, eps: float = 1e-5, compute_type=ms.float32):
+    def __init__(self, dim: int, eps: float = 1e-5, compute_type=ms.float32,
+                 recompute_cast: bool = False):
         super().__init__()
         self.eps = float(eps)
         self.compute_type = compute_type
         self.weight = Parameter(initializer("ones", [int(dim)], compute_type), name="weight")
         self.norm = PRIMITIVES["RmsNorm"](self.eps)
+        self.cast = ops.Cast()
+        if recompute_cast:
+            self.cast.recompute()
 
     @staticmethod
     def shard_strategies(dp: int, mp: int) -> dict:
@@ -237,7 +244,7 @@ class FusedRMSNorm(nn.Cell):
 
     def construct(self, x):
         original_dtype = x.dtype
-        return ops.cast(self.norm(ops.cast(x, self.compute_type), self.weight)[0], original_dtype)
+        return ops.cast(self.norm(self.cast(x, self.compute_type), self.weight)[0], original_dtype)
 
 
 class SwapRotary(nn.Cell):

@@ -234,7 +234,8 @@ def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens
 
     Per token, with c/r/sm/nb the compute, residual, softmax and norm bytes, q = heads·head_dim,
     kv = kv_heads·head_dim (÷ model_parallel where heads split):
-      norms        two per layer, each its input cast to the norm dtype plus a per-token
+      norms        two per layer, each its input cast to the norm dtype (Llama's fused norm:
+                   the input itself, its cast being recomputed) plus a per-token
                    statistic: composite RMSNorm (rsqrt, nb) and the fused RmsNorm primitive
                    (rstd, fp32) alike; LayerNorm (one primitive everywhere) mean and variance
       composite attention (petrun's DotProductAttention): the query and the kv heads repeated to
@@ -266,7 +267,8 @@ def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens
     hs = h / mp if lay.seq_parallel else h
     inv: dict[str, float] = {}
     stat = 8 if dims.norm == "layer" else (4 if lay.fused_norm else nb)
-    inv["norm inputs"] = 2 * (hs * nb + stat)
+    # Llama's fused norm recomputes its input cast: backward keeps x itself (residual dtype)
+    inv["norm inputs"] = 2 * (hs * (r if lay.norm_cast_recompute else nb) + stat)
     if lay.flash_attention:
         inv["attention q/k/v/out"] = (2 * q + 2 * kv) * c / mp
         inv["attention scores"] = dims.heads * 2 * 8 * 4 / mp

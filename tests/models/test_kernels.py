@@ -118,6 +118,11 @@ def test_models_build_what_is_selected(family):
     assert "DotProductAttention" not in kinds(ascend)
     assert ("RMSNorm" in kinds(cpu)) == (family != "gpt2")
     assert "RMSNorm" not in kinds(ascend)
+    # LlamaRMSNorm marks its input cast recompute() in training; ChatGLM2RMSNorm does not
+    casts = [c.cast.attrs.get("recompute", False) for _, c in ascend.cells_and_names()
+             if isinstance(c, FusedRMSNorm)]
+    # (2 layers × 2 norms + the final norm; GPT-2 has LayerNorms)
+    assert casts == {"llama2": [True] * 5, "glm2": [False] * 5, "gpt2": []}[family]
 
 
 def test_primitives_get_mindformers_arguments():

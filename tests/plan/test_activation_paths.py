@@ -78,16 +78,30 @@ def test_no_flash_attention_off_ascend_whatever_the_switch(target):
 
 def test_kernel_paths_follow_switch_and_device():
     llama = {"type": "LlamaConfig", "use_flash_attention": True}
-    assert kernel_paths(llama, "Ascend") == {"flash_attention": True, "fused_norm": True}
+    on, off = (dict(flash_attention=v, fused_norm=v, norm_cast_recompute=v) for v in (True, False))
+    assert kernel_paths(llama, "Ascend") == on
     assert kernel_paths({**llama, "fused_rms_norm": False, "use_flash_attention": False},
-                        "Ascend") == {"flash_attention": False, "fused_norm": False}
+                        "Ascend") == off
     for target in ("CPU", "GPU"):
-        assert kernel_paths(llama, target) == {"flash_attention": False, "fused_norm": False}
+        assert kernel_paths(llama, target) == off
     # ChatGLM2's RMSNorm takes the primitive whenever it exists (MindFormers r1.3); GPT-2's
     # LayerNorm is one primitive everywhere, so it has no "fused" variant.
-    assert kernel_paths({"type": "ChatGLM2Config"}, "Ascend")["fused_norm"] is True
+    # ChatGLM2RMSNorm keeps its cast (no recompute() in glm2_modules.py)
+    glm2 = kernel_paths({"type": "ChatGLM2Config"}, "Ascend")
+    assert glm2["fused_norm"] is True and glm2["norm_cast_recompute"] is False
     assert kernel_paths({"type": "GPT2Config", "use_flash_attention": True}, "Ascend") == {
-        "flash_attention": True, "fused_norm": False}
+        "flash_attention": True, "fused_norm": False, "norm_cast_recompute": False}
+
+
+def test_llama_fused_norm_keeps_its_input_not_the_fp32_cast():
+    """bf16 compute (residual dtype follows it), fp32 norm weights: LlamaRMSNorm recomputes the
+    cast of x to fp32, so each norm keeps x, 64 × 2 B, and rstd 4 B: 2 × 132 = 264; the
+    composite RMSNorm keeps the fp32 cast, 64 × 4 B, and its fp32 rsqrt: 2 × 260 = 520."""
+    bf16 = ("model.model_config.compute_dtype=bfloat16", FA_ON)
+    fused = estimate(cfg(*bf16), device_target="Ascend")
+    plain = estimate(cfg(*bf16, "model.model_config.fused_rms_norm=False"), device_target="Ascend")
+    assert fused.layout.norm_cast_recompute
+    assert per_token(fused)["norm inputs"] == 264 and per_token(plain)["norm inputs"] == 520
 
 
 def test_low_precision_softmax_and_compute_dtypes():
