@@ -10,7 +10,9 @@
   messages  OpenAI chat records {messages: [{role, content}, ...]}: roles system, user,
             assistant; tool/function/developer refused by name (as above; `developer` is OpenAI's
             newer name for system, so it is named in the refusal). content may be a string or a
-            list of {type: text, text} parts, which are joined.
+            list of {type: text, text} parts, which are joined. An assistant message's `weight`
+            (0 or 1, OpenAI's finetuning format) says whether it is trained on: weight 0 keeps
+            the turn in the context but out of the loss; absent or null is 1.
 
 Column names are configurable (train_dataset.columns) for files that spell them differently:
 `columns` maps petrun's names (COLUMN_NAMES) to the file's. Every problem with a record is a
@@ -28,6 +30,7 @@ COLUMN_NAMES = {
     "conversations": "sharegpt: the list of turns", "from": "sharegpt: a turn's speaker",
     "value": "sharegpt: a turn's text", "messages": "messages: the list of turns",
     "role": "messages: a turn's role", "content": "messages: a turn's text",
+    "weight": "messages: an assistant turn's weight (0: not trained on)",
 }
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
@@ -200,8 +203,28 @@ def messages_turns(record: Any, columns=None) -> tuple[list[dict] | None, str | 
         text, reason = _content(t.get(text_key), f"message {j}'s '{text_key}'")
         if reason:
             return None, reason
-        turns.append({"role": role, "content": text})
+        turn = {"role": role, "content": text}
+        weight, reason = _weight(t, j, role, column(columns, "weight"))
+        if reason:
+            return None, reason
+        if weight == 0:
+            turn["weight"] = 0   # templates.split_turns: rendered, not trained on
+        turns.append(turn)
     return _ordered(turns)
+
+
+def _weight(message: Mapping, j: int, role: str, key: str) -> tuple[int, str | None]:
+    """OpenAI's per-message weight: 0 or 1 on assistant messages (null = absent = 1; tables fill
+    a column missing from some messages with null)."""
+    value = message.get(key)
+    if value is None:
+        return 1, None
+    if role != "assistant":
+        return 1, (f"message {j} is a {role} message with a '{key}': only assistant messages "
+                   "have one")
+    if value not in (0, 1):
+        return 1, f"message {j}'s '{key}' must be 0 or 1, got {value!r}"
+    return int(value), None
 
 
 def _ordered(turns: list[dict]) -> tuple[list[dict] | None, str | None]:

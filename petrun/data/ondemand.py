@@ -21,7 +21,7 @@ from petrun.atomic import atomic_file
 from petrun.data.cache import default_cache_dir
 from petrun.data.tokenizer import load_tokenizer
 
-CACHE_VERSION = 1   # bump when the tokenized output of the same inputs changes
+CACHE_VERSION = 2   # bump when the tokenized output of the same inputs changes (2: message weights)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,14 @@ class RawText:
                    family, dict(cfg.get(f"{section}.columns") or {}) or None,
                    cfg.get(f"{section}.split"))
 
+    def template_for(self, fmt: str) -> str | None:
+        """The chat template records of `fmt` are rendered with (None for formats that have
+        none: AdvertiseGen, wikitext). The run records it so predict, chat and export speak it."""
+        from petrun.data.formats import CHAT_FORMATS, training_template
+        if fmt not in CHAT_FORMATS:
+            return None
+        return training_template(fmt, self.chat_template, self.family_template)
+
 
 def raw_format(first: Any, columns: Mapping | None = None) -> str | None:
     """'messages', 'sharegpt', 'alpaca' or 'advertisegen' when the first record is raw text."""
@@ -63,8 +71,8 @@ def _file_hash(path: str, split: str | None = None) -> str:
     h = hashlib.sha256()
     files = [path]
     if os.path.isdir(path):
-        from petrun.data.tables import arrow_files
-        files = arrow_files(path, split=split)
+        from petrun.data.tables import folder_files
+        files = folder_files(path, split=split)
         h.update(json.dumps([os.path.relpath(f, path) for f in files]).encode())
     for name in files:
         with open(name, "rb") as f:

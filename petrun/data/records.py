@@ -3,8 +3,9 @@ place. Every data path reads through it: prepare, the loader (tokenized and raw 
 prompt files, the tokenizer trainer.
 
 A source is a JSON list of records (alpaca_data.json), one JSON object, JSON lines (AdvertiseGen's
-train.json), a Parquet file, an Arrow file, or a Hugging Face `save_to_disk` folder (state.json +
-*.arrow; a DatasetDict folder, dataset_dict.json + one folder per split, is read at one split).
+train.json), a Parquet file, an Arrow file, a Hugging Face `save_to_disk` folder (state.json +
+*.arrow; a DatasetDict folder, dataset_dict.json + one folder per split, is read at one split), or
+a folder of .parquet files (read in sorted name order).
 In JSON lines an invalid line is a bad record (counted, reported, skipped); a JSON list that is
 itself broken stops with the line of the break, since nothing after it can be trusted. Columnar
 sources are read with pyarrow (no hand-written Arrow reader); their records are numbered by row.
@@ -59,9 +60,10 @@ class BadRecord:
 
 
 def is_table(path: str) -> bool:
-    """A Parquet/Arrow file or a Hugging Face save_to_disk folder (read by petrun.data.tables)."""
+    """A Parquet/Arrow file, a Hugging Face save_to_disk folder or a folder of Parquet files
+    (read by petrun.data.tables)."""
     from petrun.data import tables
-    return path.endswith(TABLE_SUFFIXES) or tables.is_hf_folder(path)
+    return path.endswith(TABLE_SUFFIXES) or tables.is_table_folder(path)
 
 
 def read_strict(path: str, *, key: str | None = None, split: str | None = None,

@@ -7,6 +7,10 @@ dataset_dict.json ({"splits": [...]}) and one such folder per split: one split i
 asked for (train_dataset.split / --split), else "train" for training and "validation" (or
 "test") for evaluation, else the only one — and a split that is not there is refused with the
 list of those that are.
+
+A plain folder of *.parquet files (no state.json or dataset_dict.json: a dataset's Parquet
+shards, as the Hugging Face Hub serves them) is read as one table: every .parquet file directly
+in it, in sorted name order, each read by pyarrow.
 """
 from __future__ import annotations
 
@@ -25,6 +29,27 @@ _LOG = logging.getLogger("petrun")
 def is_hf_folder(path: str) -> bool:
     return os.path.isdir(path) and (os.path.isfile(os.path.join(path, STATE))
                                     or os.path.isfile(os.path.join(path, DATASET_DICT)))
+
+
+def parquet_files(path: str) -> list[str]:
+    """The .parquet files directly in folder `path`, sorted by name (shard order)."""
+    if not os.path.isdir(path):
+        return []
+    return [os.path.join(path, n) for n in sorted(os.listdir(path))
+            if n.endswith(".parquet") and not n.startswith(".")
+            and os.path.isfile(os.path.join(path, n))]
+
+
+def is_table_folder(path: str) -> bool:
+    """A save_to_disk folder or a folder of Parquet files."""
+    return is_hf_folder(path) or bool(parquet_files(path))
+
+
+def folder_files(path: str, *, key: str | None = None, split: str | None = None) -> list[str]:
+    """The data files of a table folder, in reading order."""
+    if is_hf_folder(path):
+        return arrow_files(path, key=key, split=split)
+    return parquet_files(path)
 
 
 def pick_split(path: str, splits: list[str], split: str | None, key: str | None) -> str:
@@ -107,7 +132,12 @@ def _read_table(file: str, key: str | None):
 
 def _files(path: str, key: str | None, split: str | None) -> list[str]:
     if os.path.isdir(path):
-        return arrow_files(path, key=key, split=split)
+        files = folder_files(path, key=key, split=split)
+        if not files:
+            raise UserError("no state.json, dataset_dict.json or .parquet files in this folder",
+                            file=path, key=key, fix="pass a save_to_disk folder, a folder of "
+                                                    ".parquet files, or a data file")
+        return files
     if not os.path.isfile(path):
         raise UserError("input file not found", file=path, key=key, fix="check the path")
     return [path]

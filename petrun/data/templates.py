@@ -5,7 +5,8 @@ A conversation is a list of turns, each a mapping {"role": "system" | "user" | "
 "content": str} (an optional system turn first, then user and assistant alternating, starting with
 user). `render(template, turns, add_generation_prompt)` returns Segments: text to encode, flagged
 trainable (the loss is taken on it) or not, and the special tokens ("bos" = the tokenizer's bos id,
-"prefix" = its add_special_tokens prefix, "eos") by name, since they are ids and not text.
+"prefix" = its add_special_tokens prefix, "eos") by name, since they are ids and not text. An
+assistant turn with "weight": 0 (OpenAI messages, data/formats.py) is rendered but not trainable.
 
   alpaca  FastChat's vicuna_v1.1 conversation (below) whose user turns are Stanford Alpaca
           instructions: a string becomes the instruction, a mapping {instruction, input} an
@@ -99,8 +100,10 @@ def _text(content: Any) -> str:
 
 
 def split_turns(turns: Sequence[Mapping[str, Any]], add_generation_prompt: bool,
-                system_allowed: bool = True) -> tuple[Any, list[tuple[Any, Any]]]:
-    """(system content or None, [(user, assistant or None)]) after checking the order."""
+                system_allowed: bool = True) -> tuple[Any, list[tuple[Any, Any]], list[bool]]:
+    """(system content or None, [(user, assistant or None)], [whether each answer is trained])
+    after checking the order. An assistant turn with "weight": 0 (OpenAI's finetuning format) is
+    rendered as usual but not trained on."""
     turns = list(turns)
     for j, t in enumerate(turns):
         if not isinstance(t, Mapping) or t.get("role") not in ROLES:
@@ -115,6 +118,7 @@ def split_turns(turns: Sequence[Mapping[str, Any]], add_generation_prompt: bool,
     if not turns:
         raise TemplateError("no user turn")
     pairs: list[tuple[Any, Any]] = []
+    trained: list[bool] = []
     for j, t in enumerate(turns):
         want = "user" if j % 2 == 0 else "assistant"
         if t["role"] != want:
@@ -123,16 +127,18 @@ def split_turns(turns: Sequence[Mapping[str, Any]], add_generation_prompt: bool,
                                 "turns must be [system], user, assistant, user, assistant, ...")
         if want == "user":
             pairs.append((t["content"], None))
+            trained.append(True)
         else:
             pairs[-1] = (pairs[-1][0], t["content"])
+            trained[-1] = t.get("weight", 1) != 0
     if add_generation_prompt and pairs[-1][1] is not None:
         raise TemplateError("the last turn must be the user's to add a generation prompt")
-    return system, pairs
+    return system, pairs, trained
 
 
 def _vicuna_family(wrap: bool):
     def render(turns, add_generation_prompt):
-        system, pairs = split_turns(turns, add_generation_prompt)
+        system, pairs, trained = split_turns(turns, add_generation_prompt)
         user, assistant = VICUNA_ROLES
         head = (VICUNA_SYSTEM if system is None else _text(system)) + VICUNA_SEP
         out = [Segment(special="bos")]
@@ -144,33 +150,34 @@ def _vicuna_family(wrap: bool):
             if a is not None:
                 # The answer's leading space belongs to it: SentencePiece merges it into the first
                 # answer token ("▁word"), so a generation prompt ends at the colon.
-                out += [Segment(f" {_text(a)}", True), Segment(special="eos", trainable=True)]
+                out += [Segment(f" {_text(a)}", trained[i]),
+                        Segment(special="eos", trainable=trained[i])]
         return out
     return render
 
 
 def _glm2(turns, add_generation_prompt):
-    _, pairs = split_turns(turns, add_generation_prompt, system_allowed=False)
+    _, pairs, trained = split_turns(turns, add_generation_prompt, system_allowed=False)
     out = [Segment(special="prefix")]
     for i, (q, a) in enumerate(pairs):
         out.append(Segment(("" if i == 0 else GLM2_ROUND_SEP)
                            + GLM2_ROUND.format(round=i + 1, prompt=_text(q))))
         if a is not None:
-            out.append(Segment(_text(a), True))
+            out.append(Segment(_text(a), trained[i]))
     if pairs[-1][1] is not None:
-        out.append(Segment(special="eos", trainable=True))
+        out.append(Segment(special="eos", trainable=trained[-1]))
     return out
 
 
 def _none(turns, add_generation_prompt):
-    system, pairs = split_turns(turns, add_generation_prompt)
+    system, pairs, trained = split_turns(turns, add_generation_prompt)
     out = [Segment(special="bos")]
     if system is not None:
         out.append(Segment(_text(system)))
-    for q, a in pairs:
+    for (q, a), train in zip(pairs, trained):
         out.append(Segment(_text(q)))
         if a is not None:
-            out += [Segment(_text(a), True), Segment(special="eos", trainable=True)]
+            out += [Segment(_text(a), train), Segment(special="eos", trainable=train)]
     return out
 
 
