@@ -126,6 +126,11 @@ def _check_model(cfg, verb: str, out: list[Finding]):
     try:
         arch, mc, specs, dims = model_of(cfg, target)
         mc.check()                     # what the family's model refuses to build
+        from petrun.models.kernel_choice import flash_attention_errors
+        fa_errors = flash_attention_errors(mc, target)   # FlashAttentionScore's limits
+        if fa_errors:
+            out.extend(_finding("model", e, cfg) for e in fa_errors)
+            return None
         pet_cfg = cfg.get("model.model_config.pet_config")
         if pet_cfg:
             check_model_pet(arch, cfg.get("model.model_config"), pet_cfg)

@@ -83,3 +83,52 @@ def select_kernels(family: str, config, device_target: str | None,
     if family == "gpt2":
         return KernelChoice(flash_attention=flash, fa_pre_tokens=65536, fa_next_tokens=0)
     raise ValueError(f"unknown model family {family!r}")
+
+
+# FlashAttentionScore's documented limits (MindSpore's mindspore.ops.flash_attention_score, r2.5
+# and stable docs: query/key/value float16 or bfloat16; D a multiple of 16, at most 512; N1 1 to
+# 256; N2 a factor of N1, which every family's config check already enforces).
+FA_DTYPES = ("float16", "bfloat16")
+FA_HEAD_DIM_MULTIPLE, FA_MAX_HEAD_DIM, FA_MAX_HEADS = 16, 512, 256
+FAMILY_OF_CONFIG = {"LlamaConfig": "llama2", "ChatGLM2Config": "glm2", "GPT2Config": "gpt2"}
+# the YAML key that sets each family's head size
+_HEAD_DIM_KEY = {"llama2": ("hidden_size", "hidden_size / num_heads"),
+                 "glm2": ("kv_channels", "kv_channels"),
+                 "gpt2": ("hidden_size", "hidden_size / num_heads")}
+
+
+def flash_attention_errors(config, device_target: str | None) -> list:
+    """UserErrors for what FlashAttentionScore cannot take when `config` (a typed model config)
+    selects it on `device_target`; [] when the composite attention runs. The pre-flight and
+    `config validate` report them (petrun/preflight.py) before anything is built (not the model
+    build: tests build fp32 models with reference stand-ins for the kernel)."""
+    from petrun.errors import UserError
+    from petrun.models.shapes import model_dims
+    family = FAMILY_OF_CONFIG.get(getattr(config, "type", ""))
+    if family is None or not select_kernels(family, config, device_target).flash_attention:
+        return []
+    dims = model_dims(config, device_target)
+    off = "or set model.model_config.use_flash_attention: False (composite attention)"
+    errors = []
+    if dims.compute_dtype not in FA_DTYPES:
+        errors.append(UserError(
+            f"use_flash_attention on Ascend runs FlashAttentionScore, which takes float16 or "
+            f"bfloat16 query/key/value only, but compute_dtype is {dims.compute_dtype}",
+            key="model.model_config.compute_dtype",
+            fix=f"set model.model_config.compute_dtype: bfloat16 (or float16), {off}"))
+    key, what = _HEAD_DIM_KEY[family]
+    d = dims.head_dim
+    if d % FA_HEAD_DIM_MULTIPLE or d > FA_MAX_HEAD_DIM:
+        errors.append(UserError(
+            f"use_flash_attention on Ascend runs FlashAttentionScore, whose head size must be a "
+            f"multiple of {FA_HEAD_DIM_MULTIPLE} and at most {FA_MAX_HEAD_DIM}, but {what} is "
+            f"{d}", key=f"model.model_config.{key}",
+            fix=f"choose {what} as a multiple of {FA_HEAD_DIM_MULTIPLE} up to "
+                f"{FA_MAX_HEAD_DIM}, {off}"))
+    if dims.heads > FA_MAX_HEADS:
+        heads_key = "num_attention_heads" if family == "glm2" else "num_heads"
+        errors.append(UserError(
+            f"use_flash_attention on Ascend runs FlashAttentionScore, which takes at most "
+            f"{FA_MAX_HEADS} query heads, but {heads_key} is {dims.heads}",
+            key=f"model.model_config.{heads_key}", fix=f"use at most {FA_MAX_HEADS} heads, {off}"))
+    return errors
