@@ -445,6 +445,18 @@ def run_setting_errors(cfg, verb: str) -> list[UserError]:
                 "prefix belong to one sample, not to a packed row", key=key, file=cfg.origin(key),
                 fix="set train_dataset.packing: False (or use LoRA, IA3, adapters or a full "
                     "finetune), or train_dataset.bucketing: True instead"))
+        elif (cfg.get("model.model_config.use_attn_mask_compression")
+              and cfg.get("model.model_config.use_flash_attention")
+              and cfg.get("context.device_target") == "Ascend"):
+            # FlashAttentionScore sparse_mode 2 is one causal triangle: it cannot hold the
+            # block-causal mask of a packed row (kernels.FlashAttentionCore)
+            key = "model.model_config.use_attn_mask_compression"
+            errors.append(UserError(
+                "use_attn_mask_compression replaces the attention mask with one causal "
+                "triangle, so it cannot keep packed samples apart (train_dataset.packing)",
+                key=key, file=cfg.origin(key),
+                fix="set model.model_config.use_attn_mask_compression: False, or "
+                    "train_dataset.packing: False"))
         elif cfg.get("use_parallel"):
             from petrun.parallel.context import parallel_mode
             try:

@@ -21,6 +21,12 @@ is built from; petrun/models/kernels.py turns it into cells. Sources (MindFormer
   use_rope_slice, which slices and negates the halves (petrun's CPU form). ChatGLM2's interleaved
   rotary is composite in MindFormers too. The fused ApplyRotaryPosEmb appears only inside
   MindFormers' InferAttention (use_past with PagedAttention), a path petrun's decode does not have.
+- use_attn_mask_compression (Llama only, default False) — with flash attention, sparse_mode 2
+  (leftUpCausal) and LowerTriangularMaskWithDynamic's constant np.triu(ones((2048, 2048)), 1)
+  uint8 mask instead of the (B, 1, S, S) one (llama_transformer.py LLamaAttention,
+  modules/transformer/transformer.py); that mask hides no pad key, which changes nothing for
+  right-padded training rows (pad queries carry no loss). petrun uses it only where it equals
+  the full mask: training, no prefix or cache, no packing (kernels.FlashAttentionCore).
 - softmax_compute_type and rotary_dtype are dtypes (petrun/models/dtypes.py); they shape the
   composite paths on every device. FlashAttentionScore computes its softmax internally.
 """
@@ -45,6 +51,9 @@ class KernelChoice:
     # Llama's fused RmsNorm recomputes its input cast in training (LlamaRMSNorm:
     # self.cast.recompute() unless predicting), so backward keeps x, not its fp32 copy.
     norm_cast_recompute: bool = False
+    # Llama's use_attn_mask_compression: FlashAttentionScore sparse_mode 2 (leftUpCausal) with the
+    # constant compressed (2048, 2048) mask instead of sparse_mode 0 with the full (B,1,S,S) one.
+    fa_mask_compression: bool = False
 
     @property
     def fused(self) -> tuple[str, ...]:
@@ -75,6 +84,7 @@ def select_kernels(family: str, config, device_target: str | None,
         fused_norm = bool(getattr(config, "fused_rms_norm", True)) and not old_chip
         return KernelChoice(
             flash_attention=flash, fused_rms_norm=fused_norm, norm_cast_recompute=fused_norm,
+            fa_mask_compression=flash and bool(getattr(config, "use_attn_mask_compression", False)),
             rope_form="slice" if getattr(config, "use_rope_slice", False) else "swap_matmul",
             fa_pre_tokens=FA_NO_LIMIT, fa_next_tokens=0)
     if family == "glm2":

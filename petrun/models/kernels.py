@@ -89,7 +89,8 @@ def attention_core(kernels: KernelChoice | None, head_dim: int, num_heads: int,
                                    attention_dropout=attention_dropout)
     return FlashAttentionCore(head_dim, num_heads, n_kv_heads, compute_dtype=compute_dtype,
                               attention_dropout=attention_dropout,
-                              pre_tokens=kernels.fa_pre_tokens, next_tokens=kernels.fa_next_tokens)
+                              pre_tokens=kernels.fa_pre_tokens, next_tokens=kernels.fa_next_tokens,
+                              mask_compression=kernels.fa_mask_compression)
 
 
 def rms_norm(kernels: KernelChoice | None, dim: int, eps: float = 1e-5,
@@ -134,13 +135,20 @@ class FlashAttentionCore(nn.Cell):
     mask alone decides, as petrun's composite attention does. When queries and keys align, the
     band keeps MindFormers' causal cut, so the mask must be causal there — every mask the models
     build is (causal_mask, segment_causal_mask, widen_mask, a prefill's).
+
+    mask_compression (Llama's use_attn_mask_compression): while training with aligned queries and
+    keys, sparse_mode 2 (leftUpCausal: query i keeps key j <= i) with MindFormers' constant
+    compressed mask, np.triu(ones((2048, 2048)), 1) as uint8, instead of the full mask. It hides
+    no pad key, as in MindFormers: training rows are right-padded, so only pad queries, which
+    carry no loss, see pad keys. Packed rows (block-causal masks) are refused with it at config
+    time (preflight.run_setting_errors); eval, prefill and decode keep the full mask.
     """
     shard_kind = "flash_attention"   # heads checked like "attention"; see shard_strategies
 
     def __init__(self, head_dim: int, num_heads: int, n_kv_heads: int | None = None,
                  compute_dtype=ms.float16, attention_dropout: float = 0.0,
                  pre_tokens: int = FA_NO_LIMIT, next_tokens: int = 0,
-                 input_layout: str = "BNSD"):
+                 input_layout: str = "BNSD", mask_compression: bool = False):
         super().__init__()
         n_kv_heads = n_kv_heads or num_heads
         if num_heads % n_kv_heads:
@@ -170,6 +178,13 @@ class FlashAttentionCore(nn.Cell):
                                      next_tokens=FA_NO_LIMIT, **common)
             self.drop_gen_mask = ops.DropoutGenMask()
             self.keep_prob = Tensor(keep_prob, ms.float16)
+        self.mask_compression = bool(mask_compression)
+        if self.mask_compression:
+            if self.use_dropout:   # MindFormers' Llama, the one family with the switch, has none
+                raise ValueError("mask compression is built without attention dropout")
+            self.fa_causal = make(keep_prob=1.0, pre_tokens=pre_tokens, next_tokens=next_tokens,
+                                  **{**common, "sparse_mode": 2})
+            self.compressed_mask = Tensor(np.triu(np.ones((2048, 2048), np.uint8), 1), ms.uint8)
 
     def shard_strategies(self, dp: int, mp: int) -> dict:
         """MindFormers' FlashAttention._generate_flash_attention_strategy for BNSD, cp 1, no MQA
@@ -179,6 +194,8 @@ class FlashAttentionCore(nn.Cell):
         out = {"fa": (heads, heads, heads, mask), "fa_open": (heads, heads, heads, mask)}
         if self.use_dropout:
             out.update(fa_drop=(heads,) * 4 + (mask,), fa_open_drop=(heads,) * 4 + (mask,))
+        if self.mask_compression:    # the compressed (2048, 2048) mask whole, as MindFormers
+            out["fa_causal"] = (heads, heads, heads, (1, 1))
         return out
 
     def _to_layout(self, x):
@@ -203,7 +220,9 @@ class FlashAttentionCore(nn.Cell):
         q = self._to_layout(ops.cast(query, self.compute_dtype))
         k = self._to_layout(ops.cast(key, self.compute_dtype))
         v = self._to_layout(ops.cast(value, self.compute_dtype))
-        if self.use_dropout and self.training:
+        if self.mask_compression and self.training and not open_band:
+            out = self.fa_causal(q, k, v, None, None, None, self.compressed_mask, None)[3]
+        elif self.use_dropout and self.training:
             bits = self.drop_gen_mask((batch, self.num_heads, q_len, k_len), self.keep_prob)
             bits = ops.reshape(bits, (batch, self.num_heads, q_len, k_len // 8))
             prim = self.fa_open_drop if open_band else self.fa_drop

@@ -11,10 +11,12 @@ Documented semantics used (MindSpore 2.10 ops.FlashAttentionScore / ops.rms_norm
   (B, S, N·D); N2 key heads divide N1 = head_num query heads. attn_mask uint8/bool,
   (B, 1, S1, S2) or (S1, S2): 0 keeps, 1 discards. sparse_mode 0: only the band between
   pre_tokens and next_tokens is computed: query i keeps key j iff i - pre_tokens <= j <=
-  i + next_tokens, counted from the top-left corner.
+  i + next_tokens, counted from the top-left corner. sparse_mode 2 (leftUpCausal): pre_tokens
+  and next_tokens take no effect, query i keeps key j iff j <= i (the lower triangle from the
+  top-left vertex), and attn_mask must be the optimized (2048, 2048) matrix.
 - RmsNorm(epsilon)(x, gamma) -> (x / sqrt(mean(x²) + epsilon) · gamma, rstd), same dtype as x.
 
-Not modelled, and refused: dropout (keep_prob < 1), other sparse modes, real_shift, prefix.
+Not modelled, and refused: dropout (keep_prob < 1), sparse modes but 0 and 2, real_shift, prefix.
 Rows whose every key is discarded have no documented result; they occur only at padding queries,
 whose outputs nothing reads, and this reference gives them what petrun's composite gives
 (a uniform distribution), so whole outputs can be compared.
@@ -39,7 +41,7 @@ class RefFlashAttentionScore(nn.Cell):
             head_num=head_num, keep_prob=keep_prob, scale_value=scale_value,
             pre_tokens=pre_tokens, next_tokens=next_tokens, inner_precise=inner_precise,
             input_layout=input_layout, sparse_mode=sparse_mode))
-        if sparse_mode != 0 or input_layout not in ("BNSD", "BSH"):
+        if sparse_mode not in (0, 2) or input_layout not in ("BNSD", "BSH"):
             raise NotImplementedError(f"sparse_mode {sparse_mode}, layout {input_layout}")
         self.keep_prob = keep_prob
         self.head_num = int(head_num)
@@ -47,6 +49,7 @@ class RefFlashAttentionScore(nn.Cell):
         self.pre_tokens = int(pre_tokens)
         self.next_tokens = int(next_tokens)
         self.input_layout = input_layout
+        self.sparse_mode = sparse_mode
 
     def _bnsd(self, x, heads):
         if self.input_layout == "BNSD":
@@ -74,10 +77,15 @@ class RefFlashAttentionScore(nn.Cell):
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * self.scale_value
         i = ops.reshape(ops.arange(s1, dtype=ms.int32), (s1, 1))
         j = ops.reshape(ops.arange(s2, dtype=ms.int32), (1, s2))
-        outside = ops.logical_or(j < i - min(self.pre_tokens, s1 + s2),
-                                 j > i + min(self.next_tokens, s1 + s2))
-        discard = ops.reshape(outside, (1, 1, s1, s2))
-        if attn_mask is not None:
+        if self.sparse_mode == 2:
+            if attn_mask is None or tuple(attn_mask.shape) != (2048, 2048):
+                raise ValueError("sparse_mode 2 needs the optimized (2048, 2048) attn_mask")
+            discard = ops.reshape(j > i, (1, 1, s1, s2))
+        else:
+            outside = ops.logical_or(j < i - min(self.pre_tokens, s1 + s2),
+                                     j > i + min(self.next_tokens, s1 + s2))
+            discard = ops.reshape(outside, (1, 1, s1, s2))
+        if attn_mask is not None and self.sparse_mode == 0:
             given = ops.cast(attn_mask, ms.bool_)
             if given.ndim == 2:
                 given = ops.reshape(given, (1, 1, s1, s2))

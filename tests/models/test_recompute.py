@@ -1,7 +1,7 @@
 """recompute_config as MindFormers r1.3 applies it (petrun/models/recompute.py), on CPU.
 
-MindSpore 2.10's recompute pass runs in GRAPH_MODE on CPU, so the real models are built through
-build_model with recompute_config and compared with the same weights built without it: losses
+MindSpore 2.10's recompute pass runs in GRAPH_MODE on CPU (how petrun trains), so the real models
+are built through build_model with recompute_config and compared with the same weights built without it: losses
 and gradients must agree (oracle: the model without recompute; recompute only re-runs forward
 ops, so they are equal up to float reassociation), and the cells and primitives MindFormers
 marks must carry MindSpore's recompute marks (a full layer: Cell._has_config_recompute; a
@@ -27,7 +27,6 @@ BASE = ["~model.model_config.pet_config", f"model.model_config.seq_length={SEQ}"
 
 
 def _net(family, *overrides):
-    ms.set_context(mode=ms.GRAPH_MODE)
     cfg = as_config(CONFIGS[family], BASE + list(overrides))
     net = build_model(cfg, device_target="CPU")
     randomize(net, seed=3)
@@ -70,7 +69,7 @@ def _marked(prim_or_cell) -> bool:
     ("glm2", "recompute_config.recompute=True"),
     ("gpt2", "recompute_config.recompute=True"),
 ])
-def test_recompute_keeps_loss_and_gradients(family, switch):
+def test_recompute_keeps_loss_and_gradients(family, switch, graph_mode):
     plain_loss, plain_grads = _loss_and_grads(_net(family), family)
     net = _net(family, switch)
     layers = _layers(net)
@@ -88,13 +87,13 @@ def test_recompute_keeps_loss_and_gradients(family, switch):
         np.testing.assert_allclose(g, plain_grads[name], rtol=0, atol=1e-6, err_msg=name)
 
 
-def test_without_recompute_config_nothing_is_marked():
+def test_without_recompute_config_nothing_is_marked(graph_mode):
     for family in CONFIGS:
         net = _net(family)
         assert not any(_marked(c) for _, c in net.cells_and_names())
 
 
-def test_glm2_select_recompute_marks_nothing_as_in_mindformers():
+def test_glm2_select_recompute_marks_nothing_as_in_mindformers(graph_mode):
     # MindFormers' default patterns name `feed_forward`; ChatGLM2Block's MLP is `mlp`.
     net = _net("glm2", "recompute_config.select_recompute=True")
     assert not any(_marked(c) for _, c in net.cells_and_names())
