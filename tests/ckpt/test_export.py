@@ -357,7 +357,10 @@ def test_one_name_map_names_real_modules_on_both_sides(made, tmp_path, family):
 IA3 = {"llama2": {"pet_type": "ia3", "target_modules": ".*wk|.*wv|.*w2",
                   "feedforward_modules": ".*w2"},
        "glm2": {"pet_type": "ia3", "target_modules": ".*query_key_value|.*dense_4h_to_h",
-                "feedforward_modules": ".*dense_4h_to_h"}}
+                "feedforward_modules": ".*dense_4h_to_h"},
+       # GPT-2: its [in, out] layers too (output.mapping scales outputs, *.projection inputs)
+       "gpt2": {"pet_type": "ia3", "target_modules": ".*dense1|.*dense3|.*mapping|.*projection",
+                "feedforward_modules": ".*projection"}}
 
 
 @pytest.mark.parametrize("family", list(IA3))
