@@ -115,11 +115,12 @@ def _tokenizer_cfg(cfg, tokenizer: str | None) -> dict:
     return tok_cfg
 
 
-def _template(cfg, tok_cfg: dict) -> str:
-    from petrun.infer.chat import check_template, default_template
+def _template(cfg, tok_cfg: dict, adapter, checkpoint) -> str:
+    """The template the model speaks (infer/chat.py:model_template, as predict and chat pick
+    it): configured, else recorded by the run that trained the adapter or the weights."""
+    from petrun.infer.chat import model_template
 
-    return check_template(tok_cfg.get("chat_template")
-                          or default_template(cfg.get("model.arch.type"), tok_cfg.get("type")))
+    return model_template(cfg, adapter=adapter or checkpoint, tokenizer=tok_cfg)[0]
 
 
 def _check_output(output: Path, overwrite: bool, inputs: list[Path]) -> None:
@@ -270,7 +271,7 @@ def export_model(config, output: str | Path, *, adapter: str | Path | None = Non
             result = _export_peft(cfg, family, mc, adapter, tmp, base_model)
         if tok_cfg is not None:
             seq = getattr(mc, "seq_length", None)
-            tok = write_hf_tokenizer(tok_cfg, tmp, template=_template(cfg, tok_cfg),
+            tok = write_hf_tokenizer(tok_cfg, tmp, template=_template(cfg, tok_cfg, adapter, checkpoint),
                                      model_max_length=seq)
             result.files += [f for f in tok.files if f not in result.files]
             result.template = tok.template

@@ -8,8 +8,10 @@ One checkpoint of a run is a set of files sharing a stem, MindFormers' name for 
                                                        adam_m.* / adam_v.*, global_step, loss_scale
                                                        and the dynamic-loss-scale counters
     <prefix>_rank_<r>-<epoch>_<step>.json              petrun's manifest: step, epoch, data cursor,
-                                                       RNG state, config (+ hash), and the size and
-                                                       SHA-256 of the two files above
+                                                       RNG state, config (+ hash), the chat template
+                                                       raw data was rendered with (chat_template,
+                                                       read by infer/chat.model_template), and the
+                                                       size and SHA-256 of the two files above
     latest                                             one line: the stem of the newest complete
                                                        checkpoint
 
@@ -135,6 +137,25 @@ def verify_against_manifest(ckpt_file: str | Path) -> str | None:
         if (folder / entry["path"]).resolve() == p.resolve():
             return ckpt.problem()
     return None
+
+
+def manifest_of(path: str | Path) -> dict | None:
+    """The manifest of the checkpoint `path` denotes, as loading reads it: a .ckpt file with its
+    manifest beside it, or a petrun rank folder (its `latest`, else its newest checkpoint);
+    None for anything else (a base model, a MindFormers checkpoint, a missing path). Not
+    verified: a reader asking how the run was made, not loading its weights."""
+    p = Path(path)
+    if p.is_file():
+        folder = p.parent.parent if p.parent.name == STATE_DIR else p.parent
+        return _read_manifest(folder / f"{p.stem}.json")
+    if not p.is_dir():
+        return None
+    folder = CheckpointFolder(p)
+    latest = folder.latest_stem()
+    found = folder.get(latest) if latest else None
+    if found is None:
+        found = next(iter(folder.checkpoints()), None)
+    return found.manifest if found is not None else None
 
 
 class CheckpointFolder:

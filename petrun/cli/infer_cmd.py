@@ -46,7 +46,9 @@ PREDICT_OPTIONS = _COMMON + [
     _option("repetition_penalty", Optional[float], None, "--repetition-penalty",
             help="> 1 discourages repeating tokens (1.0: off)."),
     _option("chat_template", Optional[str], None, "--chat-template",
-            help="alpaca, vicuna, glm2 or none (default: the family's finetune format)."),
+            help="alpaca, vicuna, glm2 or none (default: processor.tokenizer.chat_template, else "
+                 "the one the adapter's training run recorded, else the family's finetune "
+                 "format)."),
     _option("no_cache", bool, False, "--no-cache",
             help="Recompute the whole sequence each step instead of using the KV cache."),
 ]

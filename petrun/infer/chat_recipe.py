@@ -30,7 +30,7 @@ def run_chat(cfg, console, *, max_new_tokens: Optional[int] = None,
              merge: bool = False, output: str = "text", chat_template: Optional[str] = None,
              stdin: IO[str] | None = None) -> dict:
     from petrun.data.tokenizer import load_tokenizer
-    from petrun.infer.chat import check_template, default_template
+    from petrun.infer.chat import model_template
     from petrun.infer.chat_session import ChatSession, ContextFull
     from petrun.infer.generate import GenerationConfig, position_capacity
     from petrun.infer.recipe import (_runtime, _sampling, _say, _streamer, check_options,
@@ -51,9 +51,7 @@ def run_chat(cfg, console, *, max_new_tokens: Optional[int] = None,
                         fix="set processor.tokenizer.vocab_file (or pass "
                             "processor.tokenizer.vocab_file=PATH)")
     tokenizer = load_tokenizer(tok_cfg)
-    template = check_template(chat_template, key="--chat-template") if chat_template else \
-        check_template(tok_cfg.get("chat_template")
-                       or default_template(cfg.get("model.arch.type"), tok_cfg.get("type")))
+    template, _ = model_template(cfg, flag=chat_template, adapter=adapter)
 
     say = _say(console)
     target = _runtime(cfg)

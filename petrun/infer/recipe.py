@@ -252,7 +252,7 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
                 adapter: Optional[str] = None, merge: bool = False, output: str = "text",
                 chat_template: Optional[str] = None, no_cache: bool = False) -> dict:
     from petrun.data.tokenizer import VOCAB_FILE_KEY
-    from petrun.infer.chat import check_template, default_template, encode_prompt
+    from petrun.infer.chat import encode_prompt, model_template
     from petrun.models.registry import build_config, embedding_rows
 
     _check_output(output)
@@ -260,7 +260,6 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
     _check_flags(max_new_tokens, top_k, top_p, temperature, repetition_penalty, do_sample)
     model_cfg = build_config(cfg.get("model"))
     sampling = _sampling(model_cfg, do_sample, top_k, top_p, temperature, repetition_penalty)
-    arch = cfg.get("model.arch.type")
     tok_cfg = cfg.get("processor.tokenizer") or {}
 
     # Prompts → ids (the tokenizer is needed unless ids are given and no vocab_file is set).
@@ -275,11 +274,7 @@ def run_predict(cfg, console, *, prompt: Optional[List[str]] = None,
         tokenizer = load_tokenizer(tok_cfg)
         texts = list(prompt) if prompt else _read_prompt_file(prompt_file) if prompt_file \
             else _read_stdin()
-        if chat_template:
-            template = check_template(chat_template, key="--chat-template")
-        else:
-            template = check_template(tok_cfg.get("chat_template")
-                                      or default_template(arch, tok_cfg.get("type")))
+        template = model_template(cfg, flag=chat_template, adapter=adapter)[0]
         rows = [encode_prompt(template, t, tokenizer) for t in texts]
         too_big = [t for r in rows for t in r if t >= embedding_rows(model_cfg)]
         if too_big:

@@ -478,6 +478,7 @@ class FinetuneRecipe:
             consumed_samples=step * self.accum * self.batch_size * self.num_shards,
             total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch, rank=self.rank,
             world_size=self.world_size, run_id=self.run_id, loss_scale=self.scale,
+            chat_template=self.data.info.get("template"),   # read by infer/chat.model_template
             data={"files": self.data_files, "num_samples": self.data.num_samples,
                   "seed": self.data.seed, "shuffle": self.data.shuffle,
                   "order_sha256": self._order_digest(epoch)})
