@@ -58,6 +58,9 @@ CHAT_OPTIONS = _COMMON + [
     _option("max_new_tokens", Optional[int], None, "--max-new-tokens",
             help="Most tokens per answer (default: max_decode_length); an answer also ends "
                  "where the context (seq_length) does."),
+    _option("system", Optional[str], None, "--system",
+            help="A system prompt that opens every conversation (after /reset too), in the "
+                 "template's system slot (not glm2's, which has none)."),
 ] + [p for p in PREDICT_OPTIONS if p.name in _SHARED]
 
 

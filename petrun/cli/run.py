@@ -135,7 +135,9 @@ def _make_verb(mode: str, summary: str, extra: tuple = ()):
                          "  cat prompts.txt | petrun predict --config lora_llama2_tiny.yaml   "
                          "(no prompt option: one prompt per line from stdin)")
     elif mode == "chat":
-        verb.__doc__ += ("\n\nCommands: /reset starts a new conversation, /exit ends the chat. "
+        verb.__doc__ += ("\n\nCommands: /reset starts a new conversation, /exit ends the chat "
+                         "(as Ctrl-D or Ctrl-C at the prompt do); Ctrl-C while an answer streams "
+                         "stops it and drops that exchange. "
                          "The model is loaded and compiled once and each turn prefills only its "
                          "new tokens (the KV cache is kept); when the context (seq_length) is "
                          "full, a turn is refused until /reset. With stdin piped, each line is a "

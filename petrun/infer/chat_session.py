@@ -13,6 +13,11 @@ segments after it are this turn's, encoded as petrun.data.conversation encodes t
 The first turn is exactly predict's prompt (petrun.infer.chat.encode_prompt), so a first answer
 equals predict's.
 
+A system prompt (`system`, petrun chat --system) opens every conversation, /reset included, in
+the template's system slot. An answer given up midway (KeyboardInterrupt: Ctrl-C while it
+streams) leaves the conversation as it was before that message: the cache forgets the turn's
+tokens, so the model never sees a half answer.
+
 When the context (seq_length positions) cannot take a turn, the turn is refused with ContextFull
 and the conversation is left as it was: the user chooses /reset. Dropping the oldest turns
 instead would mean prefilling everything that remains again (RoPE positions cannot be shifted
@@ -108,10 +113,11 @@ class ChatSession:
     """
 
     def __init__(self, model, tokenizer, template: str, config, *, seed: int = 0,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, system: str | None = None):
         from petrun.infer.generate import KVCache, position_capacity
 
         self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.system = system or None
         self.config, self.seed, self.vocab_size = config, seed, vocab_size
         self.capacity = position_capacity(model)
         self.cache = KVCache.empty(model, self.capacity)
@@ -134,8 +140,9 @@ class ChatSession:
         from petrun.infer.chat import encode_prompt
 
         if not self.turns:
-            return encode_prompt(self.template, user_text, self.tokenizer)
-        tail = next_turn_ids(self.template, self.turns, user_text, self.tokenizer)
+            return encode_prompt(self.template, user_text, self.tokenizer, system=self.system)
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        tail = next_turn_ids(self.template, head + self.turns, user_text, self.tokenizer)
         last = self.last[-1]
         if last in self.config.eos_token_ids:
             # The answer ended with eos: it is the template's end of turn when the template
@@ -162,10 +169,14 @@ class ChatSession:
                 "sent",
                 fix="type /reset to start a new conversation, or write a shorter message")
         limit = min(self.config.max_new_tokens, room)
-        start = time.perf_counter()
-        result = generate(self.model, [new], replace(self.config, max_new_tokens=limit),
-                          cache=self.cache, history=[self.fed], rng=self.rng,
-                          on_token=on_token)
+        start, mark = time.perf_counter(), self.cache.next_slot
+        try:
+            result = generate(self.model, [new], replace(self.config, max_new_tokens=limit),
+                              cache=self.cache, history=[self.fed], rng=self.rng,
+                              on_token=on_token)
+        except BaseException:   # Ctrl-C midway: the turn is dropped, the cache as before it
+            self.cache.truncate(mark)
+            raise
         ids = result.tokens[0]
         reason = result.finish_reasons[0]
         if reason == "length" and limit < self.config.max_new_tokens:

@@ -275,6 +275,12 @@ class KVCache:
         self.key_valid[:, self.prefix_len:] = False
         self.next_slot = self.prefix_len
 
+    def truncate(self, slot: int) -> None:
+        """Forget the tokens from `slot` on (a turn given up midway): as clear(), for the tail."""
+        slot = max(int(slot), self.prefix_len)
+        self.key_valid[:, slot:] = False
+        self.next_slot = min(self.next_slot, slot)
+
     @property
     def batch(self) -> int:
         return len(self.key_valid)
