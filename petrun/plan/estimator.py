@@ -459,8 +459,9 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
     notes = []
     if lay.recompute_requested and not (lay.recompute or lay.select_recompute
                                         or any(p.full for p in lay.recompute_layers)):
-        notes.append("recompute_config selects nothing for this model (as in MindFormers: "
-                     "select_recompute's patterns name no op of it, or flash attention is on)")
+        notes.append("recompute_config saves nothing counted here: on CPU MindSpore keeps the "
+                     "recomputed tensors too (benchmarks/bench_recompute.py); elsewhere its plan "
+                     "selects no op of this model (as in MindFormers)")
     if not cpu:
         paths = [("FlashAttention" if lay.flash_attention else "composite attention "
                   "(seq×seq scores held)")]

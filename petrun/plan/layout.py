@@ -93,10 +93,12 @@ def kernel_paths(mc: dict, device_target: str) -> dict[str, bool]:
 
 
 def recompute_applied(device_target: str) -> bool:
-    """Whether the model recomputes activations when recompute_config asks: yes on every device,
-    build_model applies recompute_plan's cell.recompute() calls (MindSpore's recompute pass runs
-    in graph mode on CPU too; tests/models/test_recompute.py)."""
-    return True
+    """Whether recompute_config's saving is counted. build_model applies recompute_plan's
+    cell.recompute() calls on every device (MindSpore's recompute pass runs in graph mode on CPU
+    too; tests/models/test_recompute.py), but on CPU it saves nothing: MindSpore's CPU runtime
+    keeps the recomputed tensors as well, and full recompute measured +36% peak RSS
+    (benchmarks/bench_recompute.py). So the planner counts it on accelerators only."""
+    return device_target != "CPU"
 
 
 def recompute_plan(cfg, device_target: str = "CPU", pp: int | None = None) -> tuple:

@@ -129,8 +129,11 @@ def test_recompute_and_flash_attention():
     assert recompute.per_layer_recompute == 2 * 4096 * 4096 * 2
     assert recompute.activations == pytest.approx(
         32 * recompute.per_layer_recompute + sum(flash.per_layer.values()), rel=1e-12)
+    # on CPU the model recomputes but MindSpore's runtime saves nothing by it (measured +36%,
+    # benchmarks/bench_recompute.py): not counted, and said so
     cpu = estimate(cfg(TINY, "recompute_config.recompute=True"))
-    assert cpu.activations < estimate(cfg(TINY)).activations
+    assert cpu.activations == estimate(cfg(TINY)).activations
+    assert any("on CPU MindSpore keeps the recomputed tensors" in n for n in cpu.notes)
 
 
 def test_kv_cache_for_predict():
