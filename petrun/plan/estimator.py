@@ -267,16 +267,15 @@ def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens
     hs = h / mp if lay.seq_parallel else h
     inv: dict[str, float] = {}
     stat = 8 if dims.norm == "layer" else (4 if lay.fused_norm else nb)
-    # Llama's fused norm recomputes its input cast: backward keeps x itself (residual dtype)
     inv["norm inputs"] = 2 * (hs * (r if lay.norm_cast_recompute else nb) + stat)
     if lay.flash_attention:
         inv["attention q/k/v/out"] = (2 * q + 2 * kv) * c / mp
         inv["attention scores"] = dims.heads * 2 * 8 * 4 / mp
         if dims.dropout:
             inv["attention scores"] += dims.heads * seq * (1 / 8) / mp
-        # each layer's uint8 (B, 1, S, S') mask FlashAttentionScoreGrad reads (kernels.py builds
-        # it per layer; counted per layer, though MindSpore's CSE may let the layers share one)
-        inv["attention mask"] = seq * 1
+        # each layer's uint8 (B, 1, S, S') mask FlashAttentionScoreGrad reads (per layer, though
+        # CSE may share it); mask compression: one constant 2048² mask instead, not per token
+        inv["attention mask"] = 0 if lay.mask_compression else seq * 1
     else:
         inv["attention q/k/v/out"] = 3 * q * c / mp
         if dims.dropout:
@@ -460,8 +459,7 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
     if lay.recompute_requested and not (lay.recompute or lay.select_recompute
                                         or any(p.full for p in lay.recompute_layers)):
         notes.append("recompute_config saves nothing counted here: on CPU MindSpore keeps the "
-                     "recomputed tensors too (benchmarks/bench_recompute.py); elsewhere its plan "
-                     "selects no op of this model (as in MindFormers)")
+                     "recomputed tensors too; elsewhere its plan selects no op of this model")
     if not cpu:
         paths = [("FlashAttention" if lay.flash_attention else "composite attention "
                   "(seq×seq scores held)")]

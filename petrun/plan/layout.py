@@ -40,6 +40,7 @@ class Layout:
     flash_attention: bool = False    # FlashAttentionScore: no [heads, seq, seq] scores held
     fused_norm: bool = False         # the RmsNorm primitive instead of the composite RMSNorm
     norm_cast_recompute: bool = False  # Llama's fused norm rebuilds its input cast in backward
+    mask_compression: bool = False   # use_attn_mask_compression: one constant mask, training
     shard_size: int = -1             # parallel_optimizer_config.optimizer_weight_shard_size
     grad_accum_shard: bool = False   # parallel_optimizer_config.gradient_accumulation_shard
     device_target: str = "CPU"
@@ -86,10 +87,12 @@ def kernel_paths(mc: dict, device_target: str) -> dict[str, bool]:
     from petrun.models.kernel_choice import select_kernels
     family = _FAMILY.get(str(mc.get("type") or ""))
     if family is None:
-        return {"flash_attention": False, "fused_norm": False, "norm_cast_recompute": False}
+        return {"flash_attention": False, "fused_norm": False, "norm_cast_recompute": False,
+                "mask_compression": False}
     choice = select_kernels(family, SimpleNamespace(**dict(mc)), device_target)
     return {"flash_attention": choice.flash_attention, "fused_norm": choice.fused_rms_norm,
-            "norm_cast_recompute": choice.norm_cast_recompute}
+            "norm_cast_recompute": choice.norm_cast_recompute,
+            "mask_compression": choice.fa_mask_compression}
 
 
 def recompute_applied(device_target: str) -> bool:
@@ -129,6 +132,7 @@ def layout_from_config(cfg, devices: int | None = None, device_target: str = "CP
     paths = kernel_paths(mc, device_target)
     lay.flash_attention, lay.fused_norm = paths["flash_attention"], paths["fused_norm"]
     lay.norm_cast_recompute = paths["norm_cast_recompute"]
+    lay.mask_compression = paths["mask_compression"]
     lay.recompute_requested = (_truthy(rc.get("recompute", False))
                                or _truthy(rc.get("select_recompute", False)))
     if not use_parallel:

@@ -78,7 +78,8 @@ def test_no_flash_attention_off_ascend_whatever_the_switch(target):
 
 def test_kernel_paths_follow_switch_and_device():
     llama = {"type": "LlamaConfig", "use_flash_attention": True}
-    on, off = (dict(flash_attention=v, fused_norm=v, norm_cast_recompute=v) for v in (True, False))
+    on, off = (dict(flash_attention=v, fused_norm=v, norm_cast_recompute=v, mask_compression=False)
+               for v in (True, False))
     assert kernel_paths(llama, "Ascend") == on
     assert kernel_paths({**llama, "fused_rms_norm": False, "use_flash_attention": False},
                         "Ascend") == off
@@ -90,7 +91,20 @@ def test_kernel_paths_follow_switch_and_device():
     glm2 = kernel_paths({"type": "ChatGLM2Config"}, "Ascend")
     assert glm2["fused_norm"] is True and glm2["norm_cast_recompute"] is False
     assert kernel_paths({"type": "GPT2Config", "use_flash_attention": True}, "Ascend") == {
-        "flash_attention": True, "fused_norm": False, "norm_cast_recompute": False}
+        "flash_attention": True, "fused_norm": False, "norm_cast_recompute": False,
+        "mask_compression": False}
+    # use_attn_mask_compression (Llama, flash attention, Ascend): the constant compressed mask
+    assert kernel_paths({**llama, "use_attn_mask_compression": True}, "Ascend")["mask_compression"]
+    assert not kernel_paths({**llama, "use_attn_mask_compression": True}, "CPU")["mask_compression"]
+
+
+def test_mask_compression_holds_no_per_token_mask():
+    """FLASH's 256 B per token (the uint8 (B, 1, S, S) mask, 256 keys) goes: one 2048 × 2048
+    constant replaces it."""
+    est = estimate(cfg(FA_ON, "model.model_config.use_attn_mask_compression=True"),
+                   device_target="Ascend")
+    assert est.layout.mask_compression
+    assert per_token(est) == {k: v for k, v in FLASH.items() if k != "attention mask"}
 
 
 def test_llama_fused_norm_keeps_its_input_not_the_fp32_cast():
