@@ -445,7 +445,7 @@ def _weighted(kind: str, b: int, lay: dict[str, Layout]) -> dict[str, tuple]:
         b_out = lay["mindpet_delta_lora_b"].splits()[0]
         # A's partial sums over a row-parallel input are all-reduced by MindSpore before B.
         return {"lora_dropout.dropout": ((b, 1, a_in),), "lora_a": ((b, a_in), (1, a_in)),
-                "lora_b": ((b, 1), (b_out, 1)), "lora_scale": ((b, b_out), ()),
+                "lora_scale": ((b, 1), ()), "lora_b": ((b, 1), (b_out, 1)),
                 "lora_add": ((b, 1, b_out), (b, 1, b_out))}
     if kind == "ia3":
         split = max(lay[IA3_SUFFIX].splits())       # [out, 1] or [1, in]: one dim is whole

@@ -96,8 +96,10 @@ class LoRALinear(nn.Cell):
             h = self.lora_dropout(ops.cast(x, self.compute_dtype))
             h = ops.reshape(h, (-1, self.in_channels))
             h = self.lora_a(h, ops.cast(self.mindpet_delta_lora_a, self.compute_dtype))
-            h = self.lora_b(h, ops.cast(self.mindpet_delta_lora_b, self.compute_dtype))
+            # B·(s·A x) = s·(B·A x): scaled on the rank-r side, out/r times fewer elements
+            # (exact for power-of-two scalings such as alpha == rank).
             h = self.lora_scale(h, self.scaling)
+            h = self.lora_b(h, ops.cast(self.mindpet_delta_lora_b, self.compute_dtype))
             out = self.lora_add(out, ops.cast(ops.reshape(h, out_shape), out.dtype))
         if self.activation_flag:
             out = self.activation(out)
