@@ -90,6 +90,15 @@ def test_recompute_keeps_loss_and_gradients(family, switch, graph_mode):
         np.testing.assert_allclose(g, plain_grads[name], rtol=0, atol=1e-6, err_msg=name)
 
 
+def test_recompute_in_pynative_mode_keeps_loss_and_gradients():
+    # context.mode 1: Cell.recompute() wraps the layer (_RecomputeCell) instead of a graph pass
+    plain_loss, plain_grads = _loss_and_grads(_net("llama2"), "llama2")
+    loss, grads = _loss_and_grads(_net("llama2", "recompute_config.recompute=True"), "llama2")
+    assert abs(loss - plain_loss) <= 1e-6
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, plain_grads[name], rtol=0, atol=1e-6, err_msg=name)
+
+
 def test_without_recompute_config_nothing_is_marked(graph_mode):
     for family in CONFIGS:
         net = _net(family)
