@@ -127,6 +127,8 @@ def _check_model(cfg, verb: str, out: list[Finding]):
         arch, mc, specs, dims = model_of(cfg, target)
         mc.check()                     # what the family's model refuses to build
         from petrun.models.kernel_choice import flash_attention_errors
+        from petrun.plan.layout import recompute_plan
+        recompute_plan(cfg, target)      # recompute_config as build_model will apply it
         fa_errors = flash_attention_errors(mc, target)   # FlashAttentionScore's limits
         if fa_errors:
             out.extend(_finding("model", e, cfg) for e in fa_errors)

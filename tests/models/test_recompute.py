@@ -147,3 +147,14 @@ def test_plan_refuses_what_it_cannot_map():
         recompute_plan("llama2", {"select_recompute": [r"attention\.wq"]}, 2)
     with pytest.raises(UserError, match="pipeline stages"):
         recompute_plan("llama2", {"recompute": [1, 1, 1]}, 4, pp=2)
+
+
+@pytest.mark.parametrize("override,says", [
+    ('recompute_config.select_recompute=["mlp"]', "maps only MindFormers' default"),
+    ("recompute_config.recompute=[1,1,1]", "has 3 entries but there are 1 pipeline stages"),
+])
+def test_config_validate_refuses_a_recompute_config_it_cannot_apply(cli, override, says):
+    res = cli("config", "validate", "--config", CONFIGS["llama2"], override, timeout=120)
+    text = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode == 2, text
+    assert "recompute_config." in text and says in text and "Traceback" not in text
