@@ -9,6 +9,10 @@ Toggles (B side):
   select-mask    DotProductAttention replaces masked scores (broadcast + full_like + select)
                  instead of adding the mask's bias (the default since 2026-12-02)
   no-lora-dropout  LoRA dropout p=0 (what the dropout costs; changes the numbers)
+ plain-attention-grad  DotProductAttention without its hand-written backward (attention_core.py):
+                 the additive-mask path differentiated by MindSpore, as before 2026-12-03
+  no-branch      the step applies the optimizer update unconditionally (no `if not overflow:`
+                 in the graph), as the fp32 step did before 76becf1
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ def apply_toggle(model, toggle: str) -> int:
         if toggle == "select-mask" and type(cell).__name__ == "DotProductAttention":
             cell.additive_mask = False
             n += 1
+        elif toggle == "plain-attention-grad" and type(cell).__name__ == "DotProductAttention":
+            cell.fast_core = None
+            n += 1
         elif toggle == "no-lora-dropout" and type(cell).__name__ == "LoRALinear":
             from mindspore import nn
             cell.lora_dropout = nn.Dropout(p=0.0)
@@ -38,11 +45,28 @@ def apply_toggle(model, toggle: str) -> int:
     return n
 
 
+def _unbranched(base):
+    from mindspore import ops
+
+    class UnbranchedStep(base):
+        def construct(self, *inputs):
+            loss, grads = self.scaled_grads(*inputs)
+            norm = self.global_norm(grads)
+            overflow = self.next_scale(self.overflow(norm))
+            if self.use_clip:
+                grads = clip_by_norm(grads, norm, self.clip_norm)
+            loss = ops.depend(loss, self.optimizer(grads))
+            return loss, overflow, self.loss_scale.value(), norm
+
+    from petrun.train.step import clip_by_norm
+    return UnbranchedStep
+
+
 def main() -> int:
     from bench_vs_torch import SHAPES, THREADS, petrun_config, tokens
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="small", choices=list(SHAPES))
-    ap.add_argument("--toggle", default="select-mask", choices=["select-mask", "no-lora-dropout"])
+    ap.add_argument("--toggle", default="select-mask", choices=["select-mask", "no-lora-dropout", "no-branch", "plain-attention-grad"])
     ap.add_argument("--iters", type=int, default=8)
     args = ap.parse_args()
     s = SHAPES[args.shape]
@@ -66,12 +90,13 @@ def main() -> int:
     for side in ("A", "B"):
         ms.set_seed(0)
         model = petrun.build_model(cfg)
-        if side == "B":
+        if side == "B" and args.toggle != "no-branch":
             print(f"B: {args.toggle} on {apply_toggle(model, args.toggle)} cells")
         model.set_train(True)
         params = list(model.trainable_params())
         opt = build_optimizer(params, cfg.get("optimizer") or {}, np.full(100, 1e-4, np.float32))
-        cells[side] = TrainStep(model, opt, 1.0, None, 1.0, True)
+        step_cls = _unbranched(TrainStep) if side == "B" and args.toggle == "no-branch" else TrainStep
+        cells[side] = step_cls(model, opt, 1.0, None, 1.0, True)
         cells[side].set_train(True)
         t0 = time.perf_counter()
         losses[side] = float(cells[side](ids, ids)[0].asnumpy())

@@ -185,11 +185,14 @@ def fit(rows: list[dict]) -> dict:
     a = np.array([[1.0, r["terms"]["layers"], r["terms"]["attention scores"], r["terms"]["other"],
                    r["terms"]["head"]] for r in fit_rows])
     b = np.array([r["peak_rss"] - r["terms"]["fixed"] - r["terms"]["state"] for r in fit_rows])
-    # Scale columns so the solve is well conditioned (bytes vs counts).
+    # Scale columns so the solve is well conditioned (bytes vs counts). A term no fit run holds
+    # (the scores, since every fp32 run takes models/attention_core.py) cannot be fitted: nan.
     norm = np.abs(a).max(axis=0)
-    sol, *_ = np.linalg.lstsq(a / norm, b, rcond=None)
-    sol = sol / norm
-    residual = a @ sol - b
+    used = norm > 0
+    sol = np.full(a.shape[1], np.nan)
+    part, *_ = np.linalg.lstsq(a[:, used] / norm[used], b, rcond=None)
+    sol[used] = part / norm[used]
+    residual = a[:, used] @ sol[used] - b
     return {"CPU_RUNTIME_MiB": sol[0] / MiB, "CPU_PER_LAYER_MiB": sol[1] / MiB,
             "CPU_SCORES_FACTOR": sol[2], "CPU_ACT_FACTOR": sol[3], "CPU_HEAD_FACTOR": sol[4],
             "max |residual| MiB": float(np.abs(residual).max() / MiB)}

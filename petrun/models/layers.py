@@ -22,6 +22,7 @@ from mindspore.common.initializer import initializer
 from mindspore.ops.auto_generate import SiLU
 
 from petrun.errors import UserError
+from petrun.models.attention_core import SoftmaxAttention
 
 EXTEND_METHODS = ("None", "PI", "NTK")
 
@@ -366,6 +367,10 @@ class DotProductAttention(nn.Cell):
         self.use_dropout = float(attention_dropout) > 0
         if self.use_dropout:
             self.dropout = Dropout(attention_dropout, "dropout_heads")
+        # fp32 additive-mask path: a core with a hand-written backward (attention_core.py); the
+        # select path keeps the primitives above, which carry the sharding strategies.
+        self.fast_core = (SoftmaxAttention(self.scale_value, attention_dropout)
+                          if compute_dtype == ms.float32 and self.additive_mask else None)
 
     def repeat_kv(self, x):
         """(B, Nkv, S, D) → (B, N, S, D); query head h reads kv head h // n_rep, as in HF."""
@@ -389,18 +394,18 @@ class DotProductAttention(nn.Cell):
         key = ops.cast(self.repeat_kv(key), self.compute_dtype)
         value = ops.cast(self.repeat_kv(value), self.compute_dtype)
 
+        if self.additive_mask and self.fast_core is not None:
+            # score + lowest finite value rounds to that value: the select below, in one pass
+            bias = ops.cast(attention_mask <= 0.5, ms.float32) * self.fill_value
+            if self.fast_core.dropping():
+                return self.fast_core(query, key, value, bias)[0]
+            return self.fast_core(query, key, value, bias)
         scores = ops.cast(self.scale(self.qk(query, key), self.scale_value),
                           self.softmax_compute_type)
-        if self.additive_mask:
-            # fp32: adding the lowest finite value to a finite score rounds to exactly that value
-            # (|score| is far below half its ulp, 1e31), so this equals the replacement below bit
-            # for bit, at one pass over the scores instead of three (broadcast mask, full_like,
-            # select) and a gradient that passes through unchanged. The bias is built on the
-            # mask's (B or 1, 1, S, S) shape, not the scores'.
-            bias = ops.cast(attention_mask <= 0.5, self.softmax_compute_type) * self.fill_value
-            scores = scores + bias
+        if self.additive_mask:   # the same bias, added (fp16/bf16 scores, fp32 softmax)
+            scores = scores + ops.cast(attention_mask <= 0.5, ms.float32) * self.fill_value
         else:
-            # fp16/bf16: a score plus the lowest value can overflow to -inf; replace instead.
+            # fp16/bf16 softmax: a score plus the lowest value can overflow to -inf; replace.
             allowed = ops.broadcast_to(attention_mask > 0.5, scores.shape)
             scores = self.mask_fill(allowed, scores, ops.full_like(scores, self.fill_value))
         probs = ops.cast(self.softmax(scores), self.compute_dtype)

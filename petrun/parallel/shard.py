@@ -73,6 +73,7 @@ def shard_model(net, family: str, dims: ParallelDims, *, num_layers=None, offset
             # The additive fp32 mask (a speed path built from functional ops) has no declared
             # strategies; a sharded attention keeps the select path, whose primitives do.
             cell.additive_mask = False
+            cell.fast_core = None    # models/attention_core.py: its backward has no strategies
         layouts = {local: plan.layouts[name] for local, name in own.items()}
         batched = not any(getattr(param_rule(family, n), "kind", None) == "encoder"
                           for n in own.values())

@@ -21,9 +21,9 @@ Memory of one device at its peak (the pipeline stage that needs most):
                all-gathered before its layer runs, in compute precision when the layer casts
                it down, and the gathered copy is kept for backward (MindFormers r1.3's three
                models never pass parallel_optimizer_comm_recompute on). See plan/params.py.
-  activations  what backward needs, per layer and micro-batch (`layer_inventory`, exactly as the
-               selected code path holds it: composite or FlashAttention, composite or fused
-               RmsNorm, layout.kernel_paths), × layers of the stage × micro-batches in flight
+  activations  what backward needs, per layer and micro-batch (`layer_inventory`, as the selected
+               path holds it: composite, fp32 core or FlashAttention, composite or fused RmsNorm),
+               × layers of the stage × micro-batches in flight
                (pipeline_stage of them on the first stage with 1F1B), per layer as its
                recompute plan (layout.recompute_plan, what build_model applies) leaves it
   head         logits [batch, seq, vocab] in compute dtype, their fp32 copy, the log-softmax kept
@@ -43,11 +43,10 @@ head terms are scaled by factors fitted to peak RSS measured with the real CLI
 On Ascend the analytic terms are used as they are plus a fixed ASCEND_RUNTIME (an assumption for
 HCCL buffers and workspace; not measured here).
 
-FLOPs per token: forward 2·N_matmul + 4·s·(heads·head_dim)·L (QKᵀ and PV over the full square, as
-petrun masks rather than skips; halved under flash attention, whose next_tokens 0 band skips the
-blocks above the diagonal); backward twice the forward matmul and attention work for activation
-gradients plus 2·N_trainable for weight gradients; a recomputed layer one more forward
-(reference/feasibility.md §2 MFU_4N).
+FLOPs per token: forward 2·N_matmul + 4·s·(heads·head_dim)·L (QKᵀ and PV over the full square;
+halved under flash attention, whose next_tokens 0 band skips blocks above the diagonal); backward
+twice the forward work, + 2·N_trainable, + QKᵀ again in the fp32 core; a recomputed layer one more
+forward (reference/feasibility.md §2 MFU_4N).
 """
 from __future__ import annotations
 
@@ -58,7 +57,7 @@ from petrun.errors import UserError
 from petrun.models.shapes import (DTYPE_BYTES, Dims, ParamSpec, family, known_families,
                                   model_dims, param_shapes)
 from petrun.plan import device as dev
-from petrun.plan.layout import Layout, layout_from_config
+from petrun.plan.layout import Layout, fast_attention_core, layout_from_config
 from petrun.plan.params import layer_of as _layer_of
 from petrun.plan.params import param_memory, stages_of
 from petrun.plan.pet import PetShapes, apply_pet_shapes
@@ -69,13 +68,13 @@ MiB = 2 ** 20
 # ---- CPU calibration: least squares over the "fit" runs of benchmarks/plan_vs_measured.py
 # (`--from-json --fit`): 9 real `petrun finetune` runs of Llama2 (hidden 64-512, 2-8 layers,
 # vocab 512-32000, seq 256-1024, batch 1-8, LoRA and full finetune) on MindSpore 2.10 CPU, peak
-# RSS by wait4. Held-out runs (GQA, ChatGLM2, GPT2, other sizes) are within 22%; the table is in
+# RSS by wait4; refitted 2026-12-03 after the fp32 attention core. The table is in
 # benchmarks/RESULTS.md. ----
-CPU_RUNTIME = 471 * MiB           # MindSpore import + context + dataset pipeline + CLI
-CPU_PER_LAYER = 65 * MiB          # compiled graph and kernel workspace per decoder layer
-CPU_ACT_FACTOR = 4.91             # measured ÷ analytic saved-for-backward set (non-score part)
-CPU_SCORES_FACTOR = 8.0           # same for the [heads, seq, seq] attention-score tensors
-CPU_HEAD_FACTOR = 0.85            # same for the logits / loss tensors
+CPU_RUNTIME = 606 * MiB           # MindSpore import + context + dataset pipeline + CLI
+CPU_PER_LAYER = 53 * MiB          # compiled graph and kernel workspace per decoder layer
+CPU_ACT_FACTOR = 9.76             # measured ÷ analytic saved-for-backward set (non-score part)
+CPU_SCORES_FACTOR = 8.0           # score tensors (fp16 compute only now; fitted 2026-12-02)
+CPU_HEAD_FACTOR = 1.02            # same for the logits / loss tensors
 CPU_STATE_FACTOR = 1.0            # gradients + AdamW states: exactly as counted (not fitted)
 # ---- Ascend assumption ----
 ASCEND_RUNTIME = 2 * GiB
@@ -238,20 +237,17 @@ def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens
                    the input itself, its cast being recomputed) plus a per-token
                    statistic: composite RMSNorm (rsqrt, nb) and the fused RmsNorm primitive
                    (rstd, fp32) alike; LayerNorm (one primitive everywhere) mean and variance
-      composite attention (petrun's DotProductAttention): the query and the kv heads repeated to
-                   all heads, q·c each, held by the two BatchMatMuls; the softmax output
-                   heads·seq·sm, its cast to compute heads·seq·c when the dtypes differ, and the
-                   Select's bool condition heads·seq·1 when softmax is not fp32 (fp32 adds a
-                   bias, whose backward reads nothing)
-      flash attention (FlashAttentionScore): q, k, v as given (no repeat) and its output,
-                   softmax_max/softmax_sum, heads·8 fp32 each, and the uint8 mask, seq bytes
-                   (one per key, not per head)
-      attention dropout: its mask (bit-packed on Ascend, a byte elsewhere) and the dropped
-                   probabilities; under FA only the bit mask FlashAttentionScore reads
+      fp32 attention core (unsharded fp32, models/attention_core.py): q, the repeated k, v and
+                   the output, q·c each; no scores (recomputed), with dropout its float mask
+      composite attention (sharded or low precision): q and the repeated kv, q·c each; the
+                   softmax output heads·seq·sm, its cast when the dtypes differ, and the
+                   Select's bool condition heads·seq·1 when softmax is not fp32
+      flash attention (FlashAttentionScore): q, k, v as given (no repeat), its output,
+                   softmax_max/sum (heads·8 fp32 each), the uint8 mask (seq bytes, not per head)
+      attention dropout: mask (bit-packed on Ascend) and dropped probs; FA: the bit mask only
       ffn          SwiGLU: gate, up and silu(gate), f·c each; GELU MLP: the GELU input
-      weight-grad inputs: each trainable weight's input (a norm weight's: the normalised tensor
-                   in the residual dtype, composite RMSNorm only; the fused and LayerNorm
-                   primitives recompute it from their saved input and statistics)
+      weight-grad inputs: each trainable weight's input (a norm weight's: the normalised
+                   tensor, composite RMSNorm only; fused norms recompute it)
     Rotary embedding holds nothing: composite or fused, its backward reads only cos/sin.
     select (the layer's select recompute, petrun.models.recompute): attention.core: no scores,
       q, k, v kept as projected (q + 2·kv, before rotary and the kv repeat), not 3·q;
@@ -276,6 +272,9 @@ def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens
         # each layer's uint8 (B, 1, S, S') mask FlashAttentionScoreGrad reads (per layer, though
         # CSE may share it); mask compression: one constant 2048² mask instead, not per token
         inv["attention mask"] = 0 if lay.mask_compression else seq * 1
+    elif fast_attention_core(dims, lay):   # recomputes the scores; q, k, v repeated + output
+        inv["attention q/k/v/out"] = 4 * q * c / mp
+        inv["attention scores"] = dims.heads * seq * c / mp if dims.dropout else 0  # its mask
     else:
         inv["attention q/k/v/out"] = 3 * q * c / mp
         if dims.dropout:
@@ -284,9 +283,9 @@ def layer_inventory(dims: Dims, pet: PetShapes, specs: dict, lay: Layout, tokens
             probs = sm + (c if c != sm else 0)          # softmax out, its cast
         probs += 1 if sm != 4 else 0                    # Select's condition (non-fp32 softmax)
         inv["attention scores"] = dims.heads * seq * probs / mp
-        if "attention.core" in select:
-            inv["attention scores"] = 0.0
-            inv["attention q/k/v/out"] = (q + 2 * kv) * c / mp
+    if not lay.flash_attention and "attention.core" in select:
+        inv["attention scores"] = 0.0
+        inv["attention q/k/v/out"] = (q + 2 * kv) * c / mp
     if dims.dropout:
         inv["dropout masks"] = 2 * hs * mask
     inv["ffn"] = ((3 - ("feed_forward.act" in select)) if dims.gated_ffn else 1) * f * c / mp
@@ -327,6 +326,7 @@ def step_flops(dims: Dims, pet: PetShapes, specs: dict, tokens: float, seq: int,
     if not training:
         return tokens * fwd
     total = fwd + (2 * n_mm + 2 * attn) + 2 * n_train_mm
+    total += attn / 2 if fast_attention_core(dims, lay) else 0
     plans = lay.recompute_layers or ()
     if plans:   # recomputed layers run their forward again (full), or their scores (select)
         n = len(plans)

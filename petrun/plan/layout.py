@@ -38,6 +38,7 @@ class Layout:
     recompute_requested: bool = False
     recompute_layers: tuple = ()
     flash_attention: bool = False    # FlashAttentionScore: no [heads, seq, seq] scores held
+    strategies: bool = False         # semi/auto parallel: shard strategies set on the primitives
     fused_norm: bool = False         # the RmsNorm primitive instead of the composite RMSNorm
     norm_cast_recompute: bool = False  # Llama's fused norm rebuilds its input cast in backward
     mask_compression: bool = False   # use_attn_mask_compression: one constant mask, training
@@ -93,6 +94,16 @@ def kernel_paths(mc: dict, device_target: str) -> dict[str, bool]:
     return {"flash_attention": choice.flash_attention, "fused_norm": choice.fused_rms_norm,
             "norm_cast_recompute": choice.norm_cast_recompute,
             "mask_compression": choice.fa_mask_compression}
+
+
+def fast_attention_core(dims, lay: Layout) -> bool:
+    """Whether DotProductAttention runs models/attention_core.py's core: fp32 scores and softmax
+    (the additive mask) and no shard strategies (shard_model switches to the select path). Its
+    backward recomputes the scores from q and k: it holds q, k, v (repeated) and the output, and
+    with dropout the forward's float mask."""
+    from petrun.models.shapes import DTYPE_BYTES
+    return (not lay.flash_attention and DTYPE_BYTES[dims.compute_dtype] == 4
+            and DTYPE_BYTES[dims.softmax_dtype] == 4 and not lay.strategies)
 
 
 def recompute_applied(device_target: str) -> bool:
@@ -153,6 +164,7 @@ def layout_from_config(cfg, devices: int | None = None, device_target: str = "CP
                             fix=f"use a multiple of {mp * pp * cp} devices, or change the layout")
         dp = devices // (mp * pp * cp)
     lay.dp, lay.mp, lay.pp = dp, mp, pp
+    lay.strategies = mode not in _DATA_PARALLEL_MODES   # parallel.shard.shard_for_config's rule
     lay.devices = dp * mp * pp * cp
     lay.micro_batch_num = int(pc.get("micro_batch_num", 1) or 1) if pp > 1 else 1
     lay.optimizer_shard = bool(par.get("enable_parallel_optimizer", pc.get("optimizer_shard", False)))

@@ -34,7 +34,10 @@ def per_token(est) -> dict:
 
 # ---- one layer's saved-for-backward bytes per token, LoRA, fp32 -----------------------------
 #   norm inputs     2 norms × (64 · 4 B input + 4 B statistic)                  =   520
-#   composite attention:
+#   fp32 attention core, unsharded (models/attention_core.py; backward recomputes the scores):
+#     q/k/v/out     query, kv repeated to 4 heads, and the output, 4 × 64 · 4 B  = 1,024
+#     weight-grad   as composite                                                 =   512
+#   composite attention (sharded runs: semi-auto parallel keeps MindSpore's own backward):
 #     q/k/v         query + kv repeated to 4 heads, 3 × 64 · 4 B                 =   768
 #     scores        4 heads × 256 keys × 4 B (fp32 softmax out; fp32 compute:
 #                   no cast; fp32 softmax: additive mask, no Select condition)   = 4,096
@@ -46,6 +49,9 @@ def per_token(est) -> dict:
 #     mask          the uint8 (B, 1, S, S) mask FA's backward reads, 256 keys × 1 B =   256
 #   ffn             gate, up, silu(gate): 3 × 192 · 4 B                          = 2,304
 #   lora            4 adapters × rank 8 × 4 B (the A outputs B's gradient reads) =   128
+FAST = {"norm inputs": 520, "attention q/k/v/out": 1024, "ffn": 2304, "weight-grad inputs": 512,
+        "lora": 128}
+SHARDED = ("use_parallel=True", "parallel.parallel_mode=1")
 COMPOSITE = {"norm inputs": 520, "attention q/k/v/out": 768, "attention scores": 4096,
              "ffn": 2304, "weight-grad inputs": 512, "lora": 128}
 FLASH = {"norm inputs": 520, "attention q/k/v/out": 768, "attention scores": 256,
@@ -58,9 +64,15 @@ def test_ascend_with_flash_attention_holds_no_scores():
     assert per_token(est) == FLASH
 
 
-def test_ascend_without_flash_attention_counts_seq_by_seq_scores():
+def test_fp32_attention_core_holds_no_scores():
     est = estimate(cfg(FA_OFF), device_target="Ascend")
-    assert not est.layout.flash_attention
+    assert not est.layout.flash_attention and not est.layout.strategies
+    assert per_token(est) == FAST
+
+
+def test_ascend_without_flash_attention_counts_seq_by_seq_scores():
+    est = estimate(cfg(FA_OFF, *SHARDED), device_target="Ascend")
+    assert not est.layout.flash_attention and est.layout.strategies
     assert per_token(est) == COMPOSITE
     # and the stage holds both layers' scores: 2 × 4,096 B × 2,048 tokens
     assert est.terms["attention scores"] == 2 * 4096 * TOKENS
@@ -68,12 +80,13 @@ def test_ascend_without_flash_attention_counts_seq_by_seq_scores():
 
 @pytest.mark.parametrize("target", ["CPU", "GPU"])
 def test_no_flash_attention_off_ascend_whatever_the_switch(target):
-    """petrun's kernels pick FlashAttentionScore on Ascend only: CPU and GPU run the composite
-    attention even with use_flash_attention True, so the scores are counted there."""
+    """petrun's kernels pick FlashAttentionScore on Ascend only: CPU and GPU run the fp32
+    attention core even with use_flash_attention True, which holds q, k, v and the output."""
     est = estimate(cfg(FA_ON), device_target=target)
     assert not est.layout.flash_attention
     # terms are the unscaled analytic bytes (CPU scales them by its fitted factors afterwards)
-    assert est.terms["attention scores"] == 2 * 4096 * TOKENS
+    assert est.terms["attention scores"] == 0
+    assert est.terms["other"] == 2 * sum(FAST.values()) * TOKENS
 
 
 def test_kernel_paths_follow_switch_and_device():
@@ -169,12 +182,14 @@ def test_recompute_variants_by_hand():
     assert stage_activations(plain, layer_in, 1, False) == (4096, 4232)
 
 
-def _inventory(select, *overrides):
+def _inventory(select, *overrides, strategies=True):
+    """strategies=True: the composite attention (MindSpore's backward) that sharded runs keep."""
     from petrun.plan.estimator import layer_inventory, model_of, pet_of
     c = cfg(FA_OFF, *overrides)
     arch, _, specs, dims = model_of(c, "Ascend")
     pet = pet_of(c, specs, dims, arch, "Ascend", "finetune")
-    return layer_inventory(dims, pet, pet.params, Layout(device_target="Ascend"), TOKENS, 256,
+    return layer_inventory(dims, pet, pet.params,
+                           Layout(device_target="Ascend", strategies=strategies), TOKENS, 256,
                            select=select)
 
 
@@ -190,6 +205,12 @@ def test_select_recompute_inventory_by_hand():
     assert inv["ffn"] == 1536 * TOKENS
     plain = _inventory(())
     assert plain["attention scores"] == 4096 * TOKENS and plain["ffn"] == 2304 * TOKENS
+    # the fp32 core holds no scores anyway; select recompute still drops its repeated k, v and
+    # output (the core cell is recomputed from q, k, v as projected)
+    fast = _inventory((), strategies=False)
+    assert "attention scores" not in fast and fast["attention q/k/v/out"] == 1024 * TOKENS
+    fast_sel = _inventory(("attention.core",), strategies=False)
+    assert fast_sel["attention q/k/v/out"] == 512 * TOKENS
     # full finetune: w2's input (the gate·up product, 192 × 4 B) is a weight-grad input unless
     # the Mul is recomputed
     full_plain, full_sel = _inventory((), FULL), _inventory(("feed_forward.mul",), FULL)
@@ -201,11 +222,12 @@ def test_recompute_config_is_counted_as_the_model_applies_it():
     lay = layout_from_config(on, device_target="Ascend")
     assert lay.recompute and len(lay.recompute_layers) == 2
     est, plain = estimate(on, device_target="Ascend"), estimate(cfg(FA_OFF), device_target="Ascend")
-    # per token: plain 2 × (4,096 + 4,232); full recompute 4,096 + 2 × 256 + 4,232
-    assert plain.activations == 2 * (4096 + 4232) * TOKENS
-    assert est.activations == (4096 + 2 * 256 + 4232) * TOKENS
-    # select_recompute: per layer scores 0, q/k/v 768 → 512, ffn 2,304 → 1,536:
-    # 4,232 − 256 − 768 = 3,208 per layer
+    # fp32 core, per token: plain 2 × 4,488 (FAST); full recompute: one layer rebuilt in full
+    # plus every layer's input, 4,488 + 2 × 256
+    assert plain.activations == 2 * 4488 * TOKENS
+    assert est.activations == (4488 + 2 * 256) * TOKENS
+    # select_recompute: per layer q/k/v/out 1,024 → 512, ffn 2,304 → 1,536:
+    # 4,488 − 512 − 768 = 3,208 per layer
     sel = estimate(cfg(FA_OFF, "recompute_config.select_recompute=True"), device_target="Ascend")
     assert sel.layout.select_recompute and sel.activations == 2 * 3208 * TOKENS
     # with flash attention only the FFN ops are selected
@@ -213,7 +235,7 @@ def test_recompute_config_is_counted_as_the_model_applies_it():
     fa_plain = estimate(cfg(FA_ON), device_target="Ascend")
     assert fa_plain.activations - fa.activations == 2 * 768 * TOKENS
     # at seq 2,048 the scores are worth a lever: recompute is offered now, and flash attention
-    longer = cfg(FA_OFF, "model.model_config.seq_length=2048")
+    longer = cfg(FA_OFF, *SHARDED, "model.model_config.seq_length=2048")
     offered = [lv.overrides for lv in levers(longer, estimate(longer, device_target="Ascend"))]
     assert ["recompute_config.recompute=True"] in offered
     assert ["model.model_config.use_flash_attention=True"] in offered
