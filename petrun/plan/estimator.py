@@ -393,16 +393,16 @@ def estimate(cfg, *, run_mode: str | None = None, devices: int | None = None,
     stages = stages_of(pet.params, dims, lay.pp, cfg.get("model.model_config.offset") or 0)
     trainable = set(pet.trainable)
     w, g, o = param_memory(pet, dims, lay, stages, opt_type, accum)
-
     # Activations per layer and micro-batch (analytic), then per stage.
     per_layer = layer_inventory(dims, pet, pet.params, lay, batch * layer_seq, kv_len, lora_dropout)
     if not training:                 # forward only: no saved tensors, one layer's at a time
-        per_layer = {k: v for k, v in per_layer.items() if k != "weight-grad inputs"}
+        per_layer.pop("weight-grad inputs", None)
     from petrun.parallel.strategy import layers_per_stage as stage_layers
-    # MindFormers' split is not always even (6 layers on 4 stages: 1, 1, 1, 3)
     stage_counts = stage_layers(dims.num_layers, lay.pp, cfg.get("model.model_config.offset") or 0)
+    # a recomputed layer's kept input, split over mp by seq parallel or recompute_slice_activation
+    sliced = lay.seq_parallel or any(p.slice_activation for p in lay.recompute_layers)
     recompute_layer = batch * layer_seq * dims.hidden * DTYPE_BYTES[dims.residual_dtype] / (
-        lay.mp if lay.seq_parallel else 1)
+        lay.mp if sliced else 1)
     head = head_bytes(dims, lay, tokens, training)
     kv_cache = 0.0
     if run_mode == "predict":

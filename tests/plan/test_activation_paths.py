@@ -325,3 +325,15 @@ def test_param_init_type_sets_weight_bytes():
     assert est.weights == 2 * (ALL_N - 320) + 4 * 320
     cpu = estimate(cfg(FULL, bf16), device_target="CPU")
     assert set(cpu.params_by_dtype) == {"float32"} and cpu.weights == ALL_B
+
+
+def test_recompute_slice_activation_splits_the_kept_layer_input_over_mp():
+    """Full recompute keeps each layer's input, 64 × 4 B = 256 B per token; with
+    recompute_slice_activation MindSpore keeps it split over model_parallel 2: 128 B. Two layers:
+    256 B per token less."""
+    base = (FA_OFF, *SHARDED, "parallel_config.model_parallel=2", "parallel_config.data_parallel=1",
+            "recompute_config.recompute=True")
+    whole, sliced = (estimate(cfg(*base, f"recompute_config.recompute_slice_activation={v}"),
+                              device_target="Ascend", devices=2) for v in (False, True))
+    assert whole.layout.mp == 2 and whole.layout.recompute
+    assert whole.activations - sliced.activations == 2 * (256 - 128) * TOKENS
