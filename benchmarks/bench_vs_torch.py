@@ -198,9 +198,9 @@ def torch_model(s: dict):
     return tf.GPT2LMHeadModel(cfg), ["c_attn"]
 
 
-def torch_child(s: dict, steps: int) -> dict:
-    import torch
-    torch.set_num_threads(THREADS)
+def torch_train_model(s: dict):
+    """torch_model with the seed's LoRA applied by PEFT (or left whole for full finetune), in
+    train mode: what the torch side times."""
     model, targets = torch_model(s)
     if s["lora"]:
         import peft
@@ -208,6 +208,13 @@ def torch_child(s: dict, steps: int) -> dict:
             r=LORA["lora_rank"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
             target_modules=targets, fan_in_fan_out=s["family"] == "gpt2", task_type="CAUSAL_LM"))
     model.train()
+    return model
+
+
+def torch_child(s: dict, steps: int) -> dict:
+    import torch
+    torch.set_num_threads(THREADS)
+    model = torch_train_model(s)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)

@@ -80,18 +80,12 @@ def petrun_side(shape: str, steps: int) -> None:
 
 
 def torch_side(shape: str, steps: int) -> None:
-    import peft
     import torch
-    from bench_vs_torch import LORA, SHAPES, THREADS, torch_model
+    from bench_vs_torch import SHAPES, THREADS, torch_train_model
     from torch.profiler import ProfilerActivity, profile
     torch.set_num_threads(THREADS)
     s = SHAPES[shape]
-    model, targets = torch_model(s)
-    if s["lora"]:
-        model = peft.get_peft_model(model, peft.LoraConfig(
-            r=LORA["lora_rank"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
-            target_modules=targets, fan_in_fan_out=s["family"] == "gpt2", task_type="CAUSAL_LM"))
-    model.train()
+    model = torch_train_model(s)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     ids = torch.randint(3, s["vocab"], (s["batch"], s["seq"]))

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.conftest import run_cli
+from tests.infer.terminal import Terminal
 
 pytestmark = pytest.mark.slow
 
@@ -110,37 +111,11 @@ def test_merged_lora_chats_like_the_live_adapter(adapter, chat_json):
 def test_on_a_terminal_it_prompts_streams_and_ctrl_d_ends(adapter):
     """stdin a real terminal (a pseudo-terminal): the >>> prompt, the streamed answer with its
     context line, and Ctrl-D ending the chat with exit code 0."""
-    import os
-    import pty
-    import select
-    import sys
-    import time
-
-    from tests.conftest import ROOT
-
-    pid, fd = pty.fork()
-    if pid == 0:    # the child: the real CLI on the terminal
-        os.chdir(ROOT)
-        os.execv(sys.executable, [sys.executable, "-m", "petrun", "chat", "--config", CONFIG,
-                                  "--adapter", adapter, "--greedy", "--max-new-tokens", NEW])
-    seen = b""
-
-    def wait_for(needle: bytes, count: int = 1) -> None:
-        nonlocal seen
-        end = time.time() + 300
-        while seen.count(needle) < count and time.time() < end:
-            if select.select([fd], [], [], 1)[0]:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                seen += chunk
-        assert seen.count(needle) >= count, seen.decode(errors="replace")
-
-    wait_for(b">>> ")
-    os.write(fd, f"{FIRST}\r".encode())
-    wait_for(b"/256)")
-    wait_for(b">>> ", 2)
-    os.write(fd, b"\x04")                          # Ctrl-D
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+    term = Terminal("chat", "--config", CONFIG, "--adapter", adapter, "--greedy",
+                    "--max-new-tokens", NEW)
+    term.wait_for(b">>> ")
+    term.send(f"{FIRST}\r".encode())
+    term.wait_for(b"/256)")
+    term.wait_for(b">>> ", 2)
+    term.send(b"\x04")                            # Ctrl-D
+    assert term.exit_code() == 0, term.text()

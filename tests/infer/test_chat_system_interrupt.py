@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, run_cli
+from tests.infer.terminal import Terminal
 
 pytestmark = pytest.mark.slow
 
@@ -96,35 +97,14 @@ def test_ctrl_c_while_streaming_drops_the_answer_and_ctrl_c_at_the_prompt_exits_
 def test_ctrl_c_on_a_terminal_stops_the_answer_and_then_ends_the_chat():
     """stdin a pseudo-terminal: ^C (the terminal sends SIGINT) mid-answer brings the prompt back;
     ^C at the prompt ends the chat with exit code 0."""
-    import pty
-    import select
-
-    pid, fd = pty.fork()
-    if pid == 0:    # the child: the real CLI on the terminal
-        os.chdir(ROOT)
-        os.execve(sys.executable, [sys.executable, "-m", "petrun", *ARGS, "--max-new-tokens",
-                                   "24"],
-                  {**os.environ, "PETRUN_TEST_PAUSE_AT": "chat_answer:120"})
-    seen = b""
-
-    def wait_for(needle: bytes, count: int = 1) -> None:
-        nonlocal seen
-        end = time.time() + 300
-        while seen.count(needle) < count and time.time() < end:
-            if select.select([fd], [], [], 1)[0]:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-        assert seen.count(needle) >= count, seen.decode(errors="replace")
-
-    wait_for(b">>> ")
-    os.write(fd, f"{Q1}\r".encode())
-    wait_for(b"pausing at chat_answer")
-    os.write(fd, b"\x03")                          # Ctrl-C while the answer streams
-    wait_for(b"answer stopped")
-    wait_for(b">>> ", 2)
-    os.write(fd, b"\x03")                          # Ctrl-C at the prompt
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
-    assert b"Traceback" not in seen
+    term = Terminal(*ARGS, "--max-new-tokens", "24",
+                    env={"PETRUN_TEST_PAUSE_AT": "chat_answer:120"})
+    term.wait_for(b">>> ")
+    term.send(f"{Q1}\r".encode())
+    term.wait_for(b"pausing at chat_answer")
+    term.send(b"\x03")                            # Ctrl-C while the answer streams
+    term.wait_for(b"answer stopped")
+    term.wait_for(b">>> ", 2)
+    term.send(b"\x03")                            # Ctrl-C at the prompt
+    assert term.exit_code() == 0, term.text()
+    assert b"Traceback" not in term.seen
