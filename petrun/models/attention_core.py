@@ -32,7 +32,10 @@ class SoftmaxAttention(nn.Cell):
     backward primitives carry no strategies, so DotProductAttention keeps its own ops there.
     """
 
-    def __init__(self, scale_value: float, attention_dropout: float = 0.0):
+    def __init__(self, scale_value: float, attention_dropout: float = 0.0, dropout_op=None):
+        """dropout_op: the seeded ops.Dropout to draw masks with (DotProductAttention passes its
+        nn.Dropout's, seeded from ms.set_seed as nn.Dropout seeds it); None: a new one, seeded
+        the same way."""
         super().__init__()
         self.scale_value = float(scale_value)
         self.qk = ops.BatchMatMul(transpose_b=True)
@@ -43,7 +46,8 @@ class SoftmaxAttention(nn.Cell):
         self.keep_prob = 1.0 - float(attention_dropout)
         self.use_dropout = self.keep_prob < 1.0
         if self.use_dropout:
-            self.dropout = ops.Dropout(keep_prob=self.keep_prob)
+            # An unseeded ops.Dropout draws different masks in every process whatever the seed.
+            self.dropout = dropout_op or nn.Dropout(p=float(attention_dropout)).dropout
 
     def dropping(self) -> bool:
         """Whether calls return (out, mask): dropout configured and training."""

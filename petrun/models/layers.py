@@ -367,9 +367,9 @@ class DotProductAttention(nn.Cell):
         self.use_dropout = float(attention_dropout) > 0
         if self.use_dropout:
             self.dropout = Dropout(attention_dropout, "dropout_heads")
-        # fp32 additive-mask path: a core with a hand-written backward (attention_core.py); the
-        # select path keeps the primitives above, which carry the sharding strategies.
-        self.fast_core = (SoftmaxAttention(self.scale_value, attention_dropout)
+        # fp32 additive path: attention_core.py; the select path: the primitives above (sharded)
+        self.fast_core = (SoftmaxAttention(self.scale_value, attention_dropout,
+                                           self.dropout.dropout if self.use_dropout else None)
                           if compute_dtype == ms.float32 and self.additive_mask else None)
 
     def repeat_kv(self, x):

@@ -105,3 +105,22 @@ def test_evaluation_drops_nothing():
     assert not core.dropping()
     np.testing.assert_array_equal(core(q, k, v, bias).asnumpy(),
                                   Plain(0.5)(q, k, v, bias).asnumpy())
+
+
+def test_dropout_masks_follow_the_seed(graph_mode):
+    """As nn.Dropout: the same ms.set_seed before building gives the same masks (an unseeded
+    ops.Dropout draws different ones in every instance and process), in the composite attention
+    that uses the core."""
+    from petrun.models.layers import DotProductAttention
+    q, k, v, _, _ = _inputs(2, 2, 8, 8, 16, seed=2)
+    mask = Tensor(np.tril(np.ones((8, 8), np.float32))[None, None])
+    outs = []
+    for _ in range(2):
+        ms.set_seed(7)
+        attn = DotProductAttention(16, 2, attention_dropout=0.4)
+        attn.set_train(True)
+        assert attn.fast_core is not None and attn.fast_core.dropping()
+        outs.append(attn(q, k, v, mask).asnumpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    attn.set_train(False)
+    assert not np.array_equal(outs[0], attn(q, k, v, mask).asnumpy())   # something was dropped
