@@ -272,11 +272,10 @@ class KVCache:
     def clear(self) -> None:
         """Forget every token (the prefix stays): their slots are hidden again and will be
         overwritten; nothing is reallocated and the step graph keeps its shape."""
-        self.key_valid[:, self.prefix_len:] = False
-        self.next_slot = self.prefix_len
+        self.truncate(self.prefix_len)
 
     def truncate(self, slot: int) -> None:
-        """Forget the tokens from `slot` on (a turn given up midway): as clear(), for the tail."""
+        """Forget the tokens from `slot` on (never the prefix): a turn given up midway, or all."""
         slot = max(int(slot), self.prefix_len)
         self.key_valid[:, slot:] = False
         self.next_slot = min(self.next_slot, slot)
