@@ -185,8 +185,9 @@ def _tokenize_raw(src: _Source, raw, seq_length: int, extra_tokens: int, key: st
             "sample_length": int(arrays[cols[0]].shape[1]),
             "num_samples": int(arrays[cols[0]].shape[0]), "files": [path],
             "types": {c: "int32" for c in cols}, "raw": meta}
-    if fmt != "wikitext" and raw.template_for(fmt):
-        info["template"] = raw.template_for(fmt)   # what the samples were rendered with
+    template = raw.template_for(fmt)   # what the samples were rendered with (None: no chat)
+    if template:
+        info["template"] = template
     return _Source("arrays", src.path, [path], arrays, info)
 
 

@@ -1,9 +1,9 @@
 """What to change to make a run fit: each lever is a set of overrides, re-estimated and ranked.
 
 A lever is only offered where the model really does it on the device (recompute as MindFormers
-applies it, petrun/models/recompute.py; sharding only on accelerators) and is sized by running the whole estimate
-again on the changed config, so its saving includes every knock-on effect (e.g. model parallel
-also splits activations).
+applies it, petrun/models/recompute.py; sharding only on accelerators) and is sized by running the
+whole estimate again on the changed config, so its saving includes every knock-on effect (e.g.
+model parallel also splits activations).
 """
 from __future__ import annotations
 
