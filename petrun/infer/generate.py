@@ -7,9 +7,10 @@ the cache just runs the network on one token per step instead of on the whole se
 
 The prefill runs in PyNative mode (its shape changes with every prompt length; graph mode would
 compile per shape, reference/feasibility.md §1). The cached steps then run one of two ways:
-  jit=True   a fixed-size cache (prefix + prompt + new tokens slots, zeros until written) and
-             one compiled graph (ms.jit) for every step: ~2 s to compile once per batch/length,
-             then each step costs a fraction of PyNative's per-op dispatch;
+  jit=True   a fixed-size cache (prefix + prompt + new tokens slots, hidden until written) held
+             in Parameters of one compiled graph (ms.jit) for every step, which writes each new
+             key/value into its slot in place: ~2 s to compile once per batch/length, then
+             each step costs a fraction of PyNative's per-op dispatch;
   jit=False  a cache that grows by concatenation, every step in PyNative.
 A KVCache (the fixed-size one) can also outlive a call: `petrun chat` keeps one per conversation
 and each turn prefills only its new tokens on top of it (KVCache.extend), so earlier turns are
@@ -176,36 +177,63 @@ def _step(model, ids, positions, mask, past):
     return logits.asnumpy()[:, -1, :], presents
 
 
-_STEP_ATTR = "_petrun_compiled_decode_step"
+_STEPS_ATTR = "_petrun_compiled_decode_steps"
 
 
-def compiled_step(model):
-    """A cell running model.decode(..., write_at) as one ms.jit graph; one per model, so a graph
-    compiled for a (batch, cache length) is reused by later generate() calls."""
+def compiled_step(model, past, owner):
+    """A cell running model.decode(..., write_at) as one ms.jit graph over a fixed-size cache
+    it holds in Parameters shaped like `past` (per layer (keys, values)), for `owner` (a KVCache).
+
+    The cache lives in the graph, not in its inputs: each step writes its key/value into one
+    slot in place (layers.extend_cache) instead of passing every layer's cache in and a
+    rewritten copy out. Steps are pooled per model and cache shape, so later generate() calls
+    reuse a compiled graph; a step whose owner is still alive is never handed to another cache
+    (a chat's cache and a generate() call beside it each get their own)."""
+    import weakref
+
     # A graph is compiled for the cell tree it saw; PET injection (e.g. LoRA replacing wq) after
-    # a first generate() must get a fresh one, so the cached step is keyed by the tree.
+    # a first generate() must get a fresh one, so the pool is keyed by the tree.
     tree = tuple((name, type(cell).__name__) for name, cell in model.cells_and_names())
-    step, seen = model.__dict__.get(_STEP_ATTR, (None, None))
-    if step is None or seen != tree:
-        import mindspore as ms
-        from mindspore import nn
-
-        class DecodeStep(nn.Cell):
-            def __init__(self, net):
-                # auto_prefix off: holding the model must not rename its parameters.
-                super().__init__(auto_prefix=False)
-                self.net = net
-
-            @ms.jit
-            def construct(self, input_ids, positions, mask, past, write_at):
-                return self.net.decode(input_ids, positions, mask, past, True, write_at)
-
-        step = DecodeStep(model)
+    seen, pool = model.__dict__.get(_STEPS_ATTR, (None, {}))
+    if seen != tree:
+        pool = {}
         # A plain attribute, not a registered sub-cell: the model's cell tree (and so its
         # parameter walk and checkpoints) must not contain a cell that contains the model.
-        object.__setattr__(model, _STEP_ATTR, (step, tree))
+        object.__setattr__(model, _STEPS_ATTR, (tree, pool))
+    key = tuple((tuple(t.shape), str(t.dtype)) for pair in past for t in pair)
+    steps = pool.setdefault(key, [])
+    step = next((s for s in steps if s.owner() is None), None)
+    if step is None:
+        step = _decode_step(model, past, len(steps))
+        steps.append(step)
+    object.__setattr__(step, "owner", weakref.ref(owner))
     step.set_train(False)
     return step
+
+
+def _decode_step(model, past, index: int):
+    import mindspore as ms
+    from mindspore import Parameter, nn, ops
+
+    class DecodeStep(nn.Cell):
+        def __init__(self, net):
+            # auto_prefix off: holding the model must not rename its parameters.
+            super().__init__(auto_prefix=False)
+            self.net = net
+            self.layers = len(past)
+            self.cache = ms.ParameterTuple([
+                Parameter(ops.zeros(t.shape, t.dtype), requires_grad=False,
+                          name=f"_petrun_kv_cache.{index}.{i // 2}.{'kv'[i % 2]}")
+                for i, t in enumerate(t for pair in past for t in pair)])
+
+        @ms.jit
+        def construct(self, input_ids, positions, mask, write_at):
+            past = ()
+            for i in range(self.layers):
+                past = past + ((self.cache[2 * i], self.cache[2 * i + 1]),)
+            return self.net.decode(input_ids, positions, mask, past, True, write_at)[0]
+
+    return DecodeStep(model)
 
 
 def _fixed_size(past, slots: int):
@@ -253,12 +281,36 @@ class KVCache:
     def __init__(self, model, slots: int, key_valid: np.ndarray, past=None, prefix_len: int = 0):
         if key_valid.shape[1] > slots:
             raise ValueError(f"{key_valid.shape[1]} filled slots do not fit in {slots}")
+        self.model = model
         self.slots, self.prefix_len = int(slots), int(prefix_len)
         self.next_slot = key_valid.shape[1]
         self.key_valid = np.concatenate(
             [key_valid, np.zeros((len(key_valid), slots - self.next_slot), bool)], 1)
-        self.past = None if past is None else _fixed_size(past, self.slots)
-        self.step = compiled_step(model)
+        self.step = None          # compiled_step, holding the cache, once there is one
+        if past is not None:
+            self._store(_fixed_size(past, self.slots))
+
+    @property
+    def past(self):
+        """Per layer (keys, values) Parameters (B, Nkv, slots, D), or None before any token."""
+        if self.step is None:
+            return None
+        cache = self.step.cache
+        return tuple((cache[i], cache[i + 1]) for i in range(0, len(cache), 2))
+
+    def _store(self, full) -> None:
+        """Copy per-layer (keys, values) of `slots` slots into the step's Parameters."""
+        from mindspore import ops
+
+        if self.step is None:
+            self.step = compiled_step(self.model, full, self)
+            rows = np.indices(tuple(full[0][0].shape[:2])).transpose(1, 2, 0)
+            self._write_at = np.concatenate(
+                [rows, np.zeros(rows.shape[:2] + (1,), rows.dtype)], -1).astype(np.int32)
+        with pynative():
+            for held, new in zip((t for pair in self.past for t in pair),
+                                 (t for pair in full for t in pair)):
+                ops.assign(held, new)
 
     @classmethod
     def empty(cls, model, capacity: int, batch: int = 1, prefix_key_values=None) -> "KVCache":
@@ -305,33 +357,30 @@ class KVCache:
             if self.past is None:     # nothing cached yet, not even a prefix
                 mask = attention_mask(np.ones(ids.shape, bool), 0, count)
                 logits, presents = _step(model, ids, positions, mask, None)
-                self.past = _fixed_size(presents, self.slots)
+                self._store(_fixed_size(presents, self.slots))
             else:
                 # The growing-cache call: keys are the `slots` cached ones then the new ones;
                 # unwritten slots are hidden by key_valid, the new ones see each other causally.
                 key_valid = np.concatenate([self.key_valid, np.ones(ids.shape, bool)], 1)
                 logits, presents = _step(model, ids, positions,
                                          attention_mask(key_valid, self.slots, count), self.past)
-                self.past = _write_tail(presents, self.next_slot, count, self.slots)
+                self._store(_write_tail(presents, self.next_slot, count, self.slots))
         self.key_valid[:, self.next_slot:self.next_slot + count] = True
         self.next_slot += count
         return logits
 
     def __call__(self, model, tokens, positions):
         """One token per row, written at the next slot by the compiled step."""
-        from mindspore import Tensor, mutable
+        from mindspore import Tensor
 
         if self.room < 1:
             raise ValueError("the KV cache is full")
         self.key_valid[:, self.next_slot] = True
-        write_at = np.zeros((1, 1, self.slots, 1), bool)
-        write_at[0, 0, self.next_slot, 0] = True
+        self._write_at[..., 2] = self.next_slot
         self.next_slot += 1
         mask = self.key_valid[:, None, None, :].astype(np.float32)
-        # mutable: the caches are graph inputs, not constants to specialise (and recompile) on.
-        logits, presents = self.step(Tensor(tokens), Tensor(positions), Tensor(mask),
-                                     mutable(self.past), Tensor(write_at))
-        self.past = tuple(tuple(p) for p in presents)
+        logits = self.step(Tensor(tokens), Tensor(positions), Tensor(mask),
+                           Tensor(self._write_at))
         return logits.asnumpy()[:, -1, :]
 
 

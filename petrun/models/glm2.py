@@ -403,7 +403,8 @@ class ChatGLM2ForConditionalGeneration(nn.Cell):
 
         input_ids, positions: int32 (B, S), positions per sample (left padding, cached steps).
         attention_mask: (B, 1, S, keys), 1 = may attend: the cached keys then these S, or the
-          L slots of a fixed-size cache (write_at: (1, 1, L, 1) bool, the slot to fill).
+          L slots of a fixed-size cache (write_at: (B, heads, 3) int32 [b, n, slot] rows, the
+          slot to fill in place; layers.extend_cache).
         past: None, or one (keys, values) per layer, each (B, multi_query_group_num, L,
           kv_channels): earlier steps and/or a P-Tuning v2 prefix kept at the front, so the valid
           length counts pre_seq_len as in MindFormers' ChatGLM2WithPtuning2.

@@ -325,7 +325,8 @@ class GPT2LMHeadModel(nn.Cell):
         input_ids, positions: int32 (B, S); positions index the learned position table per
           sample, so left-padded rows start at 0 where their text starts.
         attention_mask: (B, 1, S, keys), 1 = may attend: the cached keys then these S, or the
-          L slots of a fixed-size cache (write_at: (1, 1, L, 1) bool, the slot to fill).
+          L slots of a fixed-size cache (write_at: (B, heads, 3) int32 [b, n, slot] rows, the
+          slot to fill in place; layers.extend_cache).
         past: None, or one (keys, values) per layer, each (B, num_heads, L, head_dim): earlier
           steps and/or a prefix kept at the front.
         Returns (fp32 logits (B, S or 1, vocab), the updated caches).

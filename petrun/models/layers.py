@@ -236,17 +236,17 @@ def extend_cache(past, key, value, write_at=None):
     past: None, or (keys, values) each (B, Nkv, L, D) — earlier tokens and/or a P-Tuning v2
     prefix, which therefore stays at the front of the cache.
     write_at None: a growing cache; the result is past then key along the sequence (L + S).
-    write_at (1, 1, L, 1) bool, one slot True: a fixed-size cache (one compiled graph serves
-    every step); the single new key/value (S = 1) replaces slot `write_at` and L stays.
+    write_at (B, Nkv, 3) int32 rows [b, n, slot]: a fixed-size cache in Parameters (KVCache); the
+    new key/value (S = 1) is written into `slot` in place (cheaper than a select over it).
     """
     if past is None:
         return key, value
+    if write_at is not None:
+        return tuple(ops.cast(ops.scatter_nd_update(p, write_at, ops.cast(
+            ops.reshape(new, write_at.shape[:2] + new.shape[3:]), p.dtype)), new.dtype)
+            for p, new in ((past[0], key), (past[1], value)))
     past_k, past_v = ops.cast(past[0], key.dtype), ops.cast(past[1], value.dtype)
-    if write_at is None:
-        return ops.cat((past_k, key), 2), ops.cat((past_v, value), 2)
-    where = ops.broadcast_to(write_at, past_k.shape)
-    return (ops.select(where, ops.broadcast_to(key, past_k.shape), past_k),
-            ops.select(where, ops.broadcast_to(value, past_v.shape), past_v))
+    return ops.cat((past_k, key), 2), ops.cat((past_v, value), 2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -280,7 +280,8 @@ class LlamaForCausalLM(nn.Cell):
           (growing cache), or over the L slots of a fixed-size cache (write_at given).
         past: None, or one (keys, values) per layer, each (B, n_kv_heads, L, head_dim): earlier
           steps' caches and/or a prefix (P-Tuning v2 / prefix tuning) kept at the front.
-        write_at: None, or (1, 1, L, 1) bool marking the slot this single token fills.
+        write_at: None, or (B, n_kv_heads, 3) int32 [b, n, slot] rows: the slot this single token
+          fills in place (past then holds Parameters; layers.extend_cache).
         Returns (fp32 logits (B, S or 1, vocab), the updated caches).
         """
         hidden, presents = self.model.decode(input_ids, positions, attention_mask, past,

@@ -1,6 +1,8 @@
 """Generation with petrun's own models (random weights, no torch): the KV cache (compiled
 fixed-size and PyNative growing) against the no-cache path, left-padded batches against single
 prompts, P-Tuning v2 prefixes in the cache, eos, sampling, LoRA live vs merged."""
+import importlib
+
 import numpy as np
 import pytest
 
@@ -207,6 +209,32 @@ def test_compiled_step_leaves_the_model_alone():
     generate(net, ih.prompts((4,)), GenerationConfig(max_new_tokens=3))
     assert [p.name for p in net.get_parameters()] == names
     assert [n for n, _ in net.cells_and_names()] == cells
+
+
+def test_compiled_steps_are_reused_and_never_shared_by_live_caches():
+    """The compiled step holds its cache in Parameters: the next generate() of the same shape
+    reuses it (no second compile), while a cache still in use (a chat) never lends it out."""
+    gen = importlib.import_module("petrun.infer.generate")   # the package exports generate()
+
+    net = ih.petrun_model("gpt2", seed=3)
+    rows, config = ih.prompts((5,)), GenerationConfig(max_new_tokens=4)
+    want = generate(net, rows, config).tokens
+
+    def steps():
+        return [s for pool in net.__dict__[gen._STEPS_ATTR][1].values() for s in pool]
+
+    first = steps()
+    assert len(first) == 1
+    assert generate(net, rows, config).tokens == want
+    assert steps() == first                       # reused, not compiled again
+    chat = gen.KVCache.empty(net, 8)              # the generate() cache's size: 5 + 4 - 1
+    alone = generate(net, [rows[0][:3]], GenerationConfig(max_new_tokens=2), cache=chat).tokens
+    assert chat.step is first[0]
+    assert generate(net, rows, config).tokens == want
+    assert len(steps()) == 2 and chat.step is first[0]   # the live chat kept its own
+    again = gen.KVCache.empty(net, 8)
+    assert generate(net, [rows[0][:3]], GenerationConfig(max_new_tokens=2),
+                    cache=again).tokens == alone
 
 
 def test_length_beyond_the_positions_is_a_user_error():
