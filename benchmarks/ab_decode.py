@@ -55,7 +55,7 @@ def main() -> int:
     ms.runtime.launch_blocking()
     ms.device_context.cpu.op_tuning.threads_num(THREADS)
     ms.set_seed(0)
-    gen = importlib.import_module("petrun.infer.generate")   # the package exports generate()
+    from petrun.infer import kv_cache as gen
     from petrun.models.registry import build_base_model
     s = SHAPES[args.shape]
     arch, mc, _ = petrun_model(s)

@@ -65,6 +65,7 @@ CLI_FORBIDDEN = ("petrun.models.llama", "petrun.models.glm2", "petrun.models.gpt
                  "petrun.models.layers", "petrun.pet.", "petrun.train.recipe",
                  "petrun.train.step", "petrun.train.optim", "petrun.train.lr",
                  "petrun.train.resume", "petrun.train.callbacks", "petrun.infer.generate",
+                 "petrun.infer.kv_cache",
                  "petrun.infer.sampling", "petrun.infer.eval", "petrun.infer.chat_session",
                  "petrun.infer.chat_recipe", "petrun.ckpt.load",
                  "petrun.ckpt.io", "petrun.ckpt.store")

@@ -1,6 +1,6 @@
 """A multi-turn conversation over one KV cache: what `petrun chat` answers each line with.
 
-The conversation is a token sequence kept in one KVCache (petrun.infer.generate) for its whole
+The conversation is a token sequence kept in one KVCache (petrun.infer.kv_cache) for its whole
 life. Each turn feeds only what is new since the last answer — the last generated token (never
 fed by generate), the template's end of the assistant turn and the new user turn up to where
 the assistant's answer begins — so earlier turns are never run again, and the cache's fixed
@@ -114,7 +114,8 @@ class ChatSession:
 
     def __init__(self, model, tokenizer, template: str, config, *, seed: int = 0,
                  vocab_size: int | None = None, system: str | None = None):
-        from petrun.infer.generate import KVCache, position_capacity
+        from petrun.infer.generate import position_capacity
+        from petrun.infer.kv_cache import KVCache
 
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.system = system or None

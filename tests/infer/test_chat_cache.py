@@ -1,4 +1,4 @@
-"""A conversation kept in one KV cache across turns (petrun.infer.generate.KVCache, what
+"""A conversation kept in one KV cache across turns (petrun.infer.kv_cache.KVCache, what
 `petrun chat` uses), for the three families, with and without a P-Tuning v2 prefix in the cache.
 
 Oracle: the model's no-cache forward of the whole conversation (construct(), the training path):
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from petrun.errors import UserError
-from petrun.infer.generate import GenerationConfig, KVCache, generate
+from petrun.infer.generate import GenerationConfig, generate
+from petrun.infer.kv_cache import KVCache
 from tests.infer import infer_helpers as ih
 from tests.infer.test_generate import random_prefix
 

@@ -1,8 +1,6 @@
 """Generation with petrun's own models (random weights, no torch): the KV cache (compiled
 fixed-size and PyNative growing) against the no-cache path, left-padded batches against single
 prompts, P-Tuning v2 prefixes in the cache, eos, sampling, LoRA live vs merged."""
-import importlib
-
 import numpy as np
 import pytest
 
@@ -214,7 +212,7 @@ def test_compiled_step_leaves_the_model_alone():
 def test_compiled_steps_are_reused_and_never_shared_by_live_caches():
     """The compiled step holds its cache in Parameters: the next generate() of the same shape
     reuses it (no second compile), while a cache still in use (a chat) never lends it out."""
-    gen = importlib.import_module("petrun.infer.generate")   # the package exports generate()
+    from petrun.infer import kv_cache as gen
 
     net = ih.petrun_model("gpt2", seed=3)
     rows, config = ih.prompts((5,)), GenerationConfig(max_new_tokens=4)
