@@ -34,9 +34,22 @@ class Terminal:
     def send(self, data: bytes) -> None:
         os.write(self.fd, data)
 
-    def exit_code(self) -> int:
-        _, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status)
+    def exit_code(self, timeout: float = 120) -> int:
+        """The child's exit code; a child still running after `timeout` s is killed and the
+        test fails with what it printed (a hung chat must not hang the suite)."""
+        end = time.time() + timeout
+        while time.time() < end:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            if select.select([self.fd], [], [], 0.5)[0]:
+                try:
+                    self.seen += os.read(self.fd, 4096)
+                except OSError:
+                    pass
+        os.kill(self.pid, 9)
+        os.waitpid(self.pid, 0)
+        raise AssertionError(f"still running after {timeout} s: {self.text()}")
 
     def text(self) -> str:
         return self.seen.decode(errors="replace")
