@@ -22,6 +22,8 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
+from petrun.models.broadcast import to_shape_of
+
 
 class SoftmaxAttention(nn.Cell):
     """construct(query, key, value, bias) → (B, N, S, D), or (out, dropout mask) while dropping.
@@ -30,7 +32,10 @@ class SoftmaxAttention(nn.Cell):
     to (B, N, S, S'), 0 where a key may be attended and the dtype's lowest value where not. All
     fp32 (the additive-mask path of DotProductAttention). Not for sharded (semi-auto) runs: its
     backward primitives carry no strategies, so DotProductAttention keeps its own ops there.
+    full_broadcast: the bias and the row sums broadcast before their add/subtract (CPU; see
+    models/broadcast.py); set by kernels.attention_core.
     """
+    full_broadcast = False
 
     def __init__(self, scale_value: float, attention_dropout: float = 0.0, dropout_op=None):
         """dropout_op: the seeded ops.Dropout to draw masks with (DotProductAttention passes its
@@ -54,7 +59,8 @@ class SoftmaxAttention(nn.Cell):
         return self.use_dropout and self.training
 
     def probs(self, query, key, bias):
-        return self.softmax(self.qk(query, key) * self.scale_value + bias)
+        scores = self.qk(query, key) * self.scale_value
+        return self.softmax(scores + to_shape_of(bias, scores, self.full_broadcast))
 
     def construct(self, query, key, value, bias):
         probs = self.probs(query, key, bias)
@@ -75,7 +81,7 @@ class SoftmaxAttention(nn.Cell):
             d_value = self.tn(probs, dout)
             d_probs = self.qk(dout, value)
         row = self.row_sum(dout * out, -1)
-        d_scores = probs * (d_probs - row)
+        d_scores = probs * (d_probs - to_shape_of(row, d_probs, self.full_broadcast))
         d_query = self.pv(d_scores, key) * self.scale_value
         d_key = self.tn(d_scores, query) * self.scale_value
         return d_query, d_key, d_value, ops.zeros_like(bias)

@@ -54,6 +54,9 @@ class KernelChoice:
     # Llama's use_attn_mask_compression: FlashAttentionScore sparse_mode 2 (leftUpCausal) with the
     # constant compressed (2048, 2048) mask instead of sparse_mode 0 with the full (B,1,S,S) one.
     fa_mask_compression: bool = False
+    # CPU: the composite cells broadcast their small operands before Add/Sub/Mul, because
+    # MindSpore's CPU broadcasting kernels keep output-sized index tables (models/broadcast.py).
+    full_broadcast: bool = False
 
     @property
     def fused(self) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ Ascend kernels themselves, which petrun has not run.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from contextlib import contextmanager
@@ -66,9 +67,12 @@ def _soc_version() -> str | None:
         return None
 
 
+CPU_COMPOSITE = dataclasses.replace(COMPOSITE, full_broadcast=True)
+
+
 def kernels_for(family: str, config, device_target: str | None) -> KernelChoice:
     if device_target != "Ascend":
-        return COMPOSITE
+        return CPU_COMPOSITE if device_target == "CPU" else COMPOSITE
     choice = select_kernels(family, config, device_target, _soc_version())
     log.info("%s on Ascend: %s; rotary by %s", family,
              ", ".join(choice.fused) or "no fused kernels", choice.rope_form)
@@ -84,9 +88,12 @@ def attention_core(kernels: KernelChoice | None, head_dim: int, num_heads: int,
                    softmax_compute_type=ms.float32, attention_dropout: float = 0.0):
     """DotProductAttention, or FlashAttentionCore when flash attention is selected."""
     if kernels is None or not kernels.flash_attention:
-        return DotProductAttention(head_dim, num_heads, n_kv_heads, compute_dtype=compute_dtype,
+        core = DotProductAttention(head_dim, num_heads, n_kv_heads, compute_dtype=compute_dtype,
                                    softmax_compute_type=softmax_compute_type,
                                    attention_dropout=attention_dropout)
+        if core.fast_core is not None and kernels is not None:
+            core.fast_core.full_broadcast = kernels.full_broadcast
+        return core
     return FlashAttentionCore(head_dim, num_heads, n_kv_heads, compute_dtype=compute_dtype,
                               attention_dropout=attention_dropout,
                               pre_tokens=kernels.fa_pre_tokens, next_tokens=kernels.fa_next_tokens,
@@ -97,7 +104,9 @@ def rms_norm(kernels: KernelChoice | None, dim: int, eps: float = 1e-5,
              compute_type=ms.float32):
     """RMSNorm, or FusedRMSNorm (the RmsNorm primitive) when selected."""
     if kernels is None or not kernels.fused_rms_norm:
-        return RMSNorm(dim, eps, compute_type)
+        norm = RMSNorm(dim, eps, compute_type)
+        norm.full_broadcast = kernels is not None and kernels.full_broadcast
+        return norm
     return FusedRMSNorm(dim, eps, compute_type, recompute_cast=kernels.norm_cast_recompute)
 
 
@@ -105,7 +114,9 @@ def rotary(kernels: KernelChoice | None, head_dim: int, rotary_dtype=ms.float32)
     """Llama's rotate-half rotary: ApplyRotary (slices), or SwapRotary (MindFormers' default
     swap-matrix BatchMatMul, use_rope_slice False) on Ascend."""
     if kernels is None or kernels.rope_form == "slice":
-        return ApplyRotary()
+        rotate = ApplyRotary()
+        rotate.full_broadcast = kernels is not None and kernels.full_broadcast
+        return rotate
     return SwapRotary(head_dim, rotary_dtype)
 
 

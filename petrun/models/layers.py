@@ -23,8 +23,8 @@ from mindspore.ops.auto_generate import SiLU
 
 from petrun.errors import UserError
 from petrun.models.attention_core import SoftmaxAttention
-
-EXTEND_METHODS = ("None", "PI", "NTK")
+from petrun.models.broadcast import to_shape_of
+from petrun.models.rope import rope_tables  # noqa: F401  (re-exported: callers import it here)
 
 
 class DenseBase(nn.Cell):
@@ -128,6 +128,7 @@ class RMSNorm(nn.Cell):
     `compute_type` (fp32), as MindFormers does, and the result returns in the input's dtype.
     """
     shard_kind = "rmsnorm"
+    full_broadcast = False   # CPU: see models/broadcast.py (kernels.rms_norm sets it)
 
     def __init__(self, dim: int, eps: float = 1e-5, compute_type=ms.float32):
         super().__init__()
@@ -144,44 +145,21 @@ class RMSNorm(nn.Cell):
     def construct(self, x):
         original_dtype = x.dtype
         xf = ops.cast(x, self.compute_type)
-        normed = self.mul(xf, self.rsqrt(self.add_eps(self.mean(self.square(xf), -1), self.eps)))
-        return self.mul_weight(ops.cast(normed, original_dtype),
-                               ops.cast(self.weight, original_dtype))
+        scale = self.rsqrt(self.add_eps(self.mean(self.square(xf), -1), self.eps))
+        normed = self.mul(xf, to_shape_of(scale, xf, self.full_broadcast))
+        weight = to_shape_of(ops.cast(self.weight, original_dtype), xf, self.full_broadcast)
+        return self.mul_weight(ops.cast(normed, original_dtype), weight)
 
 
 # ---------------------------------------------------------------------------------------------
 # Rotary position embedding (HF "rotate half" layout: the two halves of head_dim form the pairs)
 
 
-def rope_tables(head_dim: int, max_positions: int, theta: float = 10000.0,
-                extend_method: str = "None", scaling_factor: float = 1.0):
-    """cos and sin tables, float32 numpy arrays of shape [max_positions, head_dim].
-
-    extend_method: "None"; "PI" (position interpolation: positions / scaling_factor);
-    "NTK" (base theta * scaling_factor ** (d / (d - 2))).
-    """
-    if extend_method not in EXTEND_METHODS:
-        raise UserError(f"unknown extend_method {extend_method!r}; expected one of "
-                        f"{', '.join(EXTEND_METHODS)}", key="model.model_config.extend_method")
-    if head_dim % 2:
-        raise UserError(f"rotary embedding needs an even head_dim, got {head_dim}",
-                        key="model.model_config.hidden_size")
-    base = float(theta)
-    positions = np.arange(max_positions, dtype=np.float64)
-    if extend_method == "NTK":
-        base = base * float(scaling_factor) ** (head_dim / (head_dim - 2))
-    elif extend_method == "PI":
-        positions = positions / float(scaling_factor)
-    inv_freq = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    freqs = np.outer(positions, inv_freq)
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
-
-
 class ApplyRotary(nn.Cell):
     """Rotate x (..., seq, head_dim) by the tables: x·cos + rotate_half(x)·sin, where rotate_half
     maps the halves (x1, x2) to (-x2, x1); computed in the tables' dtype, returned in x's."""
     shard_kind = "rotary"
+    full_broadcast = False   # CPU: see models/broadcast.py (kernels.rotary sets it)
 
     def __init__(self):
         super().__init__()
@@ -197,7 +175,9 @@ class ApplyRotary(nn.Cell):
         xr = ops.cast(x, cos.dtype)
         x1, x2 = self.split(xr)
         rotated = self.concat((self.neg(x2), x1))
-        return ops.cast(self.add(self.mul_cos(xr, cos), self.mul_sin(rotated, sin)), original_dtype)
+        out = self.add(self.mul_cos(xr, to_shape_of(cos, xr, self.full_broadcast)),
+                       self.mul_sin(rotated, to_shape_of(sin, xr, self.full_broadcast)))
+        return ops.cast(out, original_dtype)
 
 
 class RotaryEmbedding(nn.Cell):
