@@ -257,15 +257,18 @@ def write_results(rows: list[dict], host: str) -> None:
         "same targeting rules (petrun/plan/pet.py); weights + gradients and AdamW states of "
         "trainable parameters + an analytic inventory of the tensors backward needs per layer "
         "(norm inputs, q/k/v, attention scores, FFN, weight-gradient and LoRA inputs) + "
-        "logits/loss. MindSpore's CPU graph runtime holds several times the framework-ideal "
-        "activation set (little buffer reuse between forward and backward), so on CPU the terms "
-        "are scaled by the fitted factors below plus a fixed runtime and a per-layer graph cost. "
+        "logits/loss. MindSpore's CPU graph runtime holds about three times the framework-ideal "
+        "activation set (before the CPU cells broadcast their operands themselves, "
+        "models/broadcast.py, it was ten times: index tables of its broadcasting kernels), so "
+        "on CPU the terms are scaled by the fitted factors below plus a fixed runtime and a "
+        "per-layer graph cost. "
         "On Ascend the analytic terms are used unscaled (not measurable here).",
         "",
         "Step time: FLOPs per step (forward 2·N_matmul + attention, backward 2·N_matmul + "
         "2·N_trainable + 2× attention) over 50% of a 93.5 GFLOP/s/core fp32 peak. The measured "
-        "step times below come from a 2-core machine shared with other jobs (load average up "
-        "to 4) and are 1.4–4× the prediction depending on the load at the time; on the quiet machine of reference/feasibility.md §1b the "
+        "step times below come from a 2-core machine shared with other jobs and are 1–4× the "
+        "prediction depending on the load at the time; on the quiet machine of "
+        "reference/feasibility.md §1b the "
         "same shape as llama-small-lora-b2 (58M parameters, h512 L8, vocab 32000, 2 × 512) ran "
         "at 1.99 s/step against 2.20 s predicted. For tiny models per-op overhead dominates and "
         "the FLOP-based time is a lower bound.",
