@@ -13,6 +13,9 @@ Toggles (B side):
                  the additive-mask path differentiated by MindSpore, as before 2026-12-03
   no-branch      the step applies the optimizer update unconditionally (no `if not overflow:`
                  in the graph), as the fp32 step did before 76becf1
+  implicit-broadcast  RMSNorm, ApplyRotary and the attention core leave Add/Sub/Mul to broadcast
+                 their small operands (full_broadcast off), as before 2026-12-03 (RESULTS
+                 experiment 20: MindSpore's CPU kernels then keep output-sized index tables)
   same           nothing: both sides alike (the noise floor, and whether steps repeat bit for bit)
   genexpr-tail   the step's per-gradient cast, norm and clip as generator expressions and a
                  list comprehension over the gradient tuple, as before 2026-12-03 09:00 (now
@@ -41,6 +44,9 @@ def apply_toggle(model, toggle: str) -> int:
             n += 1
         elif toggle == "plain-attention-grad" and type(cell).__name__ == "DotProductAttention":
             cell.fast_core = None
+            n += 1
+        elif toggle == "implicit-broadcast" and getattr(cell, "full_broadcast", False):
+            cell.full_broadcast = False
             n += 1
         elif toggle == "no-lora-dropout" and type(cell).__name__ == "LoRALinear":
             from mindspore import nn
@@ -99,7 +105,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="small", choices=list(SHAPES))
     ap.add_argument("--toggle", default="select-mask", choices=["select-mask", "no-lora-dropout", "no-branch", "plain-attention-grad",
-                             "genexpr-tail", "same"])
+                             "genexpr-tail", "same", "implicit-broadcast"])
     ap.add_argument("--iters", type=int, default=8)
     args = ap.parse_args()
     s = SHAPES[args.shape]
