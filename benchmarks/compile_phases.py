@@ -69,7 +69,7 @@ def worker(args) -> dict:
     os.environ["PETRUN_COMPILE_CACHE"] = "0"
     import mindspore as ms
     import numpy as np
-    from mindspore import nn, ops
+    from mindspore import nn
     from bench_vs_torch import SHAPES, THREADS, petrun_config
     from mindspore.graph._parse import compile_config
     if args.profile:
@@ -89,7 +89,7 @@ def worker(args) -> dict:
     import petrun
     from petrun.models.registry import arch_entry
     from petrun.train.optim import build_optimizer
-    from petrun.train.step import TrainStep, clip_by_norm
+    from petrun.train.step import TrainStep
     t_import = time.perf_counter()
 
     s = dict(SHAPES[args.shape])
@@ -128,16 +128,8 @@ def worker(args) -> dict:
     else:
         base = TrainStep
         if "no-branch" in variants:
-            class Unbranched(TrainStep):
-                def construct(self, *inputs):
-                    loss, grads = self.scaled_grads(*inputs)
-                    norm = self.global_norm(grads)
-                    overflow = self.next_scale(self.overflow(norm))
-                    if self.use_clip:
-                        grads = clip_by_norm(grads, norm, self.clip_norm)
-                    loss = ops.depend(loss, self.optimizer(grads))
-                    return loss, overflow, self.loss_scale.value(), norm
-            base = Unbranched
+            from ab_step import _unbranched
+            base = _unbranched(TrainStep)
         if "genexpr-tail" in variants:
             from ab_step import _genexpr_tail
             base = _genexpr_tail(TrainStep)

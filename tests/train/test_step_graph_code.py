@@ -4,18 +4,23 @@ over the gradient tuple (benchmarks/compile_phases.py; issue 16's cold first ste
 must not change: the oracle is the step written the old way, with generator expressions."""
 import ast
 import inspect
+import sys
 
 import numpy as np
 import pytest
 
 import mindspore as ms
-from mindspore import Tensor, ops
+from mindspore import Tensor
 
 from petrun.models.configs import LlamaConfig
 from petrun.models.llama import LlamaForCausalLM
 from petrun.pet import apply_pet
 from petrun.train import step as steps
 from petrun.train.optim import build_optimizer
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+from benchmarks.ab_step import _genexpr_tail  # noqa: E402
 
 CFG = dict(seq_length=16, hidden_size=32, num_layers=2, num_heads=4, n_kv_heads=2, vocab_size=64,
            multiple_of=16, compute_dtype="float32", param_init_type="float32", rotary_dtype="float32")
@@ -33,29 +38,9 @@ def graph(monkeypatch):
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-class GenexprStep(steps.TrainStep):
-    """TrainStep as it was written before: generator expressions over the gradients."""
-
-    def scaled_grads(self, *inputs):
-        loss = self.network(*inputs)
-        sens = ops.cast(self.loss_scale, loss.dtype)
-        grads = self.grad(self.network, self.weights)(*inputs, sens)
-        inv = ops.cast(1.0 / self.loss_scale, ms.float32)
-        return loss, tuple(ops.cast(g, ms.float32) * inv for g in grads)
-
-    def global_norm(self, grads):
-        return ops.sqrt(ops.stack([ops.reduce_sum(ops.square(g)) for g in grads]).sum())
-
-    def construct(self, *inputs):
-        loss, grads = self.scaled_grads(*inputs)
-        norm = self.global_norm(grads)
-        overflow = self.next_scale(self.overflow(norm))
-        if self.use_clip:
-            factor = ops.minimum(Tensor(1.0, ms.float32), self.clip_norm / (norm + 1e-6))
-            grads = tuple(g * factor for g in grads)
-        if not overflow:
-            self.optimizer(grads)
-        return loss, overflow, self.loss_scale.value(), norm
+# The step as it was written before: generator expressions over the gradients (the same class
+# benchmarks/ab_step.py times as its genexpr-tail toggle).
+GenexprStep = _genexpr_tail(steps.TrainStep)
 
 
 def _run(step_cls, clip_norm):
