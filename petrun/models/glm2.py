@@ -30,6 +30,7 @@ from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import Normal
 from mindspore.ops.auto_generate import SiLU
 
+from petrun.models.broadcast import to_shape_of
 from petrun.models.configs import ChatGLM2Config
 from petrun.models.dtypes import resolve_dtypes
 from petrun.models.kernels import attention_core, kernels_for, rms_norm
@@ -82,6 +83,7 @@ class InterleavedRotary(nn.Cell):
     tables' dtype. reshape/split/concat rather than a fused kernel: the only form that runs on CPU.
     """
     shard_kind = "glm2_rotary"
+    full_broadcast = False   # CPU: see models/broadcast.py (the attention sets it from its kernels)
 
     def __init__(self):
         super().__init__()
@@ -100,6 +102,8 @@ class InterleavedRotary(nn.Cell):
         x_rot = ops.cast(x[:, :, :, :rot], cos.dtype)
         even, odd = self.split_pairs(ops.reshape(x_rot, (batch, heads, seq, rot // 2, 2)))
         swapped = ops.reshape(self.concat_pairs((self.neg(odd), even)), (batch, heads, seq, rot))
+        cos = to_shape_of(cos, x_rot, self.full_broadcast)
+        sin = to_shape_of(sin, x_rot, self.full_broadcast)
         rotated = ops.cast(self.add(self.mul_cos(x_rot, cos), self.mul_sin(swapped, sin)),
                            original_dtype)
         return self.concat_rest((rotated, x[:, :, :, rot:]))
@@ -161,6 +165,7 @@ class ChatGLM2SelfAttention(nn.Cell):
                                    softmax_compute_type=dtypes["softmax_compute_type"],
                                    attention_dropout=config.attention_dropout)
         self.apply_rotary = InterleavedRotary()
+        self.apply_rotary.full_broadcast = kernels is not None and kernels.full_broadcast
         self.split_heads = ops.Transpose()
         self.merge_heads = ops.Transpose()
 

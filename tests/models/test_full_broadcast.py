@@ -10,11 +10,13 @@ ms = pytest.importorskip("mindspore")
 from mindspore import Tensor, nn, ops  # noqa: E402
 
 from petrun.models.attention_core import SoftmaxAttention  # noqa: E402
+from petrun.models.glm2 import InterleavedRotary, glm2_rope_tables  # noqa: E402
 from petrun.models.kernels import kernels_for  # noqa: E402
 from petrun.models.layers import ApplyRotary, RMSNorm, rope_tables  # noqa: E402
 from tests.infer import infer_helpers as ih  # noqa: E402
 
-FLAGGED = (RMSNorm, ApplyRotary, SoftmaxAttention)
+FLAGGED = {"llama2": (RMSNorm, ApplyRotary, SoftmaxAttention),
+           "glm2": (RMSNorm, InterleavedRotary, SoftmaxAttention)}
 
 
 class Loss(nn.Cell):
@@ -41,6 +43,11 @@ def rng_tensor(shape, seed):
     return Tensor(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
 
 
+def glm2_tables():
+    """GLM2 rotates the first half of the head: (1, 1, S, 4) tables for head_dim 8."""
+    return tuple(Tensor(t[:16].reshape(1, 1, 16, 4)) for t in glm2_rope_tables(4, 16))
+
+
 def cases():
     cos, sin = (Tensor(t[:16].reshape(1, 1, 16, 8)) for t in rope_tables(8, 16))
     causal = np.tril(np.ones((16, 16), bool))
@@ -48,6 +55,7 @@ def cases():
     return [
         ("rmsnorm", lambda: RMSNorm(12), (rng_tensor((2, 5, 12), 0),)),
         ("rotary", ApplyRotary, (rng_tensor((2, 3, 16, 8), 2), cos, sin)),
+        ("glm2 rotary", InterleavedRotary, (rng_tensor((2, 3, 16, 8), 6), *glm2_tables())),
         ("attention core", lambda: SoftmaxAttention(8 ** -0.5),
          (rng_tensor((2, 3, 16, 8), 3), rng_tensor((2, 3, 16, 8), 4),
           rng_tensor((2, 3, 16, 8), 5), bias)),
@@ -63,10 +71,11 @@ def test_the_same_bits_with_and_without_broadcasting_first(name, make, inputs):
     assert any(np.abs(g).max() > 0 for g in implicit[1:]), "all-zero gradients test nothing"
 
 
-def test_cpu_builds_switch_it_on_and_other_devices_do_not():
-    assert kernels_for("llama2", None, "CPU").full_broadcast
-    assert not kernels_for("llama2", None, "GPU").full_broadcast
-    net = ih.petrun_model("llama2", seed=0)     # built on this CPU
-    flagged = [c for _, c in net.cells_and_names() if isinstance(c, FLAGGED)]
-    assert {type(c) for c in flagged} == set(FLAGGED)
+@pytest.mark.parametrize("family", sorted(FLAGGED))
+def test_cpu_builds_switch_it_on_and_other_devices_do_not(family):
+    assert kernels_for(family, None, "CPU").full_broadcast
+    assert not kernels_for(family, None, "GPU").full_broadcast
+    net = ih.petrun_model(family, seed=0)     # built on this CPU
+    flagged = [c for _, c in net.cells_and_names() if isinstance(c, FLAGGED[family])]
+    assert {type(c) for c in flagged} == set(FLAGGED[family])
     assert all(c.full_broadcast for c in flagged)
