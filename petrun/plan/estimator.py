@@ -68,9 +68,8 @@ MiB = 2 ** 20
 # ---- CPU calibration: least squares over the "fit" runs of benchmarks/plan_vs_measured.py
 # (`--from-json --fit`): 9 real `petrun finetune` runs of Llama2 (hidden 64-512, 2-8 layers,
 # vocab 512-32000, seq 256-1024, batch 1-8, LoRA and full finetune) on MindSpore 2.10 CPU, peak
-# RSS by wait4; refitted 2026-12-03 after CPU cells stopped broadcasting implicitly (models/
-# broadcast.py: MindSpore kept index tables, ~half the old peaks). The table is in
-# benchmarks/RESULTS.md. ----
+# RSS by wait4; refitted 2026-12-03 once CPU cells broadcast first (models/broadcast.py: about
+# half the old peaks were MindSpore's index tables). The table is in benchmarks/RESULTS.md. ----
 CPU_RUNTIME = 544 * MiB           # MindSpore import + context + dataset pipeline + CLI
 CPU_PER_LAYER = 32 * MiB          # compiled graph and kernel workspace per decoder layer
 CPU_ACT_FACTOR = 2.83             # measured ÷ analytic saved-for-backward set (non-score part)
