@@ -33,7 +33,7 @@ class SoftmaxAttention(nn.Cell):
     fp32 (the additive-mask path of DotProductAttention). Not for sharded (semi-auto) runs: its
     backward primitives carry no strategies, so DotProductAttention keeps its own ops there.
     full_broadcast: the bias and the row sums broadcast before their add/subtract (CPU; see
-    models/broadcast.py); set by kernels.attention_core.
+    models/broadcast.py); set by kernels.broadcast_first.
     """
     full_broadcast = False
 

@@ -33,7 +33,7 @@ from mindspore.ops.auto_generate import SiLU
 from petrun.models.broadcast import to_shape_of
 from petrun.models.configs import ChatGLM2Config
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.kernels import attention_core, kernels_for, rms_norm
+from petrun.models.kernels import attention_core, broadcast_first, kernels_for, rms_norm
 from petrun.models.layers import (Dropout, Embedding, Linear, MaskedCrossEntropy, Residual,
                                   causal_mask, extend_cache, prepend_prompt, rows_at)
 
@@ -83,7 +83,7 @@ class InterleavedRotary(nn.Cell):
     tables' dtype. reshape/split/concat rather than a fused kernel: the only form that runs on CPU.
     """
     shard_kind = "glm2_rotary"
-    full_broadcast = False   # CPU: see models/broadcast.py (the attention sets it from its kernels)
+    full_broadcast = False   # CPU: see models/broadcast.py (kernels.broadcast_first sets it)
 
     def __init__(self):
         super().__init__()
@@ -164,8 +164,7 @@ class ChatGLM2SelfAttention(nn.Cell):
                                    compute_dtype=dtypes["compute_dtype"],
                                    softmax_compute_type=dtypes["softmax_compute_type"],
                                    attention_dropout=config.attention_dropout)
-        self.apply_rotary = InterleavedRotary()
-        self.apply_rotary.full_broadcast = kernels is not None and kernels.full_broadcast
+        self.apply_rotary = broadcast_first(InterleavedRotary(), kernels)
         self.split_heads = ops.Transpose()
         self.merge_heads = ops.Transpose()
 

@@ -83,6 +83,13 @@ def kernels_for(family: str, config, device_target: str | None) -> KernelChoice:
 # Factories: what each model cell calls.
 
 
+def broadcast_first(cell, kernels: KernelChoice | None):
+    """`cell` (a composite cell with a full_broadcast flag) set as the choice says: on CPU it
+    broadcasts small operands itself (models/broadcast.py). Returns the cell."""
+    cell.full_broadcast = bool(kernels is not None and kernels.full_broadcast)
+    return cell
+
+
 def attention_core(kernels: KernelChoice | None, head_dim: int, num_heads: int,
                    n_kv_heads: int | None = None, compute_dtype=ms.float32,
                    softmax_compute_type=ms.float32, attention_dropout: float = 0.0):
@@ -91,8 +98,8 @@ def attention_core(kernels: KernelChoice | None, head_dim: int, num_heads: int,
         core = DotProductAttention(head_dim, num_heads, n_kv_heads, compute_dtype=compute_dtype,
                                    softmax_compute_type=softmax_compute_type,
                                    attention_dropout=attention_dropout)
-        if core.fast_core is not None and kernels is not None:
-            core.fast_core.full_broadcast = kernels.full_broadcast
+        if core.fast_core is not None:
+            broadcast_first(core.fast_core, kernels)
         return core
     return FlashAttentionCore(head_dim, num_heads, n_kv_heads, compute_dtype=compute_dtype,
                               attention_dropout=attention_dropout,
@@ -104,9 +111,7 @@ def rms_norm(kernels: KernelChoice | None, dim: int, eps: float = 1e-5,
              compute_type=ms.float32):
     """RMSNorm, or FusedRMSNorm (the RmsNorm primitive) when selected."""
     if kernels is None or not kernels.fused_rms_norm:
-        norm = RMSNorm(dim, eps, compute_type)
-        norm.full_broadcast = kernels is not None and kernels.full_broadcast
-        return norm
+        return broadcast_first(RMSNorm(dim, eps, compute_type), kernels)
     return FusedRMSNorm(dim, eps, compute_type, recompute_cast=kernels.norm_cast_recompute)
 
 
@@ -114,9 +119,7 @@ def rotary(kernels: KernelChoice | None, head_dim: int, rotary_dtype=ms.float32)
     """Llama's rotate-half rotary: ApplyRotary (slices), or SwapRotary (MindFormers' default
     swap-matrix BatchMatMul, use_rope_slice False) on Ascend."""
     if kernels is None or kernels.rope_form == "slice":
-        rotate = ApplyRotary()
-        rotate.full_broadcast = kernels is not None and kernels.full_broadcast
-        return rotate
+        return broadcast_first(ApplyRotary(), kernels)
     return SwapRotary(head_dim, rotary_dtype)
 
 

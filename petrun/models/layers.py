@@ -128,7 +128,7 @@ class RMSNorm(nn.Cell):
     `compute_type` (fp32), as MindFormers does, and the result returns in the input's dtype.
     """
     shard_kind = "rmsnorm"
-    full_broadcast = False   # CPU: see models/broadcast.py (kernels.rms_norm sets it)
+    full_broadcast = False   # CPU: see models/broadcast.py (kernels.broadcast_first sets it)
 
     def __init__(self, dim: int, eps: float = 1e-5, compute_type=ms.float32):
         super().__init__()
@@ -159,7 +159,7 @@ class ApplyRotary(nn.Cell):
     """Rotate x (..., seq, head_dim) by the tables: x·cos + rotate_half(x)·sin, where rotate_half
     maps the halves (x1, x2) to (-x2, x1); computed in the tables' dtype, returned in x's."""
     shard_kind = "rotary"
-    full_broadcast = False   # CPU: see models/broadcast.py (kernels.rotary sets it)
+    full_broadcast = False   # CPU: see models/broadcast.py (kernels.broadcast_first sets it)
 
     def __init__(self):
         super().__init__()
