@@ -22,6 +22,13 @@ On by default in graph mode; PETRUN_COMPILE_CACHE=0 turns it off, and a user who
 MS_COMPILER_CACHE_ENABLE themselves keeps their own setting. Folders live under
 $PETRUN_CACHE_DIR/compile (else $XDG_CACHE_HOME/petrun/compile, ~/.cache/petrun/compile); the
 newest KEEP are kept.
+
+MindSpore reads MS_COMPILER_CACHE_PATH once, at a process's first compile with the cache on, and
+numbers that process's cached graphs 0, 1, 2 ... inside that one folder, whatever the variable
+says later (checked on 2.10: graphs A then B in one process write A/compile_cache_0 and
+A/compile_cache_1; a later process compiling A then C loads B's graph as C's and computes B).
+So only graphs of the process's first key use the cache; a graph of another key compiles without
+it (length buckets, a second config in one process), which is slower but never loads a stranger.
 """
 from __future__ import annotations
 
@@ -42,6 +49,11 @@ def enabled() -> bool:
     if "MS_COMPILER_CACHE_ENABLE" in os.environ:   # the user's own choice stands
         return False
     if os.environ.get("MS_ROLE"):                  # distributed: every rank compiles its own
+        return False
+    # MindSpore's cache parses the entry script for its dependencies and fails with
+    # FileNotFoundError when there is none to read (`python -c`: argv[0] is "-c").
+    import sys
+    if sys.argv and sys.argv[0] and not os.path.isfile(sys.argv[0]):
         return False
     return ms.get_context("mode") == ms.GRAPH_MODE
 
@@ -160,6 +172,10 @@ def _prune(root: Path, keep: str) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+# The key whose folder MindSpore has fixed for this process (see the module doc).
+_PROCESS_KEY: list[str] = []
+
+
 class CachedCompile:
     """Mixin for a graph Cell: its compile() for a new input signature runs with MindSpore's
     compile cache pointed at that graph's own folder."""
@@ -173,6 +189,8 @@ class CachedCompile:
         done.add(sig)
         try:
             key = graph_key(self, args)
+            if _PROCESS_KEY and _PROCESS_KEY[0] != key:
+                return super().compile(*args, **kwargs)
             root = cache_root()
             path = root / key
             path.mkdir(parents=True, exist_ok=True)
@@ -180,6 +198,8 @@ class CachedCompile:
             _prune(root, key)
         except OSError:
             return super().compile(*args, **kwargs)
+        if not _PROCESS_KEY:
+            _PROCESS_KEY.append(key)
         saved = {k: os.environ.get(k) for k in ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")}
         os.environ.update(MS_COMPILER_CACHE_ENABLE="1", MS_COMPILER_CACHE_PATH=str(path))
         try:
