@@ -16,6 +16,8 @@ Toggles (B side):
   implicit-broadcast  RMSNorm, ApplyRotary and the attention core leave Add/Sub/Mul to broadcast
                  their small operands (full_broadcast off), as before 2026-12-03 (RESULTS
                  experiment 20: MindSpore's CPU kernels then keep output-sized index tables)
+  broadcast-to   the CPU cells' explicit broadcasts as BroadcastTo, not Tile (models/broadcast.py,
+                 as before experiment 24)
   same           nothing: both sides alike (the noise floor, and whether steps repeat bit for bit)
   genexpr-tail   the step's per-gradient cast, norm and clip as generator expressions and a
                  list comprehension over the gradient tuple, as before 2026-12-03 09:00 (now
@@ -105,7 +107,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="small", choices=list(SHAPES))
     ap.add_argument("--toggle", default="select-mask", choices=["select-mask", "no-lora-dropout", "no-branch", "plain-attention-grad",
-                             "genexpr-tail", "same", "implicit-broadcast"])
+                             "genexpr-tail", "same", "implicit-broadcast", "broadcast-to"])
     ap.add_argument("--iters", type=int, default=8)
     args = ap.parse_args()
     s = SHAPES[args.shape]
@@ -129,7 +131,9 @@ def main() -> int:
     for side in ("A", "B"):
         ms.set_seed(0)
         model = petrun.build_model(cfg)
-        if side == "B" and args.toggle not in ("no-branch", "genexpr-tail", "same"):
+        from petrun.models import broadcast
+        broadcast.USE_TILE = not (side == "B" and args.toggle == "broadcast-to")
+        if side == "B" and args.toggle not in ("no-branch", "genexpr-tail", "same", "broadcast-to"):
             print(f"B: {args.toggle} on {apply_toggle(model, args.toggle)} cells")
         model.set_train(True)
         params = list(model.trainable_params())

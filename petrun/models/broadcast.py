@@ -13,6 +13,25 @@ from __future__ import annotations
 from mindspore import ops
 
 
+# BroadcastTo's CPU kernel is 2-4x slower than Tile's for the same copy (a row sum spread over
+# 512 keys: 24.9 against 6.3 ms; benchmarks/RESULTS.md, experiment 24), so the copy is a Tile.
+# A module switch, read when a graph is compiled, so benchmarks/ab_step.py can time the old way.
+USE_TILE = True
+
+
+def multiples(small_shape: tuple, like_shape: tuple) -> tuple:
+    """Tile multiples taking `small_shape` (leading 1s implied) to `like_shape`."""
+    small_shape = (1,) * (len(like_shape) - len(small_shape)) + small_shape
+    out = ()
+    for i in range(len(like_shape)):   # a loop, not zip(): graph mode folds this one
+        out = out + (like_shape[i] // small_shape[i],)
+    return out
+
+
 def to_shape_of(small, like, on: bool):
     """`small` broadcast to `like`'s shape when `on` (a cell's constant flag), else itself."""
-    return ops.broadcast_to(small, like.shape) if on else small
+    if not on:
+        return small
+    if USE_TILE:
+        return ops.tile(small, multiples(small.shape, like.shape))
+    return ops.broadcast_to(small, like.shape)
