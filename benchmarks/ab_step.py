@@ -18,6 +18,8 @@ Toggles (B side):
                  experiment 20: MindSpore's CPU kernels then keep output-sized index tables)
   broadcast-to   the CPU cells' explicit broadcasts as BroadcastTo, not Tile (models/broadcast.py,
                  as before experiment 24)
+  transpose-heads  the attention cells split and merge heads by Transpose, not Unstack + Stack
+                 (KernelChoice.stack_heads off), as before experiment 26
   same           nothing: both sides alike (the noise floor, and whether steps repeat bit for bit)
   genexpr-tail   the step's per-gradient cast, norm and clip as generator expressions and a
                  list comprehension over the gradient tuple, as before 2026-12-03 09:00 (now
@@ -49,6 +51,9 @@ def apply_toggle(model, toggle: str) -> int:
             n += 1
         elif toggle == "implicit-broadcast" and getattr(cell, "full_broadcast", False):
             cell.full_broadcast = False
+            n += 1
+        elif toggle == "transpose-heads" and getattr(cell, "stack_heads", False):
+            cell.stack_heads = False
             n += 1
         elif toggle == "no-lora-dropout" and type(cell).__name__ == "LoRALinear":
             from mindspore import nn
@@ -107,7 +112,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="small", choices=list(SHAPES))
     ap.add_argument("--toggle", default="select-mask", choices=["select-mask", "no-lora-dropout", "no-branch", "plain-attention-grad",
-                             "genexpr-tail", "same", "implicit-broadcast", "broadcast-to"])
+                             "genexpr-tail", "same", "implicit-broadcast", "broadcast-to",
+                             "transpose-heads"])
     ap.add_argument("--iters", type=int, default=8)
     args = ap.parse_args()
     s = SHAPES[args.shape]

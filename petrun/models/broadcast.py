@@ -1,4 +1,5 @@
-"""Binary ops fed inputs of the output's shape, where MindSpore's CPU kernels need it.
+"""Binary ops fed inputs of the output's shape, and head layouts swapped without Transpose,
+where MindSpore's CPU kernels need it.
 
 MindSpore 2.10's CPU kernel for a broadcasting binary op (Add, Sub, Mul whose inputs differ in
 shape) builds two int64 index tables the size of its output and keeps them for the whole run:
@@ -7,6 +8,10 @@ LoRA step held 2 GiB of them in a 4.2 GiB peak RSS (benchmarks/RESULTS.md, exper
 BroadcastTo output is an ordinary tensor of the memory pool, freed and reused after its last use,
 so on CPU (KernelChoice.full_broadcast) the composite cells broadcast first; elsewhere they keep
 the implicit broadcast, which Ascend's kernels and the sharding strategies expect.
+
+The CPU Transpose kernel does the same: an 8-byte index for every output element, kept per op
+(a small Llama's 64 head splits and merges held 256 MiB; RESULTS.md, experiment 26). Unstack +
+Stack copy the same elements without one, and faster (KernelChoice.stack_heads).
 """
 from __future__ import annotations
 
@@ -35,3 +40,11 @@ def to_shape_of(small, like, on: bool):
     if USE_TILE:
         return ops.tile(small, multiples(small.shape, like.shape))
     return ops.broadcast_to(small, like.shape)
+
+
+def swap_seq_heads(x, transpose, on: bool):
+    """(B, A, C, D) → (B, C, A, D): (B, S, N, D) into heads (B, N, S, D) and back. By the cell's
+    `transpose` primitive (which the sharding strategies annotate) unless `on` (CPU)."""
+    if on:
+        return ops.stack(ops.unstack(x, 2), 1)
+    return transpose(x, (0, 2, 1, 3))

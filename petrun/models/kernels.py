@@ -67,7 +67,7 @@ def _soc_version() -> str | None:
         return None
 
 
-CPU_COMPOSITE = dataclasses.replace(COMPOSITE, full_broadcast=True)
+CPU_COMPOSITE = dataclasses.replace(COMPOSITE, full_broadcast=True, stack_heads=True)
 
 
 def kernels_for(family: str, config, device_target: str | None) -> KernelChoice:
@@ -87,6 +87,13 @@ def broadcast_first(cell, kernels: KernelChoice | None):
     """`cell` (a composite cell with a full_broadcast flag) set as the choice says: on CPU it
     broadcasts small operands itself (models/broadcast.py). Returns the cell."""
     cell.full_broadcast = bool(kernels is not None and kernels.full_broadcast)
+    return cell
+
+
+def heads_by_stack(cell, kernels: KernelChoice | None):
+    """`cell` (an attention cell with a stack_heads flag) set as the choice says: on CPU it
+    swaps head layouts without Transpose (models/broadcast.swap_seq_heads). Returns the cell."""
+    cell.stack_heads = bool(kernels is not None and kernels.stack_heads)
     return cell
 
 

@@ -19,9 +19,10 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal
 
+from petrun.models.broadcast import swap_seq_heads
 from petrun.models.configs import LlamaConfig
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.kernels import attention_core, kernels_for, rms_norm, rotary
+from petrun.models.kernels import attention_core, heads_by_stack, kernels_for, rms_norm, rotary
 from petrun.models.layers import (Embedding, Linear, MaskedCrossEntropy, Residual,
                                   RotaryEmbedding, SwiGLU, TiedHead, causal_mask, extend_cache,
                                   next_token_inputs, prepend_prompt)
@@ -81,11 +82,13 @@ class LlamaAttention(nn.Cell):
         self.apply_rotary = rotary(kernels, self.head_dim, dtypes["rotary_dtype"])
         self.split_heads = ops.Transpose()
         self.merge_heads = ops.Transpose()
+        heads_by_stack(self, kernels)
 
     def to_heads(self, x, n_heads):
         """(B, S, n*D) → (B, n, S, D)."""
         batch, seq, _ = x.shape
-        return self.split_heads(ops.reshape(x, (batch, seq, n_heads, self.head_dim)), (0, 2, 1, 3))
+        return swap_seq_heads(ops.reshape(x, (batch, seq, n_heads, self.head_dim)),
+                              self.split_heads, self.stack_heads)
 
     def construct(self, x, cos, sin, attention_mask, prefix_key_value=None):
         batch, seq, _ = x.shape
@@ -93,7 +96,8 @@ class LlamaAttention(nn.Cell):
         key = self.apply_rotary(self.to_heads(self.wk(x), self.n_kv_heads), cos, sin)
         value = self.to_heads(self.wv(x), self.n_kv_heads)
         out = self.core(query, key, value, attention_mask, prefix_key_value)
-        out = ops.reshape(self.merge_heads(out, (0, 2, 1, 3)), (batch, seq, -1))
+        out = swap_seq_heads(out, self.merge_heads, self.stack_heads)
+        out = ops.reshape(out, (batch, seq, -1))
         return self.wo(out)
 
     def decode(self, x, cos, sin, attention_mask, past=None, write_at=None):
@@ -106,7 +110,8 @@ class LlamaAttention(nn.Cell):
         key, value = extend_cache(past, key, self.to_heads(self.wv(x), self.n_kv_heads),
                                   write_at)
         out = self.core(query, key, value, attention_mask)
-        out = ops.reshape(self.merge_heads(out, (0, 2, 1, 3)), (batch, seq, -1))
+        out = swap_seq_heads(out, self.merge_heads, self.stack_heads)
+        out = ops.reshape(out, (batch, seq, -1))
         return self.wo(out), (key, value)
 
 

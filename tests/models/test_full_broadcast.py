@@ -2,7 +2,9 @@
 (KernelChoice.full_broadcast, petrun/models/broadcast.py): MindSpore's CPU broadcasting kernels
 keep output-sized int64 index tables for the whole run, half of a small Llama's peak RSS
 (benchmarks/RESULTS.md, experiment 20). What must hold: the numbers are the same bits with and
-without it (outputs and gradients, graph mode), and CPU builds switch it on, other devices not."""
+without it (outputs and gradients, graph mode), and CPU builds switch it on, other devices not.
+The same for the head layout swap by Unstack + Stack (KernelChoice.stack_heads): the CPU
+Transpose kernel keeps an output-sized index table as well (experiment 26)."""
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ ms = pytest.importorskip("mindspore")
 from mindspore import Tensor, nn, ops  # noqa: E402
 
 from petrun.models.attention_core import SoftmaxAttention  # noqa: E402
+from petrun.models.broadcast import swap_seq_heads  # noqa: E402
 from petrun.models.glm2 import InterleavedRotary, glm2_rope_tables  # noqa: E402
 from petrun.models.kernels import kernels_for  # noqa: E402
 from petrun.models.layers import ApplyRotary, RMSNorm, rope_tables  # noqa: E402
@@ -79,3 +82,41 @@ def test_cpu_builds_switch_it_on_and_other_devices_do_not(family):
     flagged = [c for _, c in net.cells_and_names() if isinstance(c, FLAGGED[family])]
     assert {type(c) for c in flagged} == set(FLAGGED[family])
     assert all(c.full_broadcast for c in flagged)
+
+
+class SwapHeads(nn.Cell):
+    stack_heads = False
+
+    def __init__(self):
+        super().__init__()
+        self.transpose = ops.Transpose()
+
+    def construct(self, x):
+        return swap_seq_heads(x, self.transpose, self.stack_heads)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (2, 1, 4, 8), (1, 6, 1, 2)])   # decode, MQA
+def test_the_head_swap_is_a_transpose_without_transpose(shape):
+    x = rng_tensor(shape, 7)
+    results = []
+    for flag in (False, True):
+        ms.set_context(mode=ms.GRAPH_MODE)
+        cell = SwapHeads()
+        cell.stack_heads = flag
+        out = cell(x)
+        w = rng_tensor(out.shape, 8)
+        grad = ops.GradOperation(get_all=True)(Loss(cell))(w, x)[1]
+        results.append((out.asnumpy(), grad.asnumpy(), w.asnumpy()))
+    (out, grad, w), (out_s, grad_s, w_s) = results
+    assert np.array_equal(out, np.transpose(x.asnumpy(), (0, 2, 1, 3)))    # numpy's transpose
+    assert np.array_equal(grad, np.transpose(w, (0, 2, 1, 3)))
+    assert np.array_equal(out_s, out) and np.array_equal(grad_s, grad)
+
+
+@pytest.mark.parametrize("family", ["llama2", "glm2", "gpt2"])
+def test_cpu_attention_cells_swap_heads_by_stack(family):
+    assert kernels_for(family, None, "CPU").stack_heads
+    assert not kernels_for(family, None, "GPU").stack_heads
+    net = ih.petrun_model(family, seed=0)     # built on this CPU
+    cells = [c for _, c in net.cells_and_names() if hasattr(c, "merge_heads")]
+    assert cells and all(c.stack_heads for c in cells)
