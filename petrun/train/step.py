@@ -16,6 +16,7 @@ from mindspore.ops import functional as F
 
 from petrun.errors import UserError
 from petrun.train.compile_cache import CachedCompile
+from petrun.train.heap import TrimAfterCompile
 
 
 def build_loss_scale(scale_sense: Any):
@@ -120,7 +121,7 @@ class _GradCore(nn.Cell):
         return overflow
 
 
-class TrainStep(CachedCompile, _GradCore):
+class TrainStep(TrimAfterCompile, CachedCompile, _GradCore):
     """forward + backward + clipped optimizer update. Returns (loss, overflow, loss_scale, norm).
 
     A step whose gradients are not finite applies no update, with or without a loss scale, as
@@ -156,7 +157,7 @@ class TrainStep(CachedCompile, _GradCore):
         return loss, overflow, self.loss_scale.value(), norm
 
 
-class AccumulateStep(_GradCore):
+class AccumulateStep(TrimAfterCompile, _GradCore):
     """Adds one micro-batch's unscaled gradients into `buffers`; returns (loss, overflow)."""
 
     def __init__(self, network, weights, buffers, scale_value=1.0, scale_update=None):
