@@ -18,8 +18,8 @@ Toggles (B side):
                  experiment 20: MindSpore's CPU kernels then keep output-sized index tables)
   broadcast-to   the CPU cells' explicit broadcasts as BroadcastTo, not Tile (models/broadcast.py,
                  as before experiment 24)
-  transpose-heads  the attention cells split and merge heads by Transpose, not Unstack + Stack
-                 (KernelChoice.stack_heads off), as before experiment 26
+  transpose-heads  the attention cells split and merge heads by Transpose, not a row Gather
+                 (KernelChoice.gather_heads off), as before experiment 26
   same           nothing: both sides alike (the noise floor, and whether steps repeat bit for bit)
   genexpr-tail   the step's per-gradient cast, norm and clip as generator expressions and a
                  list comprehension over the gradient tuple, as before 2026-12-03 09:00 (now
@@ -52,8 +52,8 @@ def apply_toggle(model, toggle: str) -> int:
         elif toggle == "implicit-broadcast" and getattr(cell, "full_broadcast", False):
             cell.full_broadcast = False
             n += 1
-        elif toggle == "transpose-heads" and getattr(cell, "stack_heads", False):
-            cell.stack_heads = False
+        elif toggle == "transpose-heads" and getattr(cell, "gather_heads", False):
+            cell.gather_heads = False
             n += 1
         elif toggle == "no-lora-dropout" and type(cell).__name__ == "LoRALinear":
             from mindspore import nn

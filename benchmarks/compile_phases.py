@@ -30,6 +30,9 @@ and exist only to measure what a part of the graph costs to compile:
   no-lora             * the LoRA wrappers replaced by their base Linear, whose weights train
   lazy-inline           ms.lazy_inline on the decoder layer (compile the layer once)
   lazy-front            the same with policy="front" (inlined again in the frontend)
+  lazy-parts            lazy_inline(policy="front") on the layer's random-free parts: the attention
+                        core, SwiGLU, RMSNorm, ApplyRotary (LoRA and its dropout stay per layer)
+  transpose-heads       the attention cells split/merge heads by Transpose (gather_heads off)
   jit:LEVEL             ms.set_context(jit_config={"jit_level": LEVEL})
 """
 from __future__ import annotations
@@ -106,12 +109,18 @@ def worker(args) -> dict:
         policy = "front" if "lazy-front" in variants else None
         llama.LlamaDecodeLayer.__init__ = ms.lazy_inline(llama.LlamaDecodeLayer.__init__,
                                                          policy=policy)
+    if "lazy-parts" in variants:
+        from petrun.models import layers
+        for cls in (layers.DotProductAttention, layers.SwiGLU, layers.RMSNorm, layers.ApplyRotary):
+            cls.__init__ = ms.lazy_inline(cls.__init__, policy="front")
     ms.set_seed(0)
     model = petrun.build_model(cfg)
     for _, cell in model.cells_and_names():
         kind = type(cell).__name__
         if "plain-attention-grad" in variants and kind == "DotProductAttention":
             cell.fast_core = None
+        if "transpose-heads" in variants and getattr(cell, "gather_heads", False):
+            cell.gather_heads = False
         if "no-lora-dropout" in variants and kind == "LoRALinear":
             cell.lora_dropout = nn.Dropout(p=0.0)
     if "no-lora" in variants:

@@ -10,12 +10,16 @@ so on CPU (KernelChoice.full_broadcast) the composite cells broadcast first; els
 the implicit broadcast, which Ascend's kernels and the sharding strategies expect.
 
 The CPU Transpose kernel does the same: an 8-byte index for every output element, kept per op
-(a small Llama's 64 head splits and merges held 256 MiB; RESULTS.md, experiment 26). Unstack +
-Stack copy the same elements without one, and faster (KernelChoice.stack_heads).
+(a small Llama's 64 head splits and merges held 256 MiB; RESULTS.md, experiment 26). A row Gather
+by a constant (B*S*N,) index moves the same elements with a table 1/D the size, and faster
+(KernelChoice.gather_heads). Unstack + Stack would need no table either, but its tuples made the
+small step's compile 13.6 -> 35.3 s.
 """
 from __future__ import annotations
 
-from mindspore import ops
+import numpy as np
+from mindspore import Tensor, nn, ops
+from mindspore.ops import constexpr
 
 
 # BroadcastTo's CPU kernel is 2-4x slower than Tile's for the same copy (a row sum spread over
@@ -42,9 +46,31 @@ def to_shape_of(small, like, on: bool):
     return ops.broadcast_to(small, like.shape)
 
 
+@constexpr
+def _swap_rows(b: int, a: int, c: int):
+    """Row order of (B, A, C) read as (B, C, A): a constant of the graph."""
+    return Tensor(np.arange(b * a * c, dtype=np.int32).reshape(b, a, c).transpose(0, 2, 1).ravel())
+
+
+class SwapAxes12(nn.Cell):
+    """(B, A, C, D) → (B, C, A, D) as a Gather of D-wide rows. Its gradient is the same swap of
+    the output's gradient (a custom bprop: Gather's own would scatter-add)."""
+
+    def construct(self, x):
+        b, a, c, d = x.shape
+        rows = ops.gather(ops.reshape(x, (b * a * c, d)), _swap_rows(b, a, c), 0)
+        return ops.reshape(rows, (b, c, a, d))
+
+    def bprop(self, x, out, dout):
+        return (self.construct(dout),)
+
+
+_SWAP = SwapAxes12()
+
+
 def swap_seq_heads(x, transpose, on: bool):
     """(B, A, C, D) → (B, C, A, D): (B, S, N, D) into heads (B, N, S, D) and back. By the cell's
     `transpose` primitive (which the sharding strategies annotate) unless `on` (CPU)."""
     if on:
-        return ops.stack(ops.unstack(x, 2), 1)
+        return _SWAP(x)
     return transpose(x, (0, 2, 1, 3))

@@ -33,7 +33,7 @@ from mindspore.ops.auto_generate import SiLU
 from petrun.models.broadcast import swap_seq_heads, to_shape_of
 from petrun.models.configs import ChatGLM2Config
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.kernels import (attention_core, broadcast_first, heads_by_stack, kernels_for,
+from petrun.models.kernels import (attention_core, broadcast_first, heads_by_gather, kernels_for,
                                    rms_norm)
 from petrun.models.layers import (Dropout, Embedding, Linear, MaskedCrossEntropy, Residual,
                                   causal_mask, extend_cache, prepend_prompt, rows_at)
@@ -168,13 +168,13 @@ class ChatGLM2SelfAttention(nn.Cell):
         self.apply_rotary = broadcast_first(InterleavedRotary(), kernels)
         self.split_heads = ops.Transpose()
         self.merge_heads = ops.Transpose()
-        heads_by_stack(self, kernels)
+        heads_by_gather(self, kernels)
 
     def to_heads(self, x, n_heads):
         """(B, S, n*D) → (B, n, S, D)."""
         batch, seq, _ = x.shape
         return swap_seq_heads(ops.reshape(x, (batch, seq, n_heads, self.head_dim)),
-                              self.split_heads, self.stack_heads)
+                              self.split_heads, self.gather_heads)
 
     def construct(self, x, cos, sin, attention_mask, prefix_key_value=None):
         batch, seq, _ = x.shape
@@ -182,7 +182,7 @@ class ChatGLM2SelfAttention(nn.Cell):
         query = self.apply_rotary(query, cos, sin)
         key = self.apply_rotary(key, cos, sin)
         out = self.core(query, key, value, attention_mask, prefix_key_value)
-        out = swap_seq_heads(out, self.merge_heads, self.stack_heads)
+        out = swap_seq_heads(out, self.merge_heads, self.gather_heads)
         out = ops.reshape(out, (batch, seq, -1))
         return self.dense(out)
 
@@ -194,7 +194,7 @@ class ChatGLM2SelfAttention(nn.Cell):
         query = self.apply_rotary(query, cos, sin)
         key, value = extend_cache(past, self.apply_rotary(key, cos, sin), value, write_at)
         out = self.core(query, key, value, attention_mask)
-        out = swap_seq_heads(out, self.merge_heads, self.stack_heads)
+        out = swap_seq_heads(out, self.merge_heads, self.gather_heads)
         out = ops.reshape(out, (batch, seq, -1))
         return self.dense(out), (key, value)
 
@@ -210,7 +210,7 @@ class ChatGLM2SelfAttention(nn.Cell):
         else:
             # Without MQA the fused rows are grouped per head: [q_h | k_h | v_h] for each head.
             per_head = ops.reshape(mixed, (batch, seq, self.num_heads, 3 * self.head_dim))
-            per_head = swap_seq_heads(per_head, self.split_heads, self.stack_heads)
+            per_head = swap_seq_heads(per_head, self.split_heads, self.gather_heads)
             query, key, value = ops.split(per_head, self.head_dim, -1)
         return query, key, value
 

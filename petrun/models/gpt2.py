@@ -29,7 +29,7 @@ from mindspore.common.initializer import Normal, initializer
 from petrun.models.broadcast import swap_seq_heads
 from petrun.models.configs import GPT2Config
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.kernels import attention_core, heads_by_stack, kernels_for
+from petrun.models.kernels import attention_core, heads_by_gather, kernels_for
 from petrun.models.layers import (DenseBase, Dropout, LayerNorm, Linear, MaskedCrossEntropy,
                                   Residual, TiedHead, causal_mask, extend_cache, next_token_inputs,
                                   widen_mask)
@@ -139,18 +139,18 @@ class GPT2Attention(nn.Cell):
         self.dropout = Dropout(config.hidden_dropout_rate)
         self.split_heads = ops.Transpose()
         self.merge_heads = ops.Transpose()
-        heads_by_stack(self, kernels)
+        heads_by_gather(self, kernels)
 
     def to_heads(self, x):
         batch, seq, _ = x.shape
         return swap_seq_heads(ops.reshape(x, (batch, seq, self.num_heads, self.head_dim)),
-                              self.split_heads, self.stack_heads)
+                              self.split_heads, self.gather_heads)
 
     def construct(self, x, attention_mask, prefix_key_value=None):
         batch, seq, _ = x.shape
         out = self.core(self.to_heads(self.dense1(x)), self.to_heads(self.dense2(x)),
                         self.to_heads(self.dense3(x)), attention_mask, prefix_key_value)
-        out = swap_seq_heads(out, self.merge_heads, self.stack_heads)
+        out = swap_seq_heads(out, self.merge_heads, self.gather_heads)
         out = ops.reshape(out, (batch, seq, -1))
         return self.dropout(self.projection(out))
 
@@ -160,7 +160,7 @@ class GPT2Attention(nn.Cell):
         key, value = extend_cache(past, self.to_heads(self.dense2(x)),
                                   self.to_heads(self.dense3(x)), write_at)
         out = self.core(self.to_heads(self.dense1(x)), key, value, attention_mask)
-        out = swap_seq_heads(out, self.merge_heads, self.stack_heads)
+        out = swap_seq_heads(out, self.merge_heads, self.gather_heads)
         out = ops.reshape(out, (batch, seq, -1))
         return self.dropout(self.projection(out)), (key, value)
 

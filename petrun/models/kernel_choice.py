@@ -57,9 +57,9 @@ class KernelChoice:
     # CPU: the composite cells broadcast their small operands before Add/Sub/Mul, because
     # MindSpore's CPU broadcasting kernels keep output-sized index tables (models/broadcast.py).
     full_broadcast: bool = False
-    # CPU: the attention cells split and merge heads by Unstack + Stack, not Transpose, whose CPU
+    # CPU: the attention cells split and merge heads by a row Gather, not Transpose, whose CPU
     # kernel keeps an output-sized index table too (models/broadcast.py).
-    stack_heads: bool = False
+    gather_heads: bool = False
 
     @property
     def fused(self) -> tuple[str, ...]:

@@ -67,7 +67,7 @@ def _soc_version() -> str | None:
         return None
 
 
-CPU_COMPOSITE = dataclasses.replace(COMPOSITE, full_broadcast=True, stack_heads=True)
+CPU_COMPOSITE = dataclasses.replace(COMPOSITE, full_broadcast=True, gather_heads=True)
 
 
 def kernels_for(family: str, config, device_target: str | None) -> KernelChoice:
@@ -90,10 +90,10 @@ def broadcast_first(cell, kernels: KernelChoice | None):
     return cell
 
 
-def heads_by_stack(cell, kernels: KernelChoice | None):
-    """`cell` (an attention cell with a stack_heads flag) set as the choice says: on CPU it
+def heads_by_gather(cell, kernels: KernelChoice | None):
+    """`cell` (an attention cell with a gather_heads flag) set as the choice says: on CPU it
     swaps head layouts without Transpose (models/broadcast.swap_seq_heads). Returns the cell."""
-    cell.stack_heads = bool(kernels is not None and kernels.stack_heads)
+    cell.gather_heads = bool(kernels is not None and kernels.gather_heads)
     return cell
 
 

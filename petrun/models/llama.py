@@ -22,7 +22,7 @@ from mindspore.common.initializer import Normal
 from petrun.models.broadcast import swap_seq_heads
 from petrun.models.configs import LlamaConfig
 from petrun.models.dtypes import resolve_dtypes
-from petrun.models.kernels import attention_core, heads_by_stack, kernels_for, rms_norm, rotary
+from petrun.models.kernels import attention_core, heads_by_gather, kernels_for, rms_norm, rotary
 from petrun.models.layers import (Embedding, Linear, MaskedCrossEntropy, Residual,
                                   RotaryEmbedding, SwiGLU, TiedHead, causal_mask, extend_cache,
                                   next_token_inputs, prepend_prompt)
@@ -82,13 +82,13 @@ class LlamaAttention(nn.Cell):
         self.apply_rotary = rotary(kernels, self.head_dim, dtypes["rotary_dtype"])
         self.split_heads = ops.Transpose()
         self.merge_heads = ops.Transpose()
-        heads_by_stack(self, kernels)
+        heads_by_gather(self, kernels)
 
     def to_heads(self, x, n_heads):
         """(B, S, n*D) → (B, n, S, D)."""
         batch, seq, _ = x.shape
         return swap_seq_heads(ops.reshape(x, (batch, seq, n_heads, self.head_dim)),
-                              self.split_heads, self.stack_heads)
+                              self.split_heads, self.gather_heads)
 
     def construct(self, x, cos, sin, attention_mask, prefix_key_value=None):
         batch, seq, _ = x.shape
@@ -96,7 +96,7 @@ class LlamaAttention(nn.Cell):
         key = self.apply_rotary(self.to_heads(self.wk(x), self.n_kv_heads), cos, sin)
         value = self.to_heads(self.wv(x), self.n_kv_heads)
         out = self.core(query, key, value, attention_mask, prefix_key_value)
-        out = swap_seq_heads(out, self.merge_heads, self.stack_heads)
+        out = swap_seq_heads(out, self.merge_heads, self.gather_heads)
         out = ops.reshape(out, (batch, seq, -1))
         return self.wo(out)
 
@@ -110,7 +110,7 @@ class LlamaAttention(nn.Cell):
         key, value = extend_cache(past, key, self.to_heads(self.wv(x), self.n_kv_heads),
                                   write_at)
         out = self.core(query, key, value, attention_mask)
-        out = swap_seq_heads(out, self.merge_heads, self.stack_heads)
+        out = swap_seq_heads(out, self.merge_heads, self.gather_heads)
         out = ops.reshape(out, (batch, seq, -1))
         return self.wo(out), (key, value)
 

@@ -73,8 +73,8 @@ def shard_model(net, family: str, dims: ParallelDims, *, num_layers=None, offset
             # The strategies below are written for the small operand's own shape (a (H,) weight,
             # a (1, 1, S, D) table), not a BroadcastTo output (models/broadcast.py: CPU only).
             cell.full_broadcast = False
-        if getattr(cell, "stack_heads", False):
-            cell.stack_heads = False   # split_heads/merge_heads carry the strategies (CPU only)
+        if getattr(cell, "gather_heads", False):
+            cell.gather_heads = False   # split_heads/merge_heads carry the strategies (CPU only)
         if kind == "attention":
             # The additive fp32 mask (a speed path built from functional ops) has no declared
             # strategies; a sharded attention keeps the select path, whose primitives do.

@@ -3,7 +3,7 @@
 keep output-sized int64 index tables for the whole run, half of a small Llama's peak RSS
 (benchmarks/RESULTS.md, experiment 20). What must hold: the numbers are the same bits with and
 without it (outputs and gradients, graph mode), and CPU builds switch it on, other devices not.
-The same for the head layout swap by Unstack + Stack (KernelChoice.stack_heads): the CPU
+The same for the head layout swap by a row Gather (KernelChoice.gather_heads): the CPU
 Transpose kernel keeps an output-sized index table as well (experiment 26)."""
 import numpy as np
 import pytest
@@ -85,14 +85,14 @@ def test_cpu_builds_switch_it_on_and_other_devices_do_not(family):
 
 
 class SwapHeads(nn.Cell):
-    stack_heads = False
+    gather_heads = False
 
     def __init__(self):
         super().__init__()
         self.transpose = ops.Transpose()
 
     def construct(self, x):
-        return swap_seq_heads(x, self.transpose, self.stack_heads)
+        return swap_seq_heads(x, self.transpose, self.gather_heads)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 3, 4), (2, 1, 4, 8), (1, 6, 1, 2)])   # decode, MQA
@@ -102,7 +102,7 @@ def test_the_head_swap_is_a_transpose_without_transpose(shape):
     for flag in (False, True):
         ms.set_context(mode=ms.GRAPH_MODE)
         cell = SwapHeads()
-        cell.stack_heads = flag
+        cell.gather_heads = flag
         out = cell(x)
         w = rng_tensor(out.shape, 8)
         grad = ops.GradOperation(get_all=True)(Loss(cell))(w, x)[1]
@@ -114,9 +114,9 @@ def test_the_head_swap_is_a_transpose_without_transpose(shape):
 
 
 @pytest.mark.parametrize("family", ["llama2", "glm2", "gpt2"])
-def test_cpu_attention_cells_swap_heads_by_stack(family):
-    assert kernels_for(family, None, "CPU").stack_heads
-    assert not kernels_for(family, None, "GPU").stack_heads
+def test_cpu_attention_cells_swap_heads_by_gather(family):
+    assert kernels_for(family, None, "CPU").gather_heads
+    assert not kernels_for(family, None, "GPU").gather_heads
     net = ih.petrun_model(family, seed=0)     # built on this CPU
     cells = [c for _, c in net.cells_and_names() if hasattr(c, "merge_heads")]
-    assert cells and all(c.stack_heads for c in cells)
+    assert cells and all(c.gather_heads for c in cells)
