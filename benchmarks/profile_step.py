@@ -62,7 +62,7 @@ def petrun_side(shape: str, steps: int) -> None:
         prof.stop()
         prof.analyse()
         detail = next(Path(out).rglob("cpu_op_detail_info_*.csv"))
-        by_type, by_scope = defaultdict(float), defaultdict(float)
+        by_type, by_scope, names = defaultdict(float), defaultdict(float), defaultdict(set)
         with open(detail, newline="") as f:
             for row in csv.DictReader(f):
                 ms_per_step = float(row["op_total_time(ms)"]) / steps
@@ -70,13 +70,14 @@ def petrun_side(shape: str, steps: int) -> None:
                 # one scope for all layers: "layers-CellList/3-..." → "layers-CellList/L-..."
                 scope = re.sub(r"/\d+-", "/L-", re.sub(r"-op\d+$", "", row["full_op_name"]))
                 by_scope[f'{row["op_type"]} {scope}'] += ms_per_step
+                names[f'{row["op_type"]} {scope}'].add(row["full_op_name"])
     total = sum(by_type.values())
     print(f"\nops total {total:,.0f} ms per step; by type:")
     for name, t in sorted(by_type.items(), key=lambda x: -x[1])[:20]:
         print(f"{t:8.1f} ms {100 * t / total:5.1f}%  {name}")
-    print("\ncostliest by scope (all layers together):")
+    print("\ncostliest by scope (all layers together; n = distinct ops):")
     for name, t in sorted(by_scope.items(), key=lambda x: -x[1])[:30]:
-        print(f"{t:8.1f} ms  {name}")
+        print(f"{t:8.1f} ms  n {len(names[name]):3d}  {name}")
 
 
 def torch_side(shape: str, steps: int) -> None:
