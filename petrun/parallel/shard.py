@@ -69,12 +69,12 @@ def shard_model(net, family: str, dims: ParallelDims, *, num_layers=None, offset
             raise ValueError(f"{path} ({kind}) owns no parameters to shard by")
         if kind in ("attention", "flash_attention"):
             _check_heads(cell, dims)
-        if getattr(cell, "full_broadcast", False):
-            # The strategies below are written for the small operand's own shape (a (H,) weight,
-            # a (1, 1, S, D) table), not a BroadcastTo output (models/broadcast.py: CPU only).
-            cell.full_broadcast = False
-        if getattr(cell, "gather_heads", False):
-            cell.gather_heads = False   # split_heads/merge_heads carry the strategies (CPU only)
+        for flag in ("full_broadcast", "gather_heads"):
+            # CPU-only paths (models/broadcast.py). The strategies below annotate the plain
+            # primitives: split_heads/merge_heads, and small operands in their own shape (a (H,)
+            # weight, a (1, 1, S, D) table), not a Tile output.
+            if getattr(cell, flag, False):
+                setattr(cell, flag, False)
         if kind == "attention":
             # The additive fp32 mask (a speed path built from functional ops) has no declared
             # strategies; a sharded attention keeps the select path, whose primitives do.

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from mindspore.ops import Primitive
@@ -52,7 +53,6 @@ def enabled() -> bool:
         return False
     # MindSpore's cache parses the entry script for its dependencies and fails with
     # FileNotFoundError when there is none to read (`python -c`: argv[0] is "-c").
-    import sys
     if sys.argv and sys.argv[0] and not os.path.isfile(sys.argv[0]):
         return False
     return ms.get_context("mode") == ms.GRAPH_MODE
